@@ -1,0 +1,204 @@
+"""The one place that executes a Query: one / maybe / many / scalar / exec / copy.
+
+A query is bound once, at import, to the record type its function returns::
+
+    _get_by_id = bind(_q, "get_by_id", User)
+
+    def get_by_id(db: Connection, user_id: int) -> User | None:
+        return _get_by_id.maybe(db, user_id=user_id)
+
+Binding records the pair for ``datalayer check``, which compares the query's result columns with the
+record's fields. Every psycopg error leaves as a datalayer error naming ``sql/<file>.sql:<line>``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any, Generic, TypeVar, cast
+
+import attrs
+import psycopg
+from psycopg.rows import RowFactory, RowMaker, tuple_row
+
+from datalayer._sql import Query, QueryFile
+from datalayer._translate import translate
+from datalayer.errors import MultipleRowsFound, NotFound, QueryError
+from datalayer.rows import attrs_row
+from datalayer.transactions import in_transaction
+
+__all__ = ["Binding", "Bound", "bind", "bindings"]
+
+T = TypeVar("T")
+
+_SECRET_PARAMS = frozenset({"hashed_password", "password", "token", "secret", "value"})
+
+
+@attrs.frozen
+class Binding:
+    """A query and the Python type its function returns (for ``datalayer check``)."""
+
+    query: Query | None
+    domain: str
+    name: str
+    result: type[Any] | None
+    module: str
+
+
+_bindings: list[Binding] = []
+
+
+def bindings() -> list[Binding]:
+    """Every query bound so far (import the repository modules first)."""
+    return list(_bindings)
+
+
+def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)
+    if cur is None or cur.closed:
+        cur = db.cursor()
+        if getattr(db, "_dl_orphan_of", True) is None:
+            db._dl_cursor = cur  # type: ignore[attr-defined]
+    return cur
+
+
+def _shown(params: dict[str, Any]) -> str:
+    parts = []
+    for k, v in params.items():
+        shown = "***" if k in _SECRET_PARAMS else repr(v)
+        parts.append(f"{k}={shown[:60]}")
+    return ", ".join(parts)
+
+
+def _first_column(cursor: Any) -> RowMaker[Any]:
+    def make(values: Sequence[Any]) -> Any:
+        return values[0]
+
+    return make
+
+
+class Bound(Generic[T]):
+    """A named query bound to its result type ``T``; the methods check the declared cardinality."""
+
+    __slots__ = ("_factory", "_sql", "query")
+
+    def __init__(self, query: Query, result: type[T] | None) -> None:
+        self.query = query
+        self._sql = query.sql
+        self._factory: RowFactory[Any] = tuple_row
+        if result is not None:
+            self._factory = attrs_row(result) if attrs.has(result) else _first_column
+
+    def __repr__(self) -> str:
+        return f"<Bound {self.query.location}>"
+
+    def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any]:
+        cur = _cursor(db)
+        cur.row_factory = self._factory
+        try:
+            cur.execute(self._sql, params)
+        except psycopg.Error as e:
+            write = not self.query.read_only and not in_transaction(db) and db.autocommit
+            raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        except KeyError as e:
+            raise QueryError(
+                f"missing parameter {e} for {self.query.location}; it takes {', '.join(self.query.params)}",
+                location=self.query.location,
+            ) from None
+        return cur
+
+    def _expect(self, *cards: str) -> None:
+        if self.query.cardinality == "missing":
+            raise QueryError(
+                f"{self.query.file} has no query named {self.query.name!r}; add it or fix the name",
+                location=self.query.file,
+            )
+        if self.query.cardinality not in cards:
+            raise QueryError(
+                f"{self.query.location} is declared :{self.query.cardinality}; "
+                f"call it with .{self.query.cardinality}()",
+                location=self.query.location,
+            )
+
+    def one(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
+        """Exactly one row: NotFound on none, MultipleRowsFound on more."""
+        self._expect("one")
+        cur = self._execute(db, params)
+        if cur.rowcount != 1:
+            if cur.rowcount == 0:
+                raise NotFound(f"no row for {self.query.location} ({_shown(params)})")
+            raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({_shown(params)})")
+        return cast(T, cur.fetchone())
+
+    def maybe(self, db: psycopg.Connection[Any], /, **params: Any) -> T | None:
+        """One row or None: MultipleRowsFound on more than one."""
+        self._expect("maybe")
+        cur = self._execute(db, params)
+        if cur.rowcount > 1:
+            raise MultipleRowsFound(
+                f"{cur.rowcount} rows for {self.query.location}, expected at most one ({_shown(params)})"
+            )
+        return cast("T | None", cur.fetchone())
+
+    def many(self, db: psycopg.Connection[Any], /, **params: Any) -> list[T]:
+        """Every row."""
+        self._expect("many")
+        return self._execute(db, params).fetchall()
+
+    def scalar(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
+        """The first column of the only row (NotFound on no row)."""
+        self._expect("scalar")
+        cur = self._execute(db, params)
+        if cur.rowcount != 1:
+            if cur.rowcount == 0:
+                raise NotFound(f"no row for {self.query.location} ({_shown(params)})")
+            raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({_shown(params)})")
+        return cast(T, cur.fetchone())
+
+    def exec(self, db: psycopg.Connection[Any], /, **params: Any) -> int:
+        """Run a statement without a result; returns the number of rows it touched."""
+        self._expect("exec")
+        return self._execute(db, params).rowcount
+
+    def copy_in(self, db: psycopg.Connection[Any], rows: Iterable[Sequence[Any]]) -> int:
+        """Stream ``rows`` through ``COPY … FROM STDIN``; returns how many were sent."""
+        self._expect("copy")
+        count = 0
+        try:
+            with db.cursor() as cur, cur.copy(self._sql.replace("%%", "%")) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+        except psycopg.Error as e:
+            write = not in_transaction(db) and db.autocommit
+            raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        return count
+
+
+def bind(queries: QueryFile, name: str, result: type[T] | None) -> Bound[T]:
+    """Bind ``queries[name]`` to the type its function returns (``None`` for :exec and :copy).
+
+    A missing query does not break the import: it is reported by ``datalayer check`` and raises
+    QueryError when called.
+    """
+    query = queries.queries.get(name)
+    frame = sys._getframe(1)
+    module = str(frame.f_globals.get("__name__", "?"))
+    _bindings.append(Binding(query=query, domain=queries.domain, name=name, result=result, module=module))
+    if query is None:
+        file = f"sql/{queries.domain}.sql"
+        query = Query(
+            name=name,
+            domain=queries.domain,
+            cardinality="missing",
+            text="",
+            sql="",
+            params=(),
+            file=file,
+            line=0,
+            sql_line=0,
+            doc="",
+            annotations={},
+            statement="",
+        )
+    return Bound(query, result)

@@ -1,0 +1,169 @@
+"""Turn psycopg errors into datalayer errors that name the query, the constraint and the field."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg import errors as pg
+
+from datalayer.errors import (
+    CommitUnknown,
+    DataLayerError,
+    IntegrityConflict,
+    QueryError,
+    TransientError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from datalayer._sql import Query
+
+__all__ = ["CONSTRAINT_FIELDS", "describe_error", "is_connection_lost", "translate"]
+
+# Which input field each constraint guards, so that callers can point at the form field.
+CONSTRAINT_FIELDS: dict[str, tuple[str, str]] = {
+    "users_username_key": ("users", "username"),
+    "users_email_lower_key": ("users", "email"),
+    "users_username_format": ("users", "username"),
+    "users_email_format": ("users", "email"),
+    "users_hashed_password_present": ("users", "hashed_password"),
+    "data_analyses_user_id_fkey": ("data_analyses", "user_id"),
+    "data_analyses_name_length": ("data_analyses", "name"),
+    "data_analyses_type_length": ("data_analyses", "analysis_type"),
+    "data_analyses_status_check": ("data_analyses", "status"),
+    "data_analyses_lifecycle_check": ("data_analyses", "status"),
+    "analysis_files_analysis_id_fkey": ("analysis_files", "analysis_id"),
+    "analysis_files_filename_length": ("analysis_files", "filename"),
+    "analysis_files_type_length": ("analysis_files", "file_type"),
+    "analysis_files_size_check": ("analysis_files", "size_bytes"),
+    "analysis_files_uri_length": ("analysis_files", "storage_uri"),
+    "analysis_files_checksum_format": ("analysis_files", "checksum"),
+    "tool_generations_user_id_fkey": ("tool_generations", "user_id"),
+    "tool_generations_type_length": ("tool_generations", "tool_type"),
+    "tool_generations_status_check": ("tool_generations", "status"),
+    "tool_generations_lifecycle_check": ("tool_generations", "status"),
+    "system_log_service_length": ("system_log", "service"),
+    "system_log_level_check": ("system_log", "level"),
+    "cache_entries_key_key": ("cache_entries", "key"),
+    "cache_entries_key_length": ("cache_entries", "key"),
+    "cache_entries_version_check": ("cache_entries", "version"),
+}
+
+_TRANSIENT_STATES = {
+    "40001": "serialization failure",
+    "40P01": "deadlock detected",
+    "55P03": "lock not available (lock_timeout)",
+    "53300": "too many connections",
+    "57P01": "server shutting down",
+    "57P02": "server crashed",
+    "57P03": "server cannot accept connections now",
+}
+
+
+def is_connection_lost(e: BaseException, conn: psycopg.Connection[object] | None = None) -> bool:
+    """True when the error means the connection is gone (not a problem with the statement)."""
+    if not isinstance(e, psycopg.OperationalError):
+        return False
+    state = e.sqlstate or ""
+    if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+        return True
+    if conn is not None and (conn.broken or conn.closed):
+        return True
+    return not state
+
+
+def translate(
+    e: psycopg.Error,
+    query: Query | None = None,
+    *,
+    conn: psycopg.Connection[object] | None = None,
+    write_may_have_committed: bool = False,
+) -> DataLayerError:
+    """The datalayer error for a psycopg error raised while running ``query``.
+
+    ``write_may_have_committed``: the statement was a write running as its own transaction
+    (autocommit), so a lost connection leaves its outcome unknown.
+    """
+    diag = e.diag
+    position = int(diag.statement_position) if diag.statement_position else None
+    where = query.location_at(position) if query else None
+    at = f" at {where}" if where else ""
+    state = e.sqlstate
+
+    if is_connection_lost(e, conn):
+        if write_may_have_committed:
+            return CommitUnknown(
+                f"the connection was lost while a write was in flight{at}: it may or may not have "
+                "committed; read back what you wrote before retrying"
+            )
+        return TransientError(
+            f"the database connection was lost{at} ({_first_line(e)}); nothing was committed, retry the work",
+            sqlstate=state,
+        )
+    if state in _TRANSIENT_STATES:
+        return TransientError(
+            f"{_TRANSIENT_STATES[state]}{at}: {diag.message_primary}; retry the transaction "
+            "(run_in_transaction does this for you)",
+            sqlstate=state,
+        )
+    if isinstance(e, pg.IntegrityError) or (state or "").startswith("23"):
+        return _integrity(e, at)
+    if (state or "").startswith("22"):
+        field = diag.column_name or "input"
+        return ValidationError({field: f"{diag.message_primary or _first_line(e)}{at}"})
+    if state == "25P02":
+        return QueryError(
+            f"the transaction was already aborted by an earlier error{at}; roll it back and retry",
+            location=where,
+            sqlstate=state,
+        )
+    if state == "57014":
+        return QueryError(
+            f"the statement was cancelled{at} ({diag.message_primary}); raise STATEMENT_TIMEOUT or make "
+            "the query cheaper",
+            location=where,
+            sqlstate=state,
+        )
+    hint = f" (hint: {diag.message_hint})" if diag.message_hint else ""
+    return QueryError(
+        f"{diag.message_primary or _first_line(e)}{at}{hint}",
+        location=where,
+        sqlstate=state,
+    )
+
+
+def _integrity(e: psycopg.Error, at: str) -> IntegrityConflict:
+    diag = e.diag
+    constraint = diag.constraint_name
+    table, field = CONSTRAINT_FIELDS.get(constraint or "", (diag.table_name, diag.column_name))
+    subject = f"{table}.{field}" if table and field else (table or "row")
+    if isinstance(e, pg.UniqueViolation):
+        msg = f"{subject} already exists (constraint {constraint}){at}; use a different {field or 'value'}"
+    elif isinstance(e, pg.ForeignKeyViolation):
+        if "still referenced" in (diag.message_detail or ""):
+            msg = f"{subject} is still referenced by other rows (constraint {constraint}){at}; delete them first"
+        else:
+            msg = (
+                f"{subject} refers to a row that does not exist (constraint {constraint}){at}; "
+                "create it first or check the id"
+            )
+    elif isinstance(e, pg.NotNullViolation):
+        field = diag.column_name or field
+        msg = f"{diag.table_name}.{field} must not be null{at}; give it a value"
+    elif isinstance(e, pg.CheckViolation):
+        msg = f"{subject} is not allowed by constraint {constraint}{at}; see the migration that defines it"
+    else:
+        msg = f"{diag.message_primary or _first_line(e)} (constraint {constraint}){at}"
+    return IntegrityConflict(msg, constraint=constraint, field=field)
+
+
+def describe_error(e: BaseException) -> str:
+    """One line saying what went wrong: PostgreSQL's primary message, else the error's first line."""
+    if isinstance(e, psycopg.Error) and e.diag.message_primary:
+        return str(e.diag.message_primary)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+_first_line = describe_error

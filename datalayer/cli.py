@@ -1,0 +1,159 @@
+"""The ``datalayer`` command: mirrors the library, adds nothing the library lacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from datalayer.errors import DataLayerError
+
+__all__ = ["main"]
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from datalayer.migrate import setup_database
+
+    applied = setup_database(partitions_ahead=args.partitions_ahead)
+    print(f"applied: {', '.join(applied)}" if applied else "up to date")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from datalayer.migrate import migration_status
+
+    states = migration_status()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": s.id,
+                        "applied": s.applied,
+                        "applied_at": s.applied_at and s.applied_at.isoformat(),
+                        "changed": s.changed,
+                        "problem": s.problem,
+                    }
+                    for s in states
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for s in states:
+            mark = "CHANGED" if s.changed else ("applied" if s.applied else "pending")
+            when = f" {s.applied_at:%Y-%m-%d %H:%M:%S} UTC" if s.applied_at else ""
+            print(f"{mark:<8} {s.id}{when}")
+            if s.problem:
+                print(f"         {s.problem}")
+    return 1 if any(s.changed for s in states) else 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from datalayer.migrate import plan_sql
+
+    print(plan_sql(), end="")
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    from datalayer.health import check_database_health
+
+    report = check_database_health()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report["status"])
+        for name, check in report["checks"].items():
+            print(f"  {name:<18} {'ok ' if check['ok'] else 'BAD'} {check['detail']}")
+    return 0 if report["status"] == "healthy" else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from datalayer.demo import run_demo
+
+    return run_demo()
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    from datalayer.migrate import reset_database
+
+    if not args.yes:
+        print("reset drops every table and its data; run it again with --yes to confirm", file=sys.stderr)
+        return 2
+    applied = reset_database(confirm=True)
+    print(f"reset: re-applied {', '.join(applied)}")
+    return 0
+
+
+def _cmd_partitions(args: argparse.Namespace) -> int:
+    from datalayer.partitions import ensure_log_partitions, list_log_partitions
+    from datalayer.pool import connection
+
+    with connection() as db:
+        if args.action == "maintain":
+            created = ensure_log_partitions(db, ahead=args.ahead)
+            print(f"created: {', '.join(created)}" if created else "all partitions present")
+        for p in list_log_partitions(db):
+            print(f"  {p.name:<24} ~{p.estimated_rows:>10,} rows  {p.total_bytes / 1024:>10,.0f} KiB")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datalayer",
+        description="SQL-first data layer: migrations, health and maintenance. Settings come from the "
+        "environment (DATABASE_URL, REDIS_URL, POOL_SIZE, … see .env.example); with no database setting "
+        "an embedded PostgreSQL is used.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what datalayer does")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply pending migrations and create log partitions ahead")
+    p.add_argument("--partitions-ahead", type=int, default=7, metavar="N", help="days of partitions (default 7)")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("status", help="list migrations: applied, pending, or changed since applied")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("plan", help="print the SQL that migrate would run, without running it")
+    p.add_argument("--sql", action="store_true", help="print SQL (the default and only format)")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("health", help="check connectivity, migrations, partitions and indexes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo (embedded servers when nothing is configured)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("reset", help="roll back every migration and re-apply: ALL DATA IS LOST")
+    p.add_argument("--yes", action="store_true", help="confirm")
+    p.set_defaults(func=_cmd_reset)
+
+    p = sub.add_parser("partitions", help="system_log partitions: list, or create ahead")
+    p.add_argument("action", choices=["list", "maintain"])
+    p.add_argument("--ahead", type=int, default=7, metavar="N", help="days ahead for maintain (default 7)")
+    p.set_defaults(func=_cmd_partitions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``datalayer`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except DataLayerError as e:
+        print(f"datalayer: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

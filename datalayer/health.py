@@ -1,0 +1,120 @@
+"""``check_database_health()``: is the database usable, migrated and ready for today's logs?"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypedDict
+
+import psycopg
+
+from datalayer import _ledger
+from datalayer._paths import migrations_dir
+from datalayer._run import bind
+from datalayer._sql import load_queries
+from datalayer._translate import describe_error
+from datalayer.config import DatabaseTarget, Settings
+from datalayer.partitions import list_log_partitions
+
+__all__ = ["HealthReport", "check_database_health"]
+
+
+class Check(TypedDict):
+    ok: bool
+    detail: str
+
+
+class HealthReport(TypedDict):
+    status: Literal["healthy", "unhealthy"]
+    checks: dict[str, Check]
+
+
+_q = load_queries("maintenance")
+_default_rows = bind(_q, "default_partition_rows", int)
+_invalid_indexes = bind(_q, "invalid_indexes", str)
+
+
+def check_database_health(
+    *, settings: Settings | None = None, target: DatabaseTarget | None = None, timeout: int = 5
+) -> HealthReport:
+    """Connectivity, migrations, partitions and indexes; never raises.
+
+    ``{"status": "healthy" | "unhealthy", "checks": {name: {"ok": bool, "detail": str}}}`` with checks
+    ``connect``, ``migrations``, ``partitions`` (today and the next 2 days exist), ``default_partition``
+    (empty) and ``indexes`` (none invalid).
+    """
+    checks: dict[str, Check] = {}
+    try:
+        settings = settings or Settings.from_env()
+        if target is None:
+            from datalayer.pool import resolve_database
+
+            target = resolve_database(settings)
+        conn = psycopg.connect(
+            target.conninfo(),
+            autocommit=True,
+            connect_timeout=str(timeout),
+            options=f"-c statement_timeout={timeout}s -c TimeZone=UTC",
+            application_name="datalayer-health",
+        )
+    except Exception as e:
+        checks["connect"] = {"ok": False, "detail": _first_line(e)}
+        return {"status": "unhealthy", "checks": checks}
+    with conn:
+        version = conn.info.server_version
+        checks["connect"] = {"ok": True, "detail": f"PostgreSQL {version // 10000}.{version % 10000}"}
+        _run_check(checks, "migrations", lambda: _migrations(conn))
+        _run_check(checks, "partitions", lambda: _partitions(conn))
+        _run_check(checks, "default_partition", lambda: _default_partition(conn))
+        _run_check(checks, "indexes", lambda: _indexes(conn))
+    healthy = all(c["ok"] for c in checks.values())
+    return {"status": "healthy" if healthy else "unhealthy", "checks": checks}
+
+
+def _run_check(checks: dict[str, Check], name: str, fn: Any) -> None:
+    try:
+        checks[name] = fn()
+    except Exception as e:
+        checks[name] = {"ok": False, "detail": _first_line(e)}
+
+
+def _migrations(conn: psycopg.Connection[Any]) -> Check:
+    applied = _ledger._applied(conn)
+    files = _ledger.file_hashes(migrations_dir())
+    pending = sorted(set(files) - set(applied))
+    issues = _ledger.changed(conn, migrations_dir())
+    if issues:
+        return {"ok": False, "detail": "; ".join(i.describe() for i in issues)}
+    if pending:
+        return {"ok": False, "detail": f"pending: {', '.join(pending)} (run datalayer migrate)"}
+    return {"ok": True, "detail": f"{len(applied)} applied, none pending"}
+
+
+def _partitions(conn: psycopg.Connection[Any]) -> Check:
+    today = datetime.now(UTC).date()
+    needed = [today + timedelta(days=i) for i in range(3)]
+    have = {p.day for p in list_log_partitions(conn)}
+    missing = [d.isoformat() for d in needed if d not in have]
+    if missing:
+        return {
+            "ok": False,
+            "detail": f"missing system_log partitions for {', '.join(missing)} (run datalayer partitions maintain)",
+        }
+    return {"ok": True, "detail": f"today and the next 2 days present ({len(have) - (None in have)} day partitions)"}
+
+
+def _default_partition(conn: psycopg.Connection[Any]) -> Check:
+    rows = _default_rows.scalar(conn)
+    if rows:
+        return {"ok": False, "detail": f"{rows} rows wait in system_log_default (run datalayer partitions maintain)"}
+    return {"ok": True, "detail": "empty"}
+
+
+def _indexes(conn: psycopg.Connection[Any]) -> Check:
+    invalid = _invalid_indexes.many(conn)
+    if invalid:
+        return {"ok": False, "detail": f"invalid: {', '.join(invalid)} (drop and recreate them)"}
+    return {"ok": True, "detail": "all valid"}
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {describe_error(e)}"

@@ -1,0 +1,307 @@
+"""Schema migrations (yoyo) with a checksum ledger, a cross-process lock and stale-lock recovery.
+
+>>> setup_database()            # doctest: +SKIP
+['0001.core-tables', '0002.system-log', '0003.cache-entries']
+
+``setup_database`` is idempotent and safe to run from several processes at once: they serialise on
+a PostgreSQL advisory lock (released by the server if a process dies) and on yoyo's lock row (so
+that a concurrent plain ``yoyo apply`` waits too). A lock row left behind by a killed process is
+cleared with a message. An applied migration whose file changed is refused until resolved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import attrs
+import psycopg
+
+from datalayer import _ledger
+from datalayer._paths import migrations_dir
+from datalayer._translate import describe_error
+from datalayer.config import DatabaseTarget, Settings
+from datalayer.errors import MigrationError
+
+__all__ = [
+    "STALE_LOCK_SECONDS",
+    "MigrationState",
+    "migration_status",
+    "plan_sql",
+    "reset_database",
+    "rollback_all",
+    "setup_database",
+    "yoyo_backend",
+]
+
+log = logging.getLogger("datalayer")
+
+# Key of the advisory lock every datalayer migrator takes (any fixed bigint; this one spells "dl-mig").
+MIGRATION_LOCK_KEY = 0x646C2D6D6967
+STALE_LOCK_SECONDS = 15 * 60
+LOCK_WAIT_SECONDS = 120
+
+
+@attrs.frozen
+class MigrationState:
+    id: str
+    applied: bool
+    applied_at: datetime | None
+    changed: bool
+    problem: str | None
+
+
+def _settings_and_target(settings: Settings | None, target: DatabaseTarget | None) -> tuple[Settings, DatabaseTarget]:
+    settings = settings or Settings.from_env()
+    if target is None:
+        from datalayer.pool import resolve_database
+
+        target = resolve_database(settings)
+    return settings, target
+
+
+def _connect_params(target: DatabaseTarget) -> dict[str, Any]:
+    params: dict[str, Any] = dict(target.params)
+    if target.password is not None:
+        params["password"] = target.password.value
+    params["application_name"] = "datalayer-migrate"
+    # Migrations may legitimately run long; they must not wait long for a lock held by live traffic.
+    params["options"] = "-c statement_timeout=0 -c lock_timeout=30s -c TimeZone=UTC"
+    return params
+
+
+def yoyo_backend(target: DatabaseTarget) -> Any:
+    """A yoyo backend (psycopg 3) for ``target``."""
+    from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
+    from yoyo.connections import DatabaseURI
+
+    params = _connect_params(target)
+    dbname = params.pop("dbname", None)
+    user = params.pop("user", None)
+    password = params.pop("password", None)
+    uri = DatabaseURI(
+        scheme="postgresql+psycopg",
+        username=user,
+        password=password,
+        hostname=None,
+        port=None,
+        database=dbname,
+        args={k: str(v) for k, v in params.items()},
+    )
+    backend = PostgresqlPsycopgBackend(uri, "_yoyo_migration")
+    backend.init_database()  # creates yoyo's lock table, as yoyo.get_backend does
+    return backend
+
+
+def _migrations() -> Any:
+    from yoyo import read_migrations
+
+    return read_migrations(str(migrations_dir()))
+
+
+@contextmanager
+def _migration_lock(target: DatabaseTarget) -> Iterator[psycopg.Connection[Any]]:
+    """Serialise migrators across processes; yields a spare autocommit connection."""
+    params = _connect_params(target)
+    params["options"] = f"-c lock_timeout={LOCK_WAIT_SECONDS}s -c statement_timeout=0 -c TimeZone=UTC"
+    try:
+        conn = psycopg.connect(**params, autocommit=True)
+    except psycopg.OperationalError as e:
+        raise MigrationError(f"cannot connect to {target.display} to migrate: {describe_error(e)}") from None
+    try:
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            raise MigrationError(
+                f"another process has been migrating {target.display} for over {LOCK_WAIT_SECONDS} s; "
+                "wait for it or find it in pg_stat_activity (application_name datalayer-migrate)"
+            ) from None
+        yield conn
+    finally:
+        conn.close()  # ends the session, which releases the advisory lock
+
+
+def _clear_stale_yoyo_lock(conn: psycopg.Connection[Any]) -> None:
+    """Remove yoyo's lock row when the process that left it is gone or it is too old.
+
+    We hold the advisory lock, so no datalayer migrator is running; a live lock row can only belong to a
+    plain ``yoyo apply``, which is recent and whose pid exists.
+    """
+    exists = conn.execute("SELECT to_regclass('yoyo_lock') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return
+    row = conn.execute(
+        "SELECT pid, ctime, extract(epoch FROM (now() AT TIME ZONE 'UTC') - ctime) FROM yoyo_lock"
+    ).fetchone()
+    if row is None:
+        return
+    pid, ctime, age = row[0], row[1], float(row[2] or 0)
+    if not _pid_alive(pid):
+        reason = f"its process {pid} no longer exists"
+    elif age > STALE_LOCK_SECONDS:
+        reason = f"it is {age / 60:.0f} minutes old (bound {STALE_LOCK_SECONDS // 60} minutes)"
+    else:
+        return
+    conn.execute("DELETE FROM yoyo_lock WHERE pid = %s AND ctime = %s", (pid, ctime))
+    log.warning("datalayer: cleared a stale migration lock left at %s UTC: %s", ctime, reason)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def setup_database(
+    *,
+    settings: Settings | None = None,
+    target: DatabaseTarget | None = None,
+    partitions_ahead: int = 7,
+) -> list[str]:
+    """Apply pending migrations and create system_log partitions ``partitions_ahead`` days ahead.
+
+    Returns the ids of the migrations applied (empty when up to date). Raises MigrationError, changing
+    nothing, when an applied migration's file changed since.
+    """
+    settings, target = _settings_and_target(settings, target)
+    directory = migrations_dir()
+    applied: list[str] = []
+    with _migration_lock(target) as conn:
+        _clear_stale_yoyo_lock(conn)
+        _ledger.verify(conn, directory)
+        backend = yoyo_backend(target)
+        try:
+            with backend.lock(timeout=LOCK_WAIT_SECONDS):
+                pending = backend.to_apply(_migrations())
+                applied = [m.id for m in pending]
+                if pending:
+                    log.info("datalayer: applying migrations %s to %s", ", ".join(applied), target.display)
+                    backend.apply_migrations(pending)
+        except MigrationError:
+            raise
+        except Exception as e:
+            raise MigrationError(f"migrating {target.display} failed: {describe_error(e)}") from e
+        finally:
+            backend.connection.close()
+        with conn.transaction():
+            _ledger.record(conn, directory)
+        from datalayer.partitions import ensure_log_partitions
+
+        ensure_log_partitions(conn, ahead=partitions_ahead)
+    return applied
+
+
+def rollback_all(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[str]:
+    """Roll back every applied migration (newest first); returns their ids."""
+    settings, target = _settings_and_target(settings, target)
+    with _migration_lock(target) as conn:
+        _clear_stale_yoyo_lock(conn)
+        backend = yoyo_backend(target)
+        try:
+            with backend.lock(timeout=LOCK_WAIT_SECONDS):
+                to_roll = backend.to_rollback(_migrations())
+                ids = [m.id for m in to_roll]
+                backend.rollback_migrations(to_roll)
+        except Exception as e:
+            raise MigrationError(f"rolling back {target.display} failed: {describe_error(e)}") from e
+        finally:
+            backend.connection.close()
+        with conn.transaction():
+            _ledger.record(conn, migrations_dir())
+    return ids
+
+
+def reset_database(
+    *, confirm: bool = False, settings: Settings | None = None, target: DatabaseTarget | None = None
+) -> list[str]:
+    """Roll back every migration and apply them again: ALL DATA IS LOST. Refuses without confirm=True."""
+    if confirm is not True:
+        raise MigrationError("reset_database drops every table and its data; call it with confirm=True")
+    settings, target = _settings_and_target(settings, target)
+    rollback_all(settings=settings, target=target)
+    return setup_database(settings=settings, target=target)
+
+
+def migration_status(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[MigrationState]:
+    """Every known migration: applied or not, when, and whether its file changed since."""
+    settings, target = _settings_and_target(settings, target)
+    params = _connect_params(target)
+    with psycopg.connect(**params, autocommit=True) as conn:
+        issues = {i.migration_id: i for i in _ledger.changed(conn, migrations_dir())}
+        applied = _ledger._applied(conn)
+    ids = [m.id for m in _migrations()]
+    states = [
+        MigrationState(
+            id=mid,
+            applied=mid in applied,
+            applied_at=applied.get(mid),
+            changed=mid in issues,
+            problem=issues[mid].describe() if mid in issues else None,
+        )
+        for mid in ids
+    ]
+    states += [
+        MigrationState(id=mid, applied=True, applied_at=applied[mid], changed=True, problem=issue.describe())
+        for mid, issue in issues.items()
+        if mid not in ids
+    ]
+    return states
+
+
+def plan_sql(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> str:
+    """The SQL ``setup_database`` would run now, in order, without running it."""
+    settings, target = _settings_and_target(settings, target)
+    backend = yoyo_backend(target)
+    try:
+        pending = backend.to_apply(_migrations())
+    finally:
+        backend.connection.close()
+    out: list[str] = []
+    for m in pending:
+        m.load()
+        out.append(f"-- migration {m.id} ({'one transaction' if m.use_transactions else 'no transaction'})")
+        out.append("BEGIN;" if m.use_transactions else "")
+        for wrapper in m.steps:
+            for stmt in _step_sql(wrapper):
+                out.append(stmt.strip().rstrip(";") + ";")
+        out.append("COMMIT;" if m.use_transactions else "")
+    from datalayer.partitions import partition_days
+
+    days = partition_days(7)
+    out.append(f"-- system_log partitions {days[0]} .. {days[-1]}, one transaction per day")
+    out += [f"SELECT datalayer_ensure_log_partition('{d.isoformat()}');" for d in days]
+    return "\n".join(line for line in out if line) + "\n"
+
+
+def _step_sql(wrapper: Any) -> Iterator[str]:
+    inner = getattr(wrapper, "step", wrapper)
+    if hasattr(inner, "steps"):
+        for s in inner.steps:
+            yield from _step_sql(s)
+        return
+    apply = getattr(inner, "_apply", None)
+    if isinstance(apply, str):
+        yield apply
+
+
+def wait_for_server(target: DatabaseTarget, timeout: float = 30.0) -> None:
+    """Block until ``target`` accepts connections (or MigrationError after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    params = _connect_params(target)
+    while True:
+        try:
+            psycopg.connect(**params, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError as e:
+            if time.monotonic() > deadline:
+                raise MigrationError(f"{target.display} did not accept connections: {describe_error(e)}") from None
+            time.sleep(0.2)

@@ -1,0 +1,337 @@
+"""The connection pool and the ways to borrow from it: ``connection()``, ``get_db()``.
+
+The default pool opens lazily, in the process that first asks for a connection (a forked child gets
+its own), and closes at exit. Connections are lent in autocommit mode: a single statement commits by
+itself and reads pay no BEGIN/COMMIT round trip; ``transaction()`` groups statements.
+
+>>> from datalayer import connection, user_repo
+>>> with connection() as db:                     # doctest: +SKIP
+...     user = user_repo.get_by_id(db, 1)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import select
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from datalayer._translate import describe_error
+from datalayer.config import DatabaseTarget, Settings
+from datalayer.errors import ConfigError, PoolExhausted, TransientError
+
+__all__ = [
+    "DataLayerConnection",
+    "DataLayerPool",
+    "close_default_pool",
+    "connection",
+    "default_pool",
+    "get_db",
+    "open_pool",
+    "resolve_database",
+    "set_default_pool",
+]
+
+log = logging.getLogger("datalayer")
+
+
+class DataLayerConnection(psycopg.Connection[Any]):
+    """A psycopg connection that remembers a reusable cursor and can be handed back when dropped."""
+
+    # One cursor reused by the query functions: creating a cursor per call costs ~15% on a PK get.
+    _dl_cursor: psycopg.Cursor[Any] | None = None
+    # Set when get_db()'s generator was closed while the caller still holds this connection.
+    _dl_orphan_of: DataLayerPool | None = None
+
+    def close(self) -> None:
+        self._dl_cursor = None  # breaks the connection <-> cursor reference cycle
+        super().close()
+
+    def __del__(self, *args: Any) -> None:
+        pool = self._dl_orphan_of
+        if pool is not None and not sys.is_finalizing():
+            # The last reference to a connection lent by `db = next(get_db())` is gone: give its slot
+            # back. SimpleQueue.put is safe here (reentrant); the slot is returned by a worker.
+            self._dl_orphan_of = None
+            _orphans.put((self, pool))
+            return
+        super().__del__()
+
+
+class DataLayerPool(ConnectionPool[DataLayerConnection]):
+    """A psycopg_pool ConnectionPool that knows its settings and where it points."""
+
+    def __init__(self, settings: Settings, target: DatabaseTarget, **kwargs: Any) -> None:
+        self.settings = settings
+        self.target = target
+        self._last_purge = 0.0
+        super().__init__(**kwargs)
+
+    def schedule_purge(self) -> None:
+        """Check every idle connection in the background (once a second at most).
+
+        Called when a lent connection turns out dead: after a server restart every idle connection is
+        dead too, and each would otherwise cost a caller one failed attempt.
+        """
+        now = time.monotonic()
+        if now - self._last_purge < 1.0:
+            return
+        self._last_purge = now
+        threading.Thread(target=self._purge, name="datalayer-pool-purge", daemon=True).start()
+
+    def _purge(self) -> None:
+        try:
+            self.check()
+        except Exception as e:  # the pool may be closing; nothing to purge then
+            log.debug("datalayer: pool purge skipped: %s", e)
+
+
+_orphans: queue.SimpleQueue[tuple[DataLayerConnection, DataLayerPool]] = queue.SimpleQueue()
+_orphan_worker: threading.Thread | None = None
+_orphan_lock = threading.Lock()
+
+
+def _return_orphans() -> None:
+    while True:
+        conn, pool = _orphans.get()
+        try:
+            # Closed rather than reused: the caller may have left it in any state.
+            conn.close()
+            pool.putconn(conn)
+        except Exception as e:
+            log.debug("datalayer: returning an abandoned connection failed: %s", e)
+
+
+def _start_orphan_worker() -> None:
+    global _orphan_worker
+    with _orphan_lock:
+        if _orphan_worker is None or not _orphan_worker.is_alive():
+            _orphan_worker = threading.Thread(target=_return_orphans, name="datalayer-orphans", daemon=True)
+            _orphan_worker.start()
+
+
+def resolve_database(settings: Settings) -> DatabaseTarget:
+    """The configured database, or the embedded one (started on demand) when nothing is configured."""
+    if settings.database is not None:
+        return settings.database
+    from datalayer.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(settings)
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection parameters every datalayer connection gets (beyond the target's)."""
+    return {
+        "autocommit": True,
+        "application_name": settings.application_name,
+        "options": settings.session_options(),
+        "connect_timeout": str(settings.connect_timeout),
+    }
+
+
+def open_pool(
+    settings: Settings | None = None,
+    *,
+    target: DatabaseTarget | None = None,
+    name: str = "datalayer",
+    wait: bool = False,
+) -> DataLayerPool:
+    """Open a pool for ``settings`` (default: from the environment).
+
+    POOL_SIZE connections are kept (POOL_MIN_SIZE of them opened eagerly), up to MAX_OVERFLOW more under
+    load; POOL_TIMEOUT bounds the wait for one and POOL_RECYCLE their lifetime. An embedded server is
+    migrated before the pool opens; a configured server never is. The first connection is made
+    right away, so that a wrong password or host fails here with a clear message.
+    """
+    settings = settings or Settings.from_env()
+    target = target or resolve_database(settings)
+    if target.embedded:
+        from datalayer.migrate import setup_database
+
+        setup_database(target=target, settings=settings)
+    _probe(settings, target)
+    pool = DataLayerPool(
+        settings,
+        target,
+        conninfo=target.conninfo(),
+        kwargs=connect_kwargs(settings),
+        connection_class=DataLayerConnection,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout,
+        max_lifetime=settings.pool_recycle,
+        name=name,
+        open=False,
+    )
+    pool.open(wait=wait, timeout=settings.pool_timeout)
+    return pool
+
+
+def _probe(settings: Settings, target: DatabaseTarget) -> None:
+    try:
+        psycopg.connect(target.conninfo(), **connect_kwargs(settings)).close()
+    except psycopg.OperationalError as e:
+        reason = describe_error(e)
+        msg = f"cannot connect to {target.display}: {reason}"
+        if e.sqlstate in ("28P01", "28000", "3D000"):
+            raise ConfigError(
+                f"{msg}; check DATABASE_URL (user, password, database name)", variable="DATABASE_URL"
+            ) from None
+        raise TransientError(f"{msg}; is the server running and reachable?", sqlstate=e.sqlstate) from None
+
+
+_default: DataLayerPool | None = None
+_default_pid: int | None = None
+_default_lock = threading.Lock()
+_forked_leftovers: list[object] = []
+
+
+def default_pool() -> DataLayerPool:
+    """The process-wide pool, opened on first use from ``Settings.from_env()``."""
+    global _default, _default_pid
+    pool = _default
+    if pool is not None and _default_pid == os.getpid():
+        return pool
+    with _default_lock:
+        if _default is None or _default_pid != os.getpid():
+            _default = open_pool()
+            _default_pid = os.getpid()
+        return _default
+
+
+def set_default_pool(pool: DataLayerPool | None) -> DataLayerPool | None:
+    """Install ``pool`` as the default (tests, dependency injection); returns the previous one."""
+    global _default, _default_pid
+    with _default_lock:
+        previous = _default
+        _default = pool
+        _default_pid = os.getpid() if pool is not None else None
+        return previous
+
+
+def close_default_pool() -> None:
+    """Close the default pool (registered at exit); the next use opens a new one."""
+    global _default
+    with _default_lock:
+        pool, _default = _default, None
+    if pool is not None and _default_pid == os.getpid():
+        pool.close()
+
+
+def _after_fork_in_child() -> None:
+    global _default, _default_pid
+    if _default is not None:
+        # The parent's sockets are shared with us: closing them here would break the parent's
+        # connections, and so would letting them be garbage-collected. Keep them, unused.
+        _forked_leftovers.append(_default)
+    _default, _default_pid = None, None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(close_default_pool)
+
+
+def _alive(conn: DataLayerConnection) -> bool:
+    """True unless the idle connection is known dead, learnt without a round trip to the server.
+
+    An idle connection with readable data has been closed by the server (restart, terminate) or
+    carries a notice: reading it tells which.
+    """
+    if conn.closed or conn.broken:
+        return False
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if not poller.poll(0):
+        return True
+    try:
+        conn.pgconn.consume_input()
+    except psycopg.OperationalError:
+        return False
+    return conn.pgconn.status == pq.ConnStatus.OK
+
+
+def checkout(pool: DataLayerPool, timeout: float | None = None) -> DataLayerConnection:
+    """Borrow a live connection; PoolExhausted when none is free within ``timeout`` (POOL_TIMEOUT)."""
+    wait = pool.timeout if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            conn = pool.getconn(max(remaining, 0.001))
+        except PoolTimeout:
+            raise _exhausted(pool, wait) from None
+        if _alive(conn):
+            return conn
+        conn.close()
+        pool.putconn(conn)
+        pool.schedule_purge()
+
+
+def give_back(pool: DataLayerPool, conn: DataLayerConnection) -> None:
+    """Return a borrowed connection (the pool rolls back anything left open)."""
+    pool.putconn(conn)
+
+
+def _exhausted(pool: DataLayerPool, waited: float) -> PoolExhausted:
+    stats = pool.get_stats()
+    size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    in_use = max(size - available, 0)
+    if size < pool.max_size and stats.get("connections_errors", 0):
+        return PoolExhausted(
+            f"no database connection within {waited:g} s: the pool could not open new connections to "
+            f"{pool.target.display} (max_size {pool.max_size}, {in_use} in use); is the server up?"
+        )
+    return PoolExhausted(
+        f"no database connection free within {waited:g} s (POOL_TIMEOUT): pool {pool.name!r} has "
+        f"max_size {pool.max_size} (POOL_SIZE {pool.settings.pool_size} + MAX_OVERFLOW "
+        f"{pool.settings.max_overflow}), {in_use} in use; release connections sooner or raise the limits"
+    )
+
+
+@contextmanager
+def connection(pool: DataLayerPool | None = None, *, timeout: float | None = None) -> Iterator[DataLayerConnection]:
+    """Borrow a pooled connection in autocommit mode for the ``with`` block.
+
+    >>> with connection() as db:                   # doctest: +SKIP
+    ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
+    """
+    pool = pool or default_pool()
+    conn = checkout(pool, timeout)
+    try:
+        yield conn
+    finally:
+        give_back(pool, conn)
+
+
+def get_db() -> Iterator[DataLayerConnection]:
+    """A generator lending one connection: for FastAPI's ``Depends(get_db)`` and for ``next(get_db())``.
+
+    With ``Depends``, the connection returns to the pool when the request ends. With the seed's
+    ``db = next(get_db())`` the generator is dropped at once; the connection stays yours until you drop
+    the last reference to it, then its slot goes back to the pool (closed, and replaced by a fresh one).
+    """
+    pool = default_pool()
+    conn = checkout(pool)
+    try:
+        yield conn
+    except GeneratorExit:
+        conn._dl_cursor = None  # no reference cycle: dropping the caller's reference must free it
+        conn._dl_orphan_of = pool
+        _start_orphan_worker()
+        raise
+    except BaseException:
+        give_back(pool, conn)
+        raise
+    else:
+        give_back(pool, conn)

@@ -1,0 +1,1 @@
+"""Repositories: one module of typed query functions per entity."""

@@ -1,0 +1,145 @@
+"""Units of work: ``transaction()``, savepoints, and hooks that run after COMMIT or ROLLBACK.
+
+>>> with transaction() as db:                                  # doctest: +SKIP
+...     user = user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
+...     on_commit(lambda: cache.invalidate_user_cache(user.id))   # only if the COMMIT succeeds
+
+Nested ``transaction(db)`` blocks are savepoints. A hook registered inside a savepoint that rolls back
+is dropped (its ``on_rollback`` hooks run); one registered inside a savepoint that is released waits
+for the outermost COMMIT.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import psycopg
+
+from datalayer._translate import is_connection_lost, translate
+from datalayer.errors import CommitUnknown
+
+__all__ = ["current_transaction", "in_transaction", "on_commit", "on_rollback", "transaction"]
+
+log = logging.getLogger("datalayer")
+
+Hook = Callable[[], object]
+
+
+@attrs.define
+class _Frame:
+    after_commit: list[tuple[Hook, bool]] = attrs.Factory(list)
+    after_rollback: list[Hook] = attrs.Factory(list)
+
+
+_frames: weakref.WeakKeyDictionary[psycopg.Connection[Any], list[_Frame]] = weakref.WeakKeyDictionary()
+_current: contextvars.ContextVar[psycopg.Connection[Any] | None] = contextvars.ContextVar(
+    "datalayer_transaction", default=None
+)
+
+
+def in_transaction(db: psycopg.Connection[Any]) -> bool:
+    """True while ``db`` is inside a ``transaction()`` block."""
+    return bool(_frames.get(db))
+
+
+def current_transaction() -> psycopg.Connection[Any] | None:
+    """The connection of the innermost ``transaction()`` open in this thread or task, if any."""
+    db = _current.get()
+    return db if db is not None and in_transaction(db) else None
+
+
+def _frame_for(db: psycopg.Connection[Any] | None) -> _Frame | None:
+    db = db if db is not None else current_transaction()
+    if db is None:
+        return None
+    frames = _frames.get(db)
+    return frames[-1] if frames else None
+
+
+def on_commit(hook: Hook, db: psycopg.Connection[Any] | None = None, *, also_if_unknown: bool = False) -> None:
+    """Run ``hook`` after the outermost COMMIT of the current transaction; at once when there is none.
+
+    ``also_if_unknown``: run it too when the COMMIT's outcome is unknown (CommitUnknown); right for
+    cache invalidation, where invalidating too much is harmless.
+    """
+    frame = _frame_for(db)
+    if frame is None:
+        _run_hooks([hook])
+    else:
+        frame.after_commit.append((hook, also_if_unknown))
+
+
+def on_rollback(hook: Hook, db: psycopg.Connection[Any] | None = None) -> None:
+    """Run ``hook`` if the current transaction (or savepoint) rolls back; never when there is none."""
+    frame = _frame_for(db)
+    if frame is not None:
+        frame.after_rollback.append(hook)
+
+
+def _run_hooks(hooks: list[Hook]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            # The transaction's outcome is settled; a failing hook must not turn it into an error.
+            log.exception("datalayer: transaction hook %r failed", hook)
+
+
+@contextmanager
+def transaction(db: psycopg.Connection[Any] | None = None) -> Iterator[Any]:
+    """Group statements into one unit of work: COMMIT at the end of the block, ROLLBACK on error.
+
+    Without ``db``, borrows a connection from the default pool for the block. Inside another
+    ``transaction(db)`` block it is a savepoint.
+    """
+    if db is None:
+        from datalayer.pool import connection
+
+        with connection() as conn, transaction(conn) as tx:
+            yield tx
+        return
+    frames = _frames.setdefault(db, [])
+    frame = _Frame()
+    frames.append(frame)
+    token = _current.set(db)
+    outermost = len(frames) == 1
+    explicit_rollback = False
+    body_done = False
+    try:
+        try:
+            with db.transaction():
+                try:
+                    yield db
+                except psycopg.Rollback:
+                    explicit_rollback = True
+                    raise
+                body_done = True
+        finally:
+            frames.pop()
+            _current.reset(token)
+    except psycopg.Error as e:
+        if body_done and outermost and is_connection_lost(e, db):
+            _run_hooks([h for h, unknown in frame.after_commit if unknown])
+            raise CommitUnknown(
+                "the connection was lost during COMMIT: the transaction may or may not have committed; "
+                "read back what you wrote before retrying"
+            ) from e
+        _run_hooks(frame.after_rollback)
+        raise translate(e, conn=db) from e
+    except BaseException:
+        _run_hooks(frame.after_rollback)
+        raise
+    if explicit_rollback:
+        _run_hooks(frame.after_rollback)
+    elif frames:
+        parent = frames[-1]
+        parent.after_commit.extend(frame.after_commit)
+        parent.after_rollback.extend(frame.after_rollback)
+    else:
+        _run_hooks([h for h, _ in frame.after_commit])

@@ -1,0 +1,30 @@
+-- Partition upkeep and health queries.
+
+-- name: ensure_log_partition :scalar
+-- Creates the system_log partition of one UTC day (\set day '2026-01-31'); false if it exists.
+SELECT datalayer_ensure_log_partition(:'day'::date);
+
+-- name: log_partitions :many
+-- Every partition of system_log with its day (NULL for the default partition), default last.
+SELECT c.relname::text AS name,
+       CASE WHEN c.relname ~ '^system_log_p[0-9]{8}$'
+            THEN to_date(substr(c.relname, 13), 'YYYYMMDD') END AS day,
+       greatest(c.reltuples, 0)::bigint AS estimated_rows,
+       pg_total_relation_size(c.oid) AS total_bytes
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'system_log'::regclass
+ORDER BY c.relname = 'system_log_default', c.relname;
+
+-- name: default_partition_rows :scalar
+-- Rows waiting in the default partition (should be 0: their day's partition is missing).
+SELECT count(*) FROM system_log_default;
+
+-- name: invalid_indexes :many
+-- Indexes left invalid by a failed CREATE INDEX CONCURRENTLY.
+SELECT c.relname::text
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+WHERE NOT i.indisvalid
+  AND c.relnamespace = current_schema()::regnamespace
+ORDER BY 1;
