@@ -178,13 +178,25 @@ def open_pool(
     return pool
 
 
+# libpq reports these at connect time without a SQLSTATE: they are settings to fix, not outages to wait out.
+_CONFIG_FAILURES = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",  # role or database
+    "pg_hba.conf",
+    "certificate",
+    "ssl",
+)
+
+
 def _probe(settings: Settings, target: DatabaseTarget) -> None:
     try:
         psycopg.connect(target.conninfo(), **connect_kwargs(settings)).close()
     except psycopg.OperationalError as e:
         reason = describe_error(e)
         msg = f"cannot connect to {target.display}: {reason}"
-        if e.sqlstate in ("28P01", "28000", "3D000"):
+        text = str(e).lower()
+        if any(m in text for m in _CONFIG_FAILURES) or e.sqlstate in ("28P01", "28000", "3D000"):
             raise ConfigError(
                 f"{msg}; check DATABASE_URL (user, password, database name)", variable="DATABASE_URL"
             ) from None

@@ -65,13 +65,17 @@ def _length(lo: int, hi: int) -> Rule:
     return rule
 
 
-def _username(v: str) -> str | None:
+def _username(v: object) -> str | None:
+    if not isinstance(v, str):
+        return "must be a string"
     if not USERNAME_RE.fullmatch(v):
         return "must be 3 to 50 letters, digits, '_', '.' or '-'"
     return None
 
 
-def _email(v: str) -> str | None:
+def _email(v: object) -> str | None:
+    if not isinstance(v, str):
+        return "must be a string"
     if len(v) > 254:
         return "must be at most 254 characters long"
     if not EMAIL_RE.fullmatch(v):

@@ -1,0 +1,142 @@
+"""A pytest plugin for services built on datalayer: a migrated template database, cloned per test.
+
+Enable it in your ``conftest.py``::
+
+    pytest_plugins = ["datalayer.testing"]
+
+and use the ``db`` fixture (a pooled autocommit connection to a fresh, fully migrated database, also
+installed as the default pool so that ``connection()`` and ``get_db()`` reach it)::
+
+    def test_signup(db):
+        user = user_repo.create(db, username="ann", email="ann@example.com", hashed_password="x")
+        assert user_repo.get_by_id(db, user.id) == user
+
+The server is TEST_DATABASE_URL when set, else an embedded PostgreSQL in DATALAYER_TEST_HOME
+(default: a directory under the system temp dir). The template is built once per session with
+pytest-postgresql's DatabaseJanitor and each test gets ``CREATE DATABASE … TEMPLATE`` of it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from datalayer.config import DatabaseTarget, Settings
+from datalayer.embedded import start_embedded_postgres
+from datalayer.migrate import setup_database
+from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool, set_default_pool
+
+__all__ = ["TestServer", "fresh_database", "settings_for_tests"]
+
+_counter = itertools.count(1)
+
+
+class TestServer:
+    """Where the test databases live: a target for the maintenance database, and the template name."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, target: DatabaseTarget) -> None:
+        self.target = target
+        self.template: str | None = None
+
+    def janitor(self, dbname: str, *, template: str | None = None, as_template: bool = False) -> DatabaseJanitor:
+        p = self.target.params
+        return DatabaseJanitor(
+            user=p.get("user", "postgres"),
+            host=p.get("host", "localhost"),
+            port=p.get("port", "5432"),
+            dbname=dbname,
+            template_dbname=template,
+            maintenance_dbname=p.get("dbname", "postgres"),
+            as_template=as_template,
+            password=self.target.password.value if self.target.password else None,
+        )
+
+    def target_for(self, dbname: str) -> DatabaseTarget:
+        return DatabaseTarget(
+            params={**self.target.params, "dbname": dbname}, password=self.target.password, embedded=False
+        )
+
+
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Settings for tests: small pools, short timeouts, no embedded fallback surprises."""
+    base: dict[str, Any] = {
+        "pool_size": 4,
+        "pool_min_size": 1,
+        "max_overflow": 4,
+        "pool_timeout": 10.0,
+        "statement_timeout": "60s",
+        "lock_timeout": "10s",
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+def _server_target() -> DatabaseTarget:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        target = Settings.from_env({"DATABASE_URL": url}).database
+        assert target is not None
+        return target
+    home = Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
+    embedded = start_embedded_postgres(Settings(home=home))
+    return DatabaseTarget(params={**embedded.params, "dbname": "postgres"}, embedded=True)
+
+
+def _migrate_loader(server: TestServer) -> Any:
+    def load(*, dbname: str, **_: Any) -> None:
+        setup_database(target=server.target_for(dbname), settings=settings_for_tests())
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def datalayer_server() -> Iterator[TestServer]:
+    """The test server, with a migrated template database built once for the session."""
+    server = TestServer(_server_target())
+    template = f"dl_tmpl_{os.getpid()}"
+    janitor = server.janitor(template, as_template=True)
+    janitor.drop()
+    with janitor:
+        janitor.load(_migrate_loader(server))
+        server.template = template
+        yield server
+
+
+@contextmanager
+def fresh_database(server: TestServer, **settings: Any) -> Iterator[DataLayerPool]:
+    """A new database cloned from the template, with a pool on it installed as the default pool."""
+    name = f"dl_t{os.getpid()}_{next(_counter)}"
+    janitor = server.janitor(name, template=server.template)
+    janitor.drop()
+    with janitor:
+        pool = open_pool(settings_for_tests(**settings), target=server.target_for(name), wait=True)
+        previous = set_default_pool(pool)
+        try:
+            yield pool
+        finally:
+            set_default_pool(previous)
+            pool.close()
+
+
+@pytest.fixture
+def dl_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
+    """A pool on a fresh migrated database (also the default pool during the test)."""
+    with fresh_database(datalayer_server) as pool:
+        yield pool
+
+
+@pytest.fixture
+def db(dl_pool: DataLayerPool) -> Iterator[DataLayerConnection]:
+    """An autocommit connection to a fresh migrated database."""
+    with connection(dl_pool) as conn:
+        yield conn

@@ -1,0 +1,43 @@
+"""Small helpers shared by tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from datalayer.config import DatabaseTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DATABASE_VARS = ("DATABASE_URL", "DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "DATABASE_USER",
+                 "DATABASE_PASSWORD", "DATABASE_SSLMODE")
+REDIS_VARS = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The current environment minus every datalayer setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in DATABASE_VARS + REDIS_VARS}
+    env.pop("DATALAYER_EMBEDDED", None)
+    env.update(extra)
+    return env
+
+
+def url_of(target: DatabaseTarget) -> str:
+    """A postgresql:// URL (password included) for a target, for subprocesses."""
+    p = target.params
+    auth = p.get("user", "postgres")
+    if target.password is not None:
+        auth += ":" + target.password.value
+    host = p.get("host", "")
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{p['dbname']}?host={host}&port={p.get('port', '5432')}"
+    return f"postgresql://{auth}@{host}:{p.get('port', '5432')}/{p['dbname']}"
+
+
+def run_py(code: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run Python code in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", code], env=dict(env), capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, check=False)

@@ -1,0 +1,223 @@
+"""Connections, transactions with hooks and savepoints, and both get_db idioms."""
+
+from __future__ import annotations
+
+import gc
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from datalayer import (
+    ConfigError,
+    DataLayerError,
+    IntegrityConflict,
+    TransientError,
+    connection,
+    get_db,
+    on_commit,
+    on_rollback,
+    transaction,
+    user_repo,
+)
+from datalayer.config import DatabaseTarget
+from datalayer.pool import DataLayerPool, open_pool
+from datalayer.testing import settings_for_tests
+from datalayer.transactions import current_transaction, in_transaction
+
+
+def _user(db: Any, name: str | None = None) -> Any:
+    name = name or f"u{uuid.uuid4().hex[:10]}"
+    return user_repo.create(db, username=name, email=f"{name}@example.com", hashed_password="h")
+
+
+def test_connection_is_autocommit_utc_and_named(dl_pool: DataLayerPool) -> None:
+    with connection() as db:
+        assert db.autocommit
+        assert db.execute("SHOW TimeZone").fetchone() == ("UTC",)
+        assert db.execute("SHOW application_name").fetchone() == ("datalayer",)
+        _user(db, "auto")
+    # committed by itself: visible from another connection
+    with connection() as other:
+        assert user_repo.get_by_username(other, "auto") is not None
+
+
+def test_transaction_commits_and_runs_hooks_after(dl_pool: DataLayerPool) -> None:
+    events: list[str] = []
+    with connection() as db:
+        with transaction(db):
+            _user(db, "tx1")
+            on_commit(lambda: events.append("committed"))
+            on_rollback(lambda: events.append("rolled back"))
+            assert events == []
+            assert in_transaction(db) and current_transaction() is db
+        assert events == ["committed"]
+        assert not in_transaction(db) and current_transaction() is None
+        assert user_repo.get_by_username(db, "tx1") is not None
+
+
+def test_transaction_rolls_back_on_error(dl_pool: DataLayerPool) -> None:
+    events: list[str] = []
+    with connection() as db:
+        with pytest.raises(RuntimeError), transaction(db):
+            _user(db, "tx2")
+            on_commit(lambda: events.append("committed"))
+            on_rollback(lambda: events.append("rolled back"))
+            raise RuntimeError("boom")
+        assert events == ["rolled back"]
+        assert user_repo.get_by_username(db, "tx2") is None
+
+
+def test_nothing_half_written_on_integrity_error(dl_pool: DataLayerPool) -> None:
+    with connection() as db:
+        with pytest.raises(IntegrityConflict), transaction(db):
+            _user(db, "first")
+            _user(db, "first")
+        assert user_repo.count(db) == 0
+
+
+def test_savepoints_drop_their_hooks_on_rollback(dl_pool: DataLayerPool) -> None:
+    events: list[str] = []
+    with connection() as db, transaction(db):
+        _user(db, "outer")
+        with pytest.raises(ValueError), transaction(db):
+            _user(db, "inner_lost")
+            on_commit(lambda: events.append("inner-lost commit"))
+            on_rollback(lambda: events.append("inner rollback"))
+            raise ValueError
+        with transaction(db):
+            _user(db, "inner_kept")
+            on_commit(lambda: events.append("inner-kept commit"))
+        assert events == ["inner rollback"]
+    assert events == ["inner rollback", "inner-kept commit"]
+    with connection() as db:
+        names = {u.username for u in user_repo.find(db).items}
+    assert names == {"outer", "inner_kept"}
+
+
+def test_released_savepoint_hooks_die_with_outer_rollback(dl_pool: DataLayerPool) -> None:
+    events: list[str] = []
+    with connection() as db, pytest.raises(KeyError), transaction(db):
+        with transaction(db):
+            on_commit(lambda: events.append("commit"))
+            on_rollback(lambda: events.append("rollback"))
+        raise KeyError
+    assert events == ["rollback"]
+
+
+def test_explicit_rollback(dl_pool: DataLayerPool) -> None:
+    events: list[str] = []
+    with connection() as db:
+        with transaction(db):
+            _user(db, "gone")
+            on_rollback(lambda: events.append("rollback"))
+            raise psycopg.Rollback
+        assert events == ["rollback"]
+        assert user_repo.get_by_username(db, "gone") is None
+
+
+def test_on_commit_outside_transaction_runs_now() -> None:
+    events: list[str] = []
+    on_commit(lambda: events.append("now"))
+    on_rollback(lambda: events.append("never"))
+    assert events == ["now"]
+
+
+def test_failing_hook_does_not_break_the_commit(dl_pool: DataLayerPool, caplog: pytest.LogCaptureFixture) -> None:
+    def bad() -> None:
+        raise RuntimeError("hook failed")
+
+    with connection() as db:
+        with transaction(db):
+            _user(db, "kept")
+            on_commit(bad)
+        assert user_repo.get_by_username(db, "kept") is not None
+    assert "hook" in caplog.text
+
+
+def test_transaction_without_db_borrows_one(dl_pool: DataLayerPool) -> None:
+    with transaction() as db:
+        _user(db, "borrowed")
+        assert in_transaction(db)
+    with connection() as db:
+        assert user_repo.get_by_username(db, "borrowed") is not None
+
+
+def _idle(pool: DataLayerPool) -> tuple[int, int]:
+    stats = pool.get_stats()
+    return stats.get("pool_size", 0), stats.get("pool_available", 0)
+
+
+def _wait_idle(pool: DataLayerPool, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        size, available = _idle(pool)
+        if size == available:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pool not idle: {pool.get_stats()}")
+
+
+def test_get_db_fastapi_style(dl_pool: DataLayerPool) -> None:
+    # What FastAPI's Depends does with a generator dependency.
+    gen = get_db()
+    db = next(gen)
+    _user(db, "fastapi")
+    with pytest.raises(StopIteration):
+        next(gen)
+    _wait_idle(dl_pool)
+    # and with an exception thrown into it
+    gen = get_db()
+    db = next(gen)
+    with pytest.raises(ValueError):
+        gen.throw(ValueError("handler failed"))
+    _wait_idle(dl_pool)
+
+
+def test_get_db_seed_idiom_keeps_connection_until_dropped(dl_pool: DataLayerPool) -> None:
+    db = next(get_db())  # the generator is gone already
+    assert not db.closed
+    # nobody else gets this connection while we hold it
+    with connection() as other:
+        assert other is not db
+        other_pid = other.info.backend_pid
+    assert db.info.backend_pid != other_pid
+    u = _user(db, "seed")
+    assert user_repo.get_by_id(db, u.id) == u
+    with transaction(db):
+        _user(db, "seed2")
+    del db
+    gc.collect()
+    _wait_idle(dl_pool)
+
+
+def test_get_db_seed_idiom_does_not_leak(dl_pool: DataLayerPool) -> None:
+    for i in range(3 * dl_pool.max_size):
+        db = next(get_db())
+        _user(db, f"loop{i}")
+        del db
+    _wait_idle(dl_pool)
+    with connection() as db:
+        assert user_repo.count(db) == 3 * dl_pool.max_size
+
+
+def test_wrong_database_is_a_clear_config_error(datalayer_server: Any) -> None:
+    bad = DatabaseTarget(params={**datalayer_server.target.params, "dbname": "no_such_db_xyz"})
+    with pytest.raises(ConfigError, match="no_such_db_xyz.*check DATABASE_URL") as e:
+        open_pool(settings_for_tests(), target=bad)
+    assert e.value.variable == "DATABASE_URL"
+
+
+def test_unreachable_server_is_transient_and_quick() -> None:
+    target = DatabaseTarget(params={"host": "127.0.0.1", "port": "1", "dbname": "x", "user": "u"})
+    t0 = time.monotonic()
+    with pytest.raises(TransientError, match="cannot connect to postgresql://u@127.0.0.1:1/x"):
+        open_pool(settings_for_tests(), target=target)
+    assert time.monotonic() - t0 < 5
+
+
+def test_every_error_is_a_datalayer_error(db: Any) -> None:
+    with pytest.raises(DataLayerError):
+        user_repo.create(db, username="x", email="y", hashed_password="z")
