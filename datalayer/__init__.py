@@ -9,6 +9,7 @@ over psycopg 3 connections from a psycopg_pool pool.
 """
 
 from datalayer.config import Settings
+from datalayer.contracts import check
 from datalayer.errors import (
     CacheUnavailable,
     CommitUnknown,
@@ -52,6 +53,7 @@ __all__ = [
     "User",
     "ValidationError",
     "attrs_row",
+    "check",
     "check_database_health",
     "close_default_pool",
     "connection",

@@ -150,6 +150,7 @@ def _convert(text: str) -> tuple[str, tuple[str, ...], bool]:
     """psql-style text → (psycopg text, parameter names, has a second statement)."""
     out: list[str] = []
     params: dict[str, None] = {}
+    forms: dict[str, bool] = {}  # name -> written quoted (:'name')
     i, n = 0, len(text)
     ended = False  # saw the terminating ';'
     while i < n:
@@ -206,6 +207,13 @@ def _convert(text: str) -> tuple[str, tuple[str, ...], bool]:
                     i,
                     f"a bind parameter cannot follow the type name {word!r}: write "
                     f"{text[i:j]}::{word.lower()} instead of {word} {text[i:j]}",
+                )
+            quoted = text.startswith(":'", i)
+            if forms.setdefault(name, quoted) != quoted:
+                raise _Refused(
+                    i,
+                    f"parameter {name} is written both as :{name} and :'{name}'; psql substitutes one value, "
+                    "so use one form",
                 )
             params.setdefault(name)
             out.append(f"%({name})s")

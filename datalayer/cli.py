@@ -101,6 +101,26 @@ def _cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from datalayer.contracts import check_scratch
+
+    findings = check_scratch()
+    for f in findings:
+        print(f)
+    print(f"{len(findings)} finding(s)" if findings else "every query matches its record", file=sys.stderr)
+    return 1 if findings else 0
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from datalayer.lint import lint_migrations
+
+    code, report = lint_migrations()
+    if report:
+        print(report)
+    print("migrations pass squawk's rules" if code == 0 else "squawk found problems", file=sys.stderr)
+    return 1 if code else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datalayer",
@@ -126,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="check connectivity, migrations, partitions and indexes")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser("check", help="verify every query against a scratch migrated database (exit 1 on findings)")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("lint-migrations", help="run squawk's migration safety rules on migrations/")
+    p.set_defaults(func=_cmd_lint)
 
     p = sub.add_parser("demo", help="run the end-to-end demo (embedded servers when nothing is configured)")
     p.set_defaults(func=_cmd_demo)

@@ -46,9 +46,9 @@ def check_database_health(
     try:
         settings = settings or Settings.from_env()
         if target is None:
-            from datalayer.pool import resolve_database
+            from datalayer.pool import default_target
 
-            target = resolve_database(settings)
+            target = default_target(settings)
         conn = psycopg.connect(
             target.conninfo(),
             autocommit=True,

@@ -59,9 +59,9 @@ class MigrationState:
 def _settings_and_target(settings: Settings | None, target: DatabaseTarget | None) -> tuple[Settings, DatabaseTarget]:
     settings = settings or Settings.from_env()
     if target is None:
-        from datalayer.pool import resolve_database
+        from datalayer.pool import default_target
 
-        target = resolve_database(settings)
+        target = default_target(settings)
     return settings, target
 
 

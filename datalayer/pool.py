@@ -37,6 +37,7 @@ __all__ = [
     "close_default_pool",
     "connection",
     "default_pool",
+    "default_target",
     "get_db",
     "open_pool",
     "resolve_database",
@@ -220,6 +221,14 @@ def default_pool() -> DataLayerPool:
             _default = open_pool()
             _default_pid = os.getpid()
         return _default
+
+
+def default_target(settings: Settings) -> DatabaseTarget:
+    """The database this process talks to: the open default pool's, else the one ``settings`` name."""
+    pool = _default
+    if pool is not None and _default_pid == os.getpid():
+        return pool.target
+    return resolve_database(settings)
 
 
 def set_default_pool(pool: DataLayerPool | None) -> DataLayerPool | None:

@@ -7,6 +7,10 @@
 -- Status columns are text with CHECK constraints rather than enum types: adding a status later is
 -- an ALTER of one constraint (NOT VALID + VALIDATE), not an enum rewrite.
 
+-- A migration waiting for a lock queues all traffic behind it: give up after 10 s and retry later.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE FUNCTION datalayer_touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -8,6 +8,10 @@
 -- No foreign key to users: log lines outlive the accounts they mention, and an FK would make every
 -- user deletion scan every partition.
 
+-- A migration waiting for a lock queues all traffic behind it: give up after 10 s and retry later.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE system_log (
     id         bigint GENERATED ALWAYS AS IDENTITY,
     created_at timestamptz NOT NULL DEFAULT now(),

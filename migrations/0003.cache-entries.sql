@@ -4,6 +4,10 @@
 -- generation the value was computed at (a writer that read before an invalidation cannot
 -- overwrite a newer entry); expires_at NULL means no expiry.
 
+-- A migration waiting for a lock queues all traffic behind it: give up after 10 s and retry later.
+SET LOCAL lock_timeout = '10s';
+SET LOCAL statement_timeout = '10min';
+
 CREATE TABLE cache_entries (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     key        text        NOT NULL,

@@ -2,10 +2,12 @@
 
 -- name: ensure_log_partition :scalar
 -- Creates the system_log partition of one UTC day (\set day '2026-01-31'); false if it exists.
-SELECT datalayer_ensure_log_partition(:'day'::date);
+-- not-null: created: the function returns true or false, or raises
+SELECT datalayer_ensure_log_partition(:'day'::date) AS created;
 
 -- name: log_partitions :many
 -- Every partition of system_log with its day (NULL for the default partition), default last.
+-- not-null: total_bytes: pg_total_relation_size() of a relation listed in pg_class is never NULL
 SELECT c.relname::text AS name,
        CASE WHEN c.relname ~ '^system_log_p[0-9]{8}$'
             THEN to_date(substr(c.relname, 13), 'YYYYMMDD') END AS day,

@@ -137,7 +137,14 @@ def update(db: Connection[Any], user_id: int, **changes: Unpack[UserChanges]) ->
         if not isinstance(changes["is_active"], bool):
             raise ValidationError({"is_active": "must be true or false"})
         params["is_active"] = changes["is_active"]
-    return _update.maybe(db, user_id=_check_id(user_id), **params)
+    return _update.maybe(
+        db,
+        user_id=_check_id(user_id),
+        username=params["username"],
+        email=params["email"],
+        hashed_password=params["hashed_password"],
+        is_active=params["is_active"],
+    )
 
 
 def delete(db: Connection[Any], user_id: int) -> bool:

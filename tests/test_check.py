@@ -1,0 +1,104 @@
+"""`datalayer check`: the shipped queries pass; deliberately broken ones fail with the right file:line."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import clean_env, run_py, url_of
+
+from datalayer import check
+from datalayer._run import bindings
+from datalayer._sql import load_file
+from datalayer.contracts import check_contracts
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_every_shipped_query_matches_its_record(db: psycopg.Connection[Any]) -> None:
+    findings = check(db)
+    assert findings == [], "\n".join(map(str, findings))
+
+
+@pytest.fixture
+def broken_findings(db: psycopg.Connection[Any]) -> list[str]:
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        module = importlib.import_module("brokenrepo")
+    finally:
+        sys.path.remove(str(FIXTURES))
+    bound = [b for b in bindings() if b.module == module.__name__]
+    queries = list(load_file(FIXTURES / "brokenrepo" / "broken.sql").queries.values())
+    return [str(f) for f in check_contracts(db, bound, queries)]
+
+
+def _one(findings: list[str], needle: str) -> str:
+    hits = [f for f in findings if needle in f]
+    assert len(hits) == 1, f"{needle!r} in:\n" + "\n".join(findings)
+    return hits[0]
+
+
+def test_renamed_column_fails_to_prepare_at_its_line(broken_findings: list[str]) -> None:
+    f = _one(broken_findings, "broken.renamed_column")
+    assert f.startswith("sql/broken.sql:3 broken.renamed_column: does not prepare")
+    assert '"mail" does not exist' in f
+
+
+def test_not_null_field_fed_by_left_join(broken_findings: list[str]) -> None:
+    f = _one(broken_findings, "broken.joined")
+    assert f.startswith("sql/broken.sql:6 broken.joined: field 'email': column may be NULL")
+    assert "str | None" in f and "-- not-null: email:" in f
+
+
+def test_missing_parameter(broken_findings: list[str]) -> None:
+    f = _one(broken_findings, "broken.missing_param")
+    assert f.startswith("sql/broken.sql:10 broken.missing_param (called at ")
+    assert "brokenrepo/__init__.py:" in f and "missing parameter(s) :email" in f
+
+
+def test_wrong_method_and_extra_parameter(broken_findings: list[str]) -> None:
+    hits = [f for f in broken_findings if "broken.good" in f]
+    assert any("declared :maybe but called with .many()" in f for f in hits), hits
+    assert any("parameter(s) extra passed but not used" in f for f in hits), hits
+
+
+def test_record_fields_and_types(broken_findings: list[str]) -> None:
+    f = _one(broken_findings, "broken.renamed_field")
+    assert f.startswith("sql/broken.sql:16 broken.renamed_field: result columns do not match Row")
+    assert "fields without a column: email" in f and "columns without a field: username" in f
+    t = _one(broken_findings, "broken.wrong_type")
+    assert t.startswith("sql/broken.sql:19 broken.wrong_type: field 'id': column is text but the field is int")
+
+
+def test_missing_and_unused_queries(broken_findings: list[str]) -> None:
+    _one(broken_findings, "binds query 'ghost', which the file does not define")
+    f = _one(broken_findings, "broken.unused")
+    assert f.startswith("sql/broken.sql:22 broken.unused: no function uses this query")
+
+
+def test_cli_check_exit_codes(datalayer_server: Any) -> None:
+    env = clean_env(DATABASE_URL=url_of(datalayer_server.target_for("postgres")))
+    r = run_py("import sys\nfrom datalayer.cli import main\nsys.exit(main(['check']))", env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "every query matches its record" in r.stderr
+
+
+def test_cli_lint_migrations() -> None:
+    r = run_py("import sys\nfrom datalayer.cli import main\nsys.exit(main(['lint-migrations']))", clean_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_lint_catches_an_unsafe_migration(tmp_path: Path) -> None:
+    from datalayer.lint import lint_migrations
+
+    (tmp_path / "0001.bad.sql").write_text("ALTER TABLE users ADD COLUMN age integer NOT NULL DEFAULT 0;\n"
+                                           "CREATE INDEX users_age_idx ON users (age);\n")
+    (tmp_path / "0001.bad.rollback.sql").write_text("DROP TABLE users;\n")
+    code, report = lint_migrations(tmp_path)
+    assert code != 0
+    assert "require-concurrent-index-creation" in report or "require-lock-timeout" in report
+    assert "ban-drop-table" not in report  # allowed in rollback files

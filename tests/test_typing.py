@@ -1,0 +1,61 @@
+"""Static types reach the caller: the sample service passes mypy --strict, and misuse is reported."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datalayer.pool import DataLayerPool
+
+HERE = Path(__file__).parent / "typing"
+ROOT = Path(__file__).parent.parent
+
+
+def _mypy(*files: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--show-error-codes",
+         "--cache-dir", str(cache), *map(str, files)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+
+
+@pytest.mark.slow
+def test_sample_service_and_misuse(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cache = tmp_path_factory.mktemp("mypy-cache")
+    ok = _mypy(HERE / "sample_service.py", cache=cache)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    bad = _mypy(HERE / "misuse.py", cache=cache)
+    reported: dict[int, set[str]] = {}
+    for line in bad.stdout.splitlines():
+        m = re.match(r".*misuse\.py:(\d+): error: .*\[([a-z-]+)\]$", line)
+        if m:
+            reported.setdefault(int(m.group(1)), set()).add(m.group(2))
+    expected = {
+        n: code
+        for n, text in enumerate((HERE / "misuse.py").read_text().splitlines(), start=1)
+        if (code := (re.search(r"# E: ([a-z-]+)", text) or [None, None])[1])
+    }
+    assert len(expected) >= 8
+    for line, code in expected.items():
+        assert code in reported.get(line, set()), f"misuse.py:{line} should report [{code}]; mypy said:\n{bad.stdout}"
+    unexpected = set(reported) - set(expected)
+    assert not unexpected, f"unexpected errors on lines {sorted(unexpected)}:\n{bad.stdout}"
+
+
+def test_sample_service_runs(dl_pool: DataLayerPool) -> None:
+    sys.path.insert(0, str(HERE))
+    try:
+        import sample_service
+    finally:
+        sys.path.remove(str(HERE))
+    out: dict[str, Any] = sample_service.run(dl_pool)
+    assert out["health"] == "healthy"
+    assert out["findings"] == []
+    assert out["analysis_ok"] is True
+    assert all(applied and not changed for _, applied, changed in out["migrations"])

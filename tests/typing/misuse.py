@@ -1,0 +1,35 @@
+"""Every line marked `# E: <mypy error code>` must be reported by mypy --strict (see test_typing.py)."""
+
+from __future__ import annotations
+
+from datalayer import User, connection, transaction, user_repo
+
+
+def wrong_argument_types() -> None:
+    with connection() as db:
+        user_repo.get_by_id(db, "42")  # E: arg-type
+        user_repo.create(db, username="ann", email="a@example.com", hashed_password=None)  # E: arg-type
+        user_repo.find(db, limit="50")  # E: arg-type
+
+
+def optional_treated_as_record() -> str:
+    with connection() as db:
+        user = user_repo.get_by_id(db, 1)
+        return user.email  # E: union-attr
+
+
+def optional_assigned_to_record() -> User:
+    with connection() as db:
+        user: User = user_repo.get_by_email(db, "a@example.com")  # E: assignment
+        return user
+
+
+def unknown_keyword_in_update() -> None:
+    with transaction() as db:
+        user_repo.update(db, 1, nickname="ann")  # E: call-arg
+        user_repo.update(db, 1, is_active="yes")  # E: arg-type
+
+
+def missing_keyword() -> None:
+    with connection() as db:
+        user_repo.create(db, username="ann", email="a@example.com")  # E: call-arg
