@@ -11,10 +11,12 @@ over psycopg 3 connections from a psycopg_pool pool.
 from datalayer.config import Settings
 from datalayer.contracts import check
 from datalayer.errors import (
+    BackupError,
     CacheUnavailable,
     CommitUnknown,
     ConfigError,
     DataLayerError,
+    IllegalTransition,
     IntegrityConflict,
     MigrationError,
     MultipleRowsFound,
@@ -24,22 +26,47 @@ from datalayer.errors import (
     TransientError,
     ValidationError,
 )
+from datalayer.events import SystemLogHandler, log_system_event
 from datalayer.health import check_database_health
+from datalayer.maintenance import backup_database_data, cleanup_old_data, get_database_stats, restore_database_data
 from datalayer.migrate import migration_status, plan_sql, reset_database, setup_database
 from datalayer.partitions import ensure_log_partitions, list_log_partitions
 from datalayer.passwords import hash_password, needs_rehash, verify_password
 from datalayer.pool import close_default_pool, connection, default_pool, get_db, open_pool, set_default_pool
-from datalayer.records import OffsetPage, Page, User
+from datalayer.records import (
+    AnalysisFile,
+    AnalysisWithFiles,
+    CacheEntry,
+    DataAnalysis,
+    FileTypeTotal,
+    OffsetPage,
+    Page,
+    SystemLogEntry,
+    ToolGeneration,
+    User,
+)
+from datalayer.repos import analyses as data_analysis_repo
+from datalayer.repos import cache_entries as cache_entry_repo
+from datalayer.repos import files as analysis_file_repo
+from datalayer.repos import system_log as system_log_repo
+from datalayer.repos import tool_generations as tool_generation_repo
 from datalayer.repos import users as user_repo
 from datalayer.rows import attrs_row
 from datalayer.transactions import on_commit, on_rollback, transaction
 from datalayer.validation import validate_analysis_data, validate_user_data
 
 __all__ = [
+    "AnalysisFile",
+    "AnalysisWithFiles",
+    "BackupError",
+    "CacheEntry",
     "CacheUnavailable",
     "CommitUnknown",
     "ConfigError",
+    "DataAnalysis",
     "DataLayerError",
+    "FileTypeTotal",
+    "IllegalTransition",
     "IntegrityConflict",
     "MigrationError",
     "MultipleRowsFound",
@@ -49,19 +76,29 @@ __all__ = [
     "PoolExhausted",
     "QueryError",
     "Settings",
+    "SystemLogEntry",
+    "SystemLogHandler",
+    "ToolGeneration",
     "TransientError",
     "User",
     "ValidationError",
+    "analysis_file_repo",
     "attrs_row",
+    "backup_database_data",
+    "cache_entry_repo",
     "check",
     "check_database_health",
+    "cleanup_old_data",
     "close_default_pool",
     "connection",
+    "data_analysis_repo",
     "default_pool",
     "ensure_log_partitions",
+    "get_database_stats",
     "get_db",
     "hash_password",
     "list_log_partitions",
+    "log_system_event",
     "migration_status",
     "needs_rehash",
     "on_commit",
@@ -69,8 +106,11 @@ __all__ = [
     "open_pool",
     "plan_sql",
     "reset_database",
+    "restore_database_data",
     "set_default_pool",
     "setup_database",
+    "system_log_repo",
+    "tool_generation_repo",
     "transaction",
     "user_repo",
     "validate_analysis_data",

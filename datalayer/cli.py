@@ -121,6 +121,80 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     return 1 if code else 0
 
 
+class _Progress:
+    """Rows done per table on stderr: one updating line on a terminal, a line per 10% otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last: tuple[str, int] = ("", 0)
+
+    def __call__(self, table: str, rows: int) -> None:
+        if self.tty:
+            print(f"\r  {table:<18} {rows:>12,} rows", end="", file=sys.stderr, flush=True)
+        elif table != self.last[0] or rows >= self.last[1] + 100_000:
+            print(f"  {table:<18} {rows:>12,} rows", file=sys.stderr, flush=True)
+        self.last = (table, rows)
+
+    def done(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from datalayer.maintenance import get_database_stats
+    from datalayer.pool import connection
+
+    with connection() as db:
+        stats = get_database_stats(db)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"users: {stats['users']:,}    analyses in the last 24 h: {stats['recent_analyses']:,}")
+    for key in ("analyses_by_status", "tool_generations_by_status", "log_events_last_hour"):
+        print(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v:,}" for k, v in stats[key].items()))
+    print("tables:")
+    for name, t in stats["tables"].items():
+        print(f"  {name:<18} ~{t['estimated_rows']:>12,} rows {t['total_bytes'] / 1024:>12,.0f} KiB")
+    return 0
+
+
+def _cmd_cleanup(args: argparse.Namespace) -> int:
+    from datalayer.maintenance import cleanup_old_data
+    from datalayer.pool import connection
+
+    with connection() as db:
+        result = cleanup_old_data(db, days=args.days)
+    print(
+        f"removed {result['system_logs']:,} log rows ({result['partitions_dropped']} day partitions dropped) "
+        f"older than {result['cutoff']}, and {result['cache_entries']:,} expired cache entries"
+    )
+    return 0
+
+
+def _cmd_backup(args: argparse.Namespace) -> int:
+    from datalayer.maintenance import backup_database_data
+    from datalayer.pool import connection
+
+    progress = _Progress()
+    with connection() as db:
+        backup_database_data(db, args.file, progress=progress)
+    progress.done()
+    print(f"backup written to {args.file}")
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from datalayer.maintenance import restore_database_data
+    from datalayer.pool import connection
+
+    progress = _Progress()
+    with connection() as db:
+        counts = restore_database_data(db, args.file, progress=progress)
+    progress.done()
+    print("restored: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datalayer",
@@ -155,6 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the end-to-end demo (embedded servers when nothing is configured)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("stats", help="row counts by status and level, table and partition sizes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_stats)
+
+    p = sub.add_parser("cleanup", help="drop log partitions older than N days, purge expired cache entries")
+    p.add_argument("--days", type=int, default=30, metavar="N", help="keep the last N days of logs (default 30)")
+    p.set_defaults(func=_cmd_cleanup)
+
+    p = sub.add_parser("backup", help="write every table to FILE (streaming, atomic)")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_backup)
+
+    p = sub.add_parser("restore", help="load FILE into an empty, migrated database in one transaction")
+    p.add_argument("file")
+    p.set_defaults(func=_cmd_restore)
 
     p = sub.add_parser("reset", help="roll back every migration and re-apply: ALL DATA IS LOST")
     p.add_argument("--yes", action="store_true", help="confirm")

@@ -262,23 +262,22 @@ class _Nullability:
 
     def column_of(self, stmt: Any, column: str, parent: _Scope | None) -> bool:
         """May ``column`` of the result of ``stmt`` be NULL?"""
-        if _is_set_operation(stmt):
-            return self.column_of(stmt.larg, column, parent) or self.column_of(stmt.rarg, column, parent)
-        targets = _targets(stmt)
-        if targets is None:
+        first = stmt
+        while _is_set_operation(first):  # a UNION's columns are named by its first branch
+            first = first.larg
+        names = [_target_name(t) for t in _targets(first) or ()]
+        if column not in names:
             return True
-        for t in targets:
-            if _target_name(t) == column:
-                return self.expr(t.val, _scope_of(stmt, parent))
-        return True
+        return self.target(stmt, names.index(column), parent)
 
-    def target(self, stmt: Any, index: int) -> bool:
+    def target(self, stmt: Any, index: int, parent: _Scope | None = None) -> bool:
+        """May the ``index``-th result column of ``stmt`` be NULL?"""
         if _is_set_operation(stmt):
-            return self.target(stmt.larg, index) or self.target(stmt.rarg, index)
+            return self.target(stmt.larg, index, parent) or self.target(stmt.rarg, index, parent)
         targets = _targets(stmt)
         if targets is None or index >= len(targets):
             return True
-        return self.expr(targets[index].val, _scope_of(stmt))
+        return self.expr(targets[index].val, _scope_of(stmt, parent))
 
     def column_ref(self, node: Any, scope: _Scope) -> bool:
         fields = [f for f in node.fields if type(f).__name__ != "A_Star"]
@@ -508,7 +507,8 @@ def _call_sites(module: types.ModuleType) -> dict[str, list[_Call]]:
     except (OSError, TypeError):
         return {}
     tree = ast.parse(source, filename=path)
-    bound: dict[str, str] = {}
+    bound: dict[str, list[str]] = {}
+    aliases: list[tuple[str, ast.IfExp]] = []
     for node in ast.walk(tree):
         value: Any = None
         target: Any = None
@@ -516,7 +516,12 @@ def _call_sites(module: types.ModuleType) -> dict[str, list[_Call]]:
             target, value = node.targets[0], node.value
         elif isinstance(node, ast.AnnAssign):
             target, value = node.target, node.value
-        if not isinstance(target, ast.Name) or not isinstance(value, ast.Call):
+        if not isinstance(target, ast.Name):
+            continue
+        if isinstance(value, ast.IfExp):  # query = _find if order == "newest" else _find_oldest
+            aliases.append((target.id, value))
+            continue
+        if not isinstance(value, ast.Call):
             continue
         fn = value.func
         fname = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else ""
@@ -524,8 +529,13 @@ def _call_sites(module: types.ModuleType) -> dict[str, list[_Call]]:
         if fname == "bind" and len(args) >= 2 and isinstance(args[0], ast.Name) and isinstance(args[1], ast.Constant):
             # The queries object is a module global (a QueryFile): its domain names the SQL file.
             domain = getattr(getattr(module, args[0].id, None), "domain", "?")
-            bound[target.id] = f"{domain}.{args[1].value!s}"
-    calls: dict[str, list[_Call]] = {q: [] for q in bound.values()}
+            bound[target.id] = [f"{domain}.{args[1].value!s}"]
+    for name, choice in aliases:
+        branches = [b for b in (choice.body, choice.orelse) if isinstance(b, ast.Name) and b.id in bound]
+        if len(branches) == 2:
+            bound.setdefault(name, [])
+            bound[name] = bound[name] + [q for b in branches for q in bound[b.id]]
+    calls: dict[str, list[_Call]] = {q: [] for qs in bound.values() for q in qs}
     for node in ast.walk(tree):
         if (
             isinstance(node, ast.Call)
@@ -533,14 +543,14 @@ def _call_sites(module: types.ModuleType) -> dict[str, list[_Call]]:
             and isinstance(node.func.value, ast.Name)
             and node.func.value.id in bound
         ):
-            calls[bound[node.func.value.id]].append(
-                _Call(
-                    method=node.func.attr,
-                    kwargs={k.arg for k in node.keywords if k.arg is not None},
-                    splat=any(k.arg is None for k in node.keywords),
-                    line=node.lineno,
-                )
+            call = _Call(
+                method=node.func.attr,
+                kwargs={k.arg for k in node.keywords if k.arg is not None},
+                splat=any(k.arg is None for k in node.keywords),
+                line=node.lineno,
             )
+            for q in bound[node.func.value.id]:
+                calls[q].append(call)
     return calls
 
 

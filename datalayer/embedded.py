@@ -7,10 +7,12 @@ them (what .env.example recommends for production).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,13 @@ from psycopg.conninfo import make_conninfo
 from datalayer.config import DatabaseTarget, RedisTarget, Settings
 from datalayer.errors import ConfigError
 
-__all__ = ["EMBEDDED_DBNAME", "embedded_postgres_bin", "start_embedded_postgres", "start_embedded_redis"]
+__all__ = [
+    "EMBEDDED_DBNAME",
+    "before_embedded_stop",
+    "embedded_postgres_bin",
+    "start_embedded_postgres",
+    "start_embedded_redis",
+]
 
 log = logging.getLogger("datalayer")
 
@@ -30,6 +38,29 @@ _lock = threading.Lock()
 # Handles keep the servers alive for the life of the process; both libraries stop their server at
 # exit when the last process using it goes.
 _handles: dict[str, Any] = {}
+# Run at exit before the embedded PostgreSQL stops: log handlers flush, pools close.
+_before_stop: list[Callable[[], object]] = []
+
+
+def before_embedded_stop(hook: Callable[[], object]) -> None:
+    """Run ``hook`` at exit before the embedded PostgreSQL stops (whenever it was started).
+
+    atexit runs handlers in reverse registration order, so a handler registered before the server
+    started would otherwise run after it stopped: the last log records would have nowhere to go.
+    """
+    _before_stop.append(hook)
+
+
+def _stop_embedded_postgres(cleanup: Callable[[], object]) -> None:
+    for hook in reversed(_before_stop):
+        try:
+            hook()
+        except Exception as e:  # exit must go on
+            log.debug("datalayer: exit hook %r failed: %s", hook, e)
+    from datalayer.pool import close_default_pool
+
+    close_default_pool()
+    cleanup()
 
 
 def _quiet_import_embedded_postgres() -> Any:
@@ -74,6 +105,10 @@ def start_embedded_postgres(settings: Settings) -> DatabaseTarget:
                 variable="DATALAYER_HOME",
             ) from e
         first = "postgres" not in _handles
+        if first:
+            # Take over the library's exit hook so that our own exit work runs before the server stops.
+            atexit.unregister(server._cleanup)
+            atexit.register(_stop_embedded_postgres, server._cleanup)
         _handles["postgres"] = server
     params = {"host": str(info.socket_dir), "port": str(info.port), "user": "postgres", "dbname": "postgres"}
     _ensure_database(params)

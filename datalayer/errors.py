@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "BackupError",
     "CacheUnavailable",
     "CommitUnknown",
     "ConfigError",
     "DataLayerError",
+    "IllegalTransition",
     "IntegrityConflict",
     "MigrationError",
     "MultipleRowsFound",
@@ -68,6 +70,18 @@ class IntegrityConflict(DataLayerError):
         self.field = field
 
 
+class IllegalTransition(IntegrityConflict):
+    """A status move the lifecycle (pending -> running -> completed | failed) does not allow.
+
+    ``current`` is the row's status, ``target`` the one asked for.
+    """
+
+    def __init__(self, message: str, *, current: str, target: str) -> None:
+        super().__init__(message, constraint=None, field="status")
+        self.current = current
+        self.target = target
+
+
 class QueryError(DataLayerError):
     """Any other PostgreSQL error; ``location`` is ``sql/<file>.sql:<line> <query>``."""
 
@@ -102,3 +116,11 @@ class MigrationError(DataLayerError):
 
 class CacheUnavailable(DataLayerError):
     """Redis could not be reached and the caller asked for strict cache behaviour."""
+
+
+class BackupError(DataLayerError):
+    """A backup could not be written, or a backup file is not valid; ``line`` says where it broke."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line

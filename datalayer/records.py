@@ -11,7 +11,23 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
-__all__ = ["JSON", "OffsetPage", "Page", "User"]
+__all__ = [
+    "JSON",
+    "AnalysisFile",
+    "AnalysisWithFiles",
+    "CacheEntry",
+    "DataAnalysis",
+    "DroppedPartition",
+    "FileTypeTotal",
+    "LevelCount",
+    "OffsetPage",
+    "Page",
+    "StatusCount",
+    "SystemLogEntry",
+    "TableSize",
+    "ToolGeneration",
+    "User",
+]
 
 T = TypeVar("T")
 
@@ -27,6 +43,124 @@ class User:
     is_active: bool
     created_at: datetime
     updated_at: datetime
+
+
+@attrs.frozen
+class DataAnalysis:
+    id: int
+    user_id: int
+    name: str
+    analysis_type: str
+    parameters: JSON
+    status: str  # pending | running | completed | failed
+    result: JSON | None
+    error: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class AnalysisFile:
+    id: int
+    analysis_id: int
+    filename: str
+    file_type: str
+    size_bytes: int
+    storage_uri: str
+    checksum: str | None  # sha256, lower-case hex
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class AnalysisWithFiles:
+    """An analysis and its files, read in one round trip."""
+
+    id: int
+    user_id: int
+    name: str
+    analysis_type: str
+    parameters: JSON
+    status: str
+    result: JSON | None
+    error: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    files: list[AnalysisFile]
+
+
+@attrs.frozen
+class FileTypeTotal:
+    file_type: str
+    file_count: int
+    total_bytes: int
+
+
+@attrs.frozen
+class ToolGeneration:
+    id: int
+    user_id: int
+    tool_type: str
+    spec: JSON
+    status: str  # pending | running | completed | failed
+    output: JSON | None
+    error: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class SystemLogEntry:
+    id: int
+    created_at: datetime
+    service: str
+    level: str  # DEBUG | INFO | WARNING | ERROR | CRITICAL
+    message: str
+    details: JSON
+    user_id: int | None
+    updated_at: datetime
+
+
+@attrs.frozen
+class CacheEntry:
+    id: int
+    key: str
+    value: Any
+    version: int
+    expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.frozen
+class StatusCount:
+    status: str
+    count: int
+
+
+@attrs.frozen
+class LevelCount:
+    level: str
+    count: int
+
+
+@attrs.frozen
+class TableSize:
+    name: str
+    total_bytes: int
+    estimated_rows: int
+
+
+@attrs.frozen
+class DroppedPartition:
+    partition_name: str
+    row_count: int
 
 
 @attrs.frozen

@@ -135,6 +135,14 @@ def dl_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
         yield pool
 
 
+@pytest.fixture(scope="module")
+def dl_module_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
+    """A pool on a fresh migrated database shared by one test module (for hypothesis tests, which
+    cannot use function-scoped fixtures): clean up inside the test."""
+    with fresh_database(datalayer_server) as pool:
+        yield pool
+
+
 @pytest.fixture
 def db(dl_pool: DataLayerPool) -> Iterator[DataLayerConnection]:
     """An autocommit connection to a fresh migrated database."""

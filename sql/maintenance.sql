@@ -30,3 +30,13 @@ JOIN pg_class c ON c.oid = i.indexrelid
 WHERE NOT i.indisvalid
   AND c.relnamespace = current_schema()::regnamespace
 ORDER BY 1;
+
+-- name: drop_log_partitions :many
+-- Detaches and drops every day partition that ends at or before :cutoff; returns their row counts.
+-- not-null: partition_name, row_count: the function fills both for every row it returns
+SELECT partition_name, row_count FROM datalayer_drop_log_partitions(:'cutoff'::timestamptz);
+
+-- name: delete_logs_before :exec
+-- The rows older than :cutoff that dropping whole days leaves: the boundary day and the default
+-- partition (pruned to those).
+DELETE FROM system_log WHERE created_at < :'cutoff'::timestamptz;

@@ -1,0 +1,156 @@
+"""Checks and conversions shared by the repositories: ids, filters, JSON values, status moves.
+
+Every check raises ValidationError naming the argument, before any SQL runs, so that hostile input
+never reaches the server as anything but a bound parameter of the right type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+from psycopg.types.json import Jsonb
+
+from datalayer._pagination import decode_cursor, keyset_page
+from datalayer.errors import IllegalTransition, NotFound, ValidationError
+from datalayer.records import Page
+from datalayer.validation import MAX_JSON_BYTES
+
+T = TypeVar("T")
+
+STATUSES = ("pending", "running", "completed", "failed")
+# The status a move to each target starts from.
+TRANSITIONS = {"running": "pending", "completed": "running", "failed": "running"}
+MAX_FILTER_CHARS = 200
+MAX_ID = 2**63 - 1
+
+
+def check_id(value: object, name: str) -> int:
+    if type(value) is not int or not 0 < value <= MAX_ID:
+        raise ValidationError({name: "must be a positive integer id"})
+    return value
+
+
+def optional_id(value: object, name: str) -> int | None:
+    return None if value is None else check_id(value, name)
+
+
+def check_ids(values: object, name: str = "ids") -> list[int]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValidationError({name: "must be a list of integer ids"})
+    if len(values) > 10_000:
+        raise ValidationError({name: "must hold at most 10,000 ids"})
+    return [check_id(v, name) for v in values]
+
+
+def check_text(value: object, name: str, *, max_chars: int = MAX_FILTER_CHARS, min_chars: int = 1) -> str:
+    if not isinstance(value, str):
+        raise ValidationError({name: "must be a string"})
+    if not min_chars <= len(value) <= max_chars:
+        raise ValidationError({name: f"must be {min_chars} to {max_chars} characters long"})
+    if "\x00" in value:
+        raise ValidationError({name: "must not contain NUL characters"})
+    return value
+
+
+def optional_text(value: object, name: str, *, max_chars: int = MAX_FILTER_CHARS) -> str | None:
+    return None if value is None else check_text(value, name, max_chars=max_chars)
+
+
+def check_status(value: object, name: str = "status") -> str:
+    if value not in STATUSES:
+        raise ValidationError({name: f"must be one of {', '.join(STATUSES)}"})
+    return str(value)
+
+
+def optional_status(value: object) -> str | None:
+    return None if value is None else check_status(value)
+
+
+def optional_time(value: object, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValidationError({name: "must be a timezone-aware datetime"})
+    return value
+
+
+def check_flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError({name: "must be true or false"})
+    return value
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def json_text(value: object, name: str, *, require_object: bool = True) -> str:
+    """``value`` as JSON text; ValidationError unless JSON-serialisable, at most 1 MB, without NUL."""
+    if require_object and not isinstance(value, dict):
+        raise ValidationError({name: "must be a JSON object (a dict)"})
+    try:
+        text = _dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        raise ValidationError(
+            {name: "must be JSON-serialisable (str keys; str, int, float, bool, None, list, dict)"}
+        ) from None
+    if "null" in text and _has_non_finite(value):  # orjson writes NaN and infinity as null
+        raise ValidationError({name: "must not contain NaN or infinite numbers (JSON cannot represent them)"})
+    if len(text) > MAX_JSON_BYTES:
+        raise ValidationError({name: f"must be at most {MAX_JSON_BYTES:,} bytes as JSON"})
+    if "\\u0000" in text:
+        raise ValidationError({name: "must not contain NUL characters (PostgreSQL's jsonb cannot store them)"})
+    return text
+
+
+def _has_non_finite(value: object) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return True
+    return False
+
+
+def json_value(value: object, name: str, *, require_object: bool = True) -> Jsonb:
+    """A jsonb parameter, validated as ``json_text`` and encoded once."""
+    text = json_text(value, name, require_object=require_object)
+    return Jsonb(value, dumps=lambda _obj: text)
+
+
+def optional_json(value: object, name: str, *, require_object: bool = True) -> Jsonb | None:
+    return None if value is None else json_value(value, name, require_object=require_object)
+
+
+def time_cursor(listing: str, after: str | None) -> tuple[datetime | None, int | None]:
+    """(created_at, id) out of a keyset cursor, or (None, None) for the first page."""
+    if after is None:
+        return None, None
+    created, ident = decode_cursor(listing, after, (datetime, int))
+    return created, ident
+
+
+def time_page(rows: list[T], limit: int, listing: str, key: Callable[[T], tuple[datetime, int]]) -> Page[T]:
+    return keyset_page(rows, limit, listing, key)
+
+
+def check_order(order: object) -> str:
+    if order not in ("newest", "oldest"):
+        raise ValidationError({"order": "must be 'newest' or 'oldest'"})
+    return str(order)
+
+
+def transition_error(kind: str, ident: int, target: str, current: str | None) -> Exception:
+    """Why a status move matched no row: the row is missing (or not yours), or in the wrong status."""
+    if current is None:
+        return NotFound(f"{kind} {ident} does not exist (or belongs to another user)")
+    start = TRANSITIONS[target]
+    return IllegalTransition(
+        f"{kind} {ident} is {current}; it can move to {target} only from {start} "
+        "(pending -> running -> completed | failed)",
+        current=current,
+        target=target,
+    )
