@@ -59,3 +59,7 @@ def test_sample_service_runs(dl_pool: DataLayerPool) -> None:
     assert out["findings"] == []
     assert out["analysis_ok"] is True
     assert all(applied and not changed for _, applied, changed in out["migrations"])
+    assert out["result"] == {"rows": 3} and out["types"] == ["csv"] and out["deleted"] is True
+    assert out["events"] == 6 and out["levels"] == {"DEBUG": 3, "INFO": 1, "ERROR": 1, "WARNING": 1}
+    assert out["cache_removed"] == 2 and out["cache_left"] == 0
+    assert out["backup"] is True and out["refused"] is True and out["applied"] == []

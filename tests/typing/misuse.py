@@ -33,3 +33,15 @@ def unknown_keyword_in_update() -> None:
 def missing_keyword() -> None:
     with connection() as db:
         user_repo.create(db, username="ann", email="a@example.com")  # E: call-arg
+
+
+def repository_misuse() -> None:
+    from datalayer import data_analysis_repo, system_log_repo
+
+    with connection() as db:
+        data_analysis_repo.update(db, 1, status="completed")  # E: call-arg
+        data_analysis_repo.find(db, limit=None)  # E: arg-type
+        a = data_analysis_repo.get_for_user(db, 1, 2)
+        print(a.parameters)  # E: union-attr
+        system_log_repo.find(db, since="yesterday", until=None)  # E: arg-type
+
