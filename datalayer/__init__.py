@@ -8,6 +8,8 @@ over psycopg 3 connections from a psycopg_pool pool.
 ...     user = user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from datalayer.config import Settings
 from datalayer.contracts import check
 from datalayer.errors import (
@@ -55,11 +57,15 @@ from datalayer.rows import attrs_row
 from datalayer.transactions import on_commit, on_rollback, transaction
 from datalayer.validation import validate_analysis_data, validate_user_data
 
+if TYPE_CHECKING:
+    from datalayer.cache import CacheManager, get_cache_manager
+
 __all__ = [
     "AnalysisFile",
     "AnalysisWithFiles",
     "BackupError",
     "CacheEntry",
+    "CacheManager",
     "CacheUnavailable",
     "CommitUnknown",
     "ConfigError",
@@ -94,6 +100,7 @@ __all__ = [
     "data_analysis_repo",
     "default_pool",
     "ensure_log_partitions",
+    "get_cache_manager",
     "get_database_stats",
     "get_db",
     "hash_password",
@@ -119,3 +126,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The cache (and with it redis) is imported on first use, not with datalayer.
+    if name in ("CacheManager", "get_cache_manager"):
+        from datalayer import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module 'datalayer' has no attribute {name!r}")

@@ -195,6 +195,26 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from datalayer.cache import get_cache_manager
+
+    cache = get_cache_manager()
+    if args.action == "flush":
+        deleted = cache.flush(args.prefix)
+        print(f"flushed {deleted} Redis keys under {cache.keys.prefix}:{args.prefix or ''} (and the table)")
+        return 0
+    stats = cache.stats(probe=True)
+    if args.json:
+        print(json.dumps(stats, indent=2, default=str))
+    else:
+        print(
+            f"redis: {stats['redis']['url']} ({'reachable' if stats['redis']['ping'] else 'UNREACHABLE'}), "
+            f"breaker {stats['breaker']['state']}, generation {stats['generation']}"
+        )
+        print(f"table: {stats['table']['entries']} live entries")
+    return 0 if stats["redis"]["ping"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datalayer",
@@ -245,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="load FILE into an empty, migrated database in one transaction")
     p.add_argument("file")
     p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("cache", help="the cache: stats, or flush keys under a prefix")
+    p.add_argument("action", choices=["stats", "flush"])
+    p.add_argument("--prefix", default=None, help="flush only keys under CACHE_PREFIX:<prefix> (e.g. user:)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("reset", help="roll back every migration and re-apply: ALL DATA IS LOST")
     p.add_argument("--yes", action="store_true", help="confirm")

@@ -341,7 +341,10 @@ def _redis_target(env: Mapping[str, str]) -> RedisTarget | None:
             netloc = f"{parts.username}@{netloc}"
         if port is not None:
             netloc = f"{netloc}:{port}"
-        clean = parts._replace(netloc=netloc).geturl()
+        if parts.scheme == "unix":  # unix:///path/to/redis.sock?db=0: urlunsplit would drop the //
+            clean = f"unix://{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        else:
+            clean = parts._replace(netloc=netloc).geturl()
     else:
         host = env.get("REDIS_HOST", "localhost")
         port_s = _port(env.get("REDIS_PORT", "6379"), "REDIS_PORT")

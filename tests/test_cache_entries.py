@@ -13,10 +13,11 @@ from datalayer import cache_entry_repo as repo
 
 def test_set_get_delete(db: Any) -> None:
     e = repo.set(db, "user:{1}", {"name": "Ann", "tags": ["a"]}, ttl=60, version=3)
+    assert repo.set(db, "user:{1}", "older", version=3) is None
     assert e is not None and e.value == {"name": "Ann", "tags": ["a"]} and e.version == 3 and e.expires_at
     assert repo.get(db, "user:{1}") == e
-    for value in ([1, 2], "text", 42, 1.5, True, None):
-        stored = repo.set(db, "k", value, version=10)
+    for version, value in enumerate(([1, 2], "text", 42, 1.5, True), start=10):
+        stored = repo.set(db, "k", value, version=version)
         assert stored is not None and stored.value == value
     assert repo.delete(db, "user:{1}") and not repo.delete(db, "user:{1}")
     assert repo.get(db, "user:{1}") is None
@@ -26,9 +27,26 @@ def test_set_get_delete(db: Any) -> None:
 def test_older_version_never_overwrites_newer(db: Any) -> None:
     assert repo.set(db, "k", "new", version=5) is not None
     assert repo.set(db, "k", "stale", version=4) is None
+    assert repo.set(db, "k", "same version loses", version=5) is None
     assert repo.get(db, "k").value == "new"  # type: ignore[union-attr]
-    assert repo.set(db, "k", "same version wins", version=5) is not None
     assert repo.set(db, "k", "newer", version=6).value == "newer"  # type: ignore[union-attr]
+
+
+def test_put_and_invalidate_move_the_version(db: Any) -> None:
+    first = repo.put(db, "k", 1)
+    second = repo.put(db, "k", 2)
+    assert (first.version, second.version) == (1, 2)
+    observed = repo.peek(db, "k")
+    assert observed is not None and observed.version == 2
+    assert repo.invalidate(db, ["k", "never-cached"]) == 2
+    assert repo.get(db, "k") is None and repo.count(db) == 0
+    tomb = repo.peek(db, "k")
+    assert tomb is not None and tomb.value is None and tomb.version == 3
+    # a writer that read version 2 before the invalidation loses; one that read the tombstone wins
+    assert repo.set(db, "k", "stale", version=observed.version + 1) is None
+    assert repo.set(db, "k", "fresh", version=tomb.version + 1) is not None
+    never = repo.peek(db, "never-cached")
+    assert never is not None and never.version == 1 and repo.set(db, "never-cached", "stale", version=1) is None
 
 
 def test_expiry_and_purge(db: Any) -> None:
@@ -57,6 +75,7 @@ def test_delete_prefix_is_literal(db: Any) -> None:
     (("k", 1), {"ttl": True}, "ttl"),
     (("k", 1), {"version": -1}, "version"),
     (("k", "\x00"), {}, "value"),
+    (("k", None), {}, "value"),
 ])
 def test_bad_input(db: Any, args: tuple[Any, ...], kwargs: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as e:

@@ -117,6 +117,8 @@ def test_password_never_in_repr_or_display() -> None:
 def test_redis_settings() -> None:
     s = Settings.from_env({"REDIS_HOST": "cache", "REDIS_PORT": "6380", "REDIS_DB": "2", "REDIS_PASSWORD": "p"})
     assert s.redis is not None and s.redis.url == "redis://cache:6380/2"
+    unix = Settings.from_env({"REDIS_URL": "unix:///run/redis/redis.sock?db=2"})
+    assert unix.redis is not None and unix.redis.url == "unix:///run/redis/redis.sock?db=2"
     tls = Settings.from_env({"REDIS_URL": "rediss://user:pw@cache:6380/3"})
     assert tls.redis is not None and tls.redis.url == "rediss://user@cache:6380/3"
     assert tls.redis.password is not None and tls.redis.password.value == "pw"

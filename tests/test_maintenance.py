@@ -69,7 +69,7 @@ def test_cleanup_drops_old_partitions_and_counts(db: Any) -> None:
     import time
 
     time.sleep(0.01)
-    cutoff_expected = NOW - timedelta(days=30)
+    cutoff_expected = datetime.now(UTC) - timedelta(days=30)
     expected_rows = db.execute("SELECT count(*) FROM system_log WHERE created_at < %s",
                                (cutoff_expected,)).fetchone()[0]
     total = db.execute("SELECT count(*) FROM system_log").fetchone()[0]

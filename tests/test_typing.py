@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -48,7 +49,12 @@ def test_sample_service_and_misuse(tmp_path_factory: pytest.TempPathFactory) -> 
     assert not unexpected, f"unexpected errors on lines {sorted(unexpected)}:\n{bad.stdout}"
 
 
-def test_sample_service_runs(dl_pool: DataLayerPool) -> None:
+def test_sample_service_runs(dl_pool: DataLayerPool, redis_target: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datalayer.cache import close_cache_manager
+
+    monkeypatch.setenv("REDIS_URL", redis_target.url)
+    monkeypatch.setenv("CACHE_PREFIX", f"sample{os.getpid()}")
+    close_cache_manager()  # the sample builds the process-wide cache from these settings
     sys.path.insert(0, str(HERE))
     try:
         import sample_service
@@ -63,3 +69,5 @@ def test_sample_service_runs(dl_pool: DataLayerPool) -> None:
     assert out["events"] == 6 and out["levels"] == {"DEBUG": 3, "INFO": 1, "ERROR": 1, "WARNING": 1}
     assert out["cache_removed"] == 2 and out["cache_left"] == 0
     assert out["backup"] is True and out["refused"] is True and out["applied"] == []
+    assert out["cached_equal"] is True and out["seed_result"] == {"result": "data"} and out["l1_hits"] >= 1
+    close_cache_manager()

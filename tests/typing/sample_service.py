@@ -17,6 +17,7 @@ from datalayer import (
     AnalysisWithFiles,
     BackupError,
     CacheEntry,
+    CacheManager,
     DataAnalysis,
     DataLayerError,
     FileTypeTotal,
@@ -40,6 +41,7 @@ from datalayer import (
     connection,
     data_analysis_repo,
     ensure_log_partitions,
+    get_cache_manager,
     get_database_stats,
     get_db,
     hash_password,
@@ -202,6 +204,26 @@ def events_and_cache(db: DataLayerConnection, pool: DataLayerPool) -> dict[str, 
             "cache_left": cache_entry_repo.count(db) + cache_entry_repo.purge_expired(db)}
 
 
+def cached_user(cache: CacheManager, db: DataLayerConnection, user_id: int) -> User | None:
+    return cache.get_or_load(cache.keys.user(user_id), lambda: user_repo.get_by_id(db, user_id), User, ttl=600)
+
+
+def cache_flow(db: DataLayerConnection, user: User) -> dict[str, object]:
+    cache = get_cache_manager()
+    first = cached_user(cache, db, user.id)
+    again = cached_user(cache, db, user.id)
+    cache.cache_analysis_result("analysis_123", {"result": "data"}, ttl=3600)
+    result = cache.get_cached_analysis_result("analysis_123")
+    cache.cache_user_data("user_123", {"name": "John"}, ttl=1800)
+    with transaction(db):
+        user_repo.update(db, user.id, is_active=True)
+        cache.invalidate_user_cache(user.id, db=db)
+    cache.invalidate_user_cache("user_123")
+    stats = cache.stats()
+    cache.flush()
+    return {"cached_equal": first == again == user, "seed_result": result, "l1_hits": stats["l1"]["hits"]}
+
+
 def operations_with_files(db: DataLayerConnection) -> dict[str, object]:
     stats = get_database_stats(db)
     cleaned = cleanup_old_data(db, days=30)
@@ -248,6 +270,7 @@ def run(pool: DataLayerPool) -> dict[str, object]:
     out = operations(db)
     out |= analyses_flow(db, carol, bob)
     out |= events_and_cache(db, pool)
+    out |= cache_flow(db, carol)
     out |= operations_with_files(db)
     out["pool_max"] = settings.pool_max_size
     out["version"] = datalayer.__version__

@@ -1,0 +1,348 @@
+"""The cache: seed API, three layers, typed values, commit-tied invalidation, races, stampedes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+import pytest
+import redis
+
+from datalayer import User, ValidationError, transaction, user_repo
+from datalayer.cache import CacheManager
+from datalayer.config import RedisTarget, Settings
+from datalayer.pool import DataLayerPool, connection
+
+_n = itertools.count(1)
+MakeCache = Callable[..., CacheManager]
+
+
+@pytest.fixture
+def make_cache(redis_target: RedisTarget, dl_pool: DataLayerPool) -> Iterator[MakeCache]:
+    prefix = f"t{os.getpid()}x{next(_n)}"
+    made: list[CacheManager] = []
+
+    def make(**kw: Any) -> CacheManager:
+        kw.setdefault("redis_target", redis_target)
+        kw.setdefault("pool", dl_pool)
+        manager = CacheManager(settings=Settings(cache_prefix=kw.pop("prefix", prefix)), **kw)
+        made.append(manager)
+        return manager
+
+    yield make
+    for m in made:
+        try:
+            m.flush()
+        except Exception:
+            pass
+        m.close()
+
+
+@pytest.fixture
+def cache(make_cache: MakeCache) -> CacheManager:
+    return make_cache()
+
+
+def test_seed_api(cache: CacheManager) -> None:
+    cache.cache_analysis_result("analysis_123", {"result": "data"}, ttl=3600)
+    assert cache.get_cached_analysis_result("analysis_123") == {"result": "data"}
+    cache.cache_user_data("user_123", {"name": "John"}, ttl=1800)
+    assert cache.get_cached_user_data("user_123") == {"name": "John"}
+    cache.invalidate_user_cache("user_123")
+    assert cache.get_cached_user_data("user_123") is None
+    cache.cache_user_data(42, {"name": "Ann"})  # int ids too
+    cache.cache_user_analyses(42, [1, 2, 3])
+    cache.cache_tool_generation(7, {"status": "done"})
+    cache.cache_system_stats({"users": 3})
+    assert cache.get_cached_user_data(42) == {"name": "Ann"} and cache.get_cached_user_analyses(42) == [1, 2, 3]
+    assert cache.get_cached_tool_generation(7) == {"status": "done"}
+    cache.invalidate_user_cache(42)
+    assert cache.get_cached_user_data(42) is None and cache.get_cached_user_analyses(42) is None
+    assert cache.get_cached_system_stats() is None  # derived from users
+    assert cache.get_cached_tool_generation(7) == {"status": "done"}
+    cache.invalidate_tool_generation(7)
+    assert cache.get_cached_tool_generation(7) is None
+
+
+def test_returned_values_are_copies(cache: CacheManager) -> None:
+    cache.cache_user_data(1, {"name": "Ann", "tags": ["a"]})
+    got = cache.get_cached_user_data(1)
+    got["tags"].append("mutated")
+    assert cache.get_cached_user_data(1) == {"name": "Ann", "tags": ["a"]}
+
+
+def test_keys_and_hash_tags(cache: CacheManager) -> None:
+    k = cache.keys
+    p = cache.keys.prefix
+    assert k.user(42) == f"{p}:user:{{42}}" and k.user("42") == k.user(42)
+    assert k.user_analyses(42) == f"{p}:user_analyses:{{42}}"
+    assert k.analysis_result("analysis_123") == f"{p}:analysis_result:{{analysis_123}}"
+    assert k.tool_generation(9) == f"{p}:tool_generation:{{9}}" and k.system_stats() == f"{p}:system_stats"
+    slot = redis.RedisCluster.__dict__.get("keyslot") and None
+    from redis.crc import key_slot
+
+    assert key_slot(k.user(42).encode()) == key_slot(k.user_analyses(42).encode())
+    api1, api2 = k.api("/v1/users", {"page": 1}, 0), k.api("/v1/users", {"page": 2}, 0)
+    assert (api1.startswith(f"{p}:api:/v1/users:{{") and key_slot(api1.encode()) != key_slot(api2.encode())) or slot is None
+    assert k.api("/e", {"a": 1, "b": 2}, 0) == k.api("/e", {"b": 2, "a": 1}, 0)  # normalised request
+
+
+@pytest.mark.parametrize("hostile", ["}{", "a}b{c", "x\ny", "42:evil", "ünï", "*", "a b", "%41", "A"])
+def test_hostile_ids_are_escaped_and_distinct(cache: CacheManager, hostile: str) -> None:
+    key = cache.keys.user(hostile)
+    tag = key[key.index("{") + 1: key.index("}")]
+    assert "{" not in tag and "}" not in tag and "\n" not in key and " " not in key
+    cache.cache_user_data(hostile, {"id": hostile})
+    assert cache.get_cached_user_data(hostile) == {"id": hostile}
+    if hostile != "A":
+        assert cache.get_cached_user_data("A") is None
+
+
+@pytest.mark.parametrize("bad", [None, 1.5, True, "", "x" * 201, ["list"], b"bytes"])
+def test_bad_ids(cache: CacheManager, bad: Any) -> None:
+    with pytest.raises(ValidationError):
+        cache.cache_user_data(bad, {"x": 1})
+
+
+def _user(pool: DataLayerPool, name: str = "cached") -> User:
+    with connection(pool) as db:
+        return user_repo.create(db, username=name, email=f"{name}@example.com", hashed_password="h")
+
+
+def _loader(pool: DataLayerPool, user_id: int, calls: list[int]) -> Callable[[], User | None]:
+    def load() -> User | None:
+        calls.append(1)
+        with connection(pool) as db:
+            return user_repo.get_by_id(db, user_id)
+
+    return load
+
+
+def test_get_or_load_through_every_layer(make_cache: MakeCache, dl_pool: DataLayerPool) -> None:
+    u = _user(dl_pool)
+    a = make_cache()
+    key = a.keys.user(u.id)
+    calls: list[int] = []
+    assert a.get_or_load(key, _loader(dl_pool, u.id, calls), User, ttl=60) == u
+    assert calls == [1] and a.stats()["loads"] == 1
+    assert a.get_or_load(key, _loader(dl_pool, u.id, calls), User) == u  # L1
+    assert a.stats()["l1"]["hits"] == 1 and calls == [1]
+    b = make_cache(l1_size=0)  # another process, no L1
+    assert b.get_or_load(key, _loader(dl_pool, u.id, calls), User) == u  # Redis
+    assert b.stats()["redis"]["hits"] == 1 and calls == [1]
+    b.redis.client.delete(key)  # Redis lost the key (flush, eviction): the table still has it
+    got = b.get_or_load(key, _loader(dl_pool, u.id, calls), User)
+    assert got == u and isinstance(got, User) and calls == [1] and b.stats()["table"]["hits"] == 1
+    assert b.redis.client.get(key) is not None  # and Redis was refilled on the way back
+    c = make_cache(l1_size=0)
+    assert c.get_or_load(key, _loader(dl_pool, u.id, calls), User) == u and c.stats()["redis"]["hits"] == 1
+
+
+def test_ttl_expiry(cache: CacheManager) -> None:
+    cache.cache_user_data(1, {"v": 1}, ttl=0.3)
+    assert cache.get_cached_user_data(1) == {"v": 1}
+    time.sleep(0.4)
+    assert cache.get_cached_user_data(1) is None
+
+
+def test_negative_caching(cache: CacheManager) -> None:
+    calls = []
+
+    def missing() -> User | None:
+        calls.append(1)
+        return None
+
+    key = cache.keys.user(999)
+    assert cache.get_or_load(key, missing, User, negative_ttl=0.3) is None
+    assert cache.get_or_load(key, missing, User, negative_ttl=0.3) is None
+    assert calls == [1] and cache.stats()["negative_hits"] == 1
+    time.sleep(0.4)
+    cache.get_or_load(key, missing, User)
+    assert calls == [1, 1]
+
+
+def test_old_schema_version_is_a_miss(make_cache: MakeCache) -> None:
+    @attrs.frozen
+    class Profile:
+        name: str
+
+    @attrs.frozen
+    class ProfileV2:
+        __cache_version__ = 2
+        name: str
+        age: int
+
+    ProfileV2.__qualname__ = Profile.__qualname__
+    cache = make_cache(l1_size=0)
+    key = cache.keys.user(5)
+    assert cache.get_or_load(key, lambda: Profile("Ann"), Profile) == Profile("Ann")
+    loaded = cache.get_or_load(key, lambda: ProfileV2("Ann", 30), ProfileV2)
+    assert loaded == ProfileV2("Ann", 30)  # the v1 value was not structured into v2: a miss, then a load
+    # garbage in Redis is a miss too, never a crash
+    cache.redis.client.set(key, b"\x00not json")
+    cache.use_table = False
+    assert cache.get_or_load(key, lambda: ProfileV2("Bob", 1), ProfileV2) == ProfileV2("Bob", 1)
+
+
+def test_invalidation_waits_for_commit(cache: CacheManager, dl_pool: DataLayerPool) -> None:
+    cache.cache_user_data(1, {"v": "old"})
+    with connection(dl_pool) as db:
+        with transaction(db):
+            cache.invalidate_user_cache(1)
+            assert cache.get_cached_user_data(1) == {"v": "old"}  # not yet: the transaction may roll back
+        assert cache.get_cached_user_data(1) is None
+        cache.cache_user_data(1, {"v": "kept"})
+        with pytest.raises(RuntimeError), transaction(db):
+            cache.invalidate_user_cache(1, db=db)
+            raise RuntimeError
+        assert cache.get_cached_user_data(1) == {"v": "kept"}  # rolled back: nothing to invalidate
+        with transaction(db):
+            with pytest.raises(KeyError), transaction(db):  # a savepoint
+                cache.invalidate_user_cache(1)
+                raise KeyError
+            assert cache.get_cached_user_data(1) == {"v": "kept"}
+        assert cache.get_cached_user_data(1) == {"v": "kept"}  # the savepoint's invalidation was dropped
+
+
+def test_stale_write_race_is_refused(make_cache: MakeCache, dl_pool: DataLayerPool) -> None:
+    u = _user(dl_pool, "racer")
+    cache = make_cache()
+    key = cache.keys.user(u.id)
+    read_done, invalidated = threading.Event(), threading.Event()
+    results: list[Any] = []
+
+    def slow_loader() -> User | None:
+        with connection(dl_pool) as db:
+            value = user_repo.get_by_id(db, u.id)  # reads the old row ...
+        read_done.set()
+        invalidated.wait(5)  # ... and is preempted until the update and invalidation are done
+        return value
+
+    t = threading.Thread(target=lambda: results.append(cache.get_or_load(key, slow_loader, User)))
+    t.start()
+    read_done.wait(5)
+    with transaction() as db:
+        user_repo.update(db, u.id, email="new@example.com")
+        cache.delete(key, db=db)
+    invalidated.set()
+    t.join(5)
+    assert results[0].email == "racer@example.com"  # the caller gets what it read ...
+    assert cache.stats()["stale_writes_refused"] == 1  # ... but it was not written back
+    fresh = cache.get_or_load(key, _loader(dl_pool, u.id, []), User)
+    assert fresh is not None and fresh.email == "new@example.com"
+    other = make_cache(l1_size=0)
+    assert other.get(key, User).email == "new@example.com"  # type: ignore[union-attr]
+
+
+def test_stampede_one_load(make_cache: MakeCache) -> None:
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def slow() -> dict[str, int]:
+        with lock:
+            calls.append(1)
+        time.sleep(0.3)
+        return {"v": 1}
+
+    a, b = make_cache(), make_cache()  # two "processes": single-flight inside each, a Redis lock across
+    key = a.keys.analysis_result("hot")
+    barrier = threading.Barrier(50)
+    out: list[Any] = []
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        out.append((a if i % 2 else b).get_or_load(key, slow, ttl=60))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert out == [{"v": 1}] * 50
+    assert len(calls) == 1
+
+
+def test_early_refresh_of_hot_keys(make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datalayer.cache import manager
+
+    monkeypatch.setattr(manager.random, "random", lambda: 0.5)  # -ln(0.5) = 0.69: a deterministic draw
+    cache = make_cache(l1_size=0, xfetch_beta=1.0)
+    key = cache.keys.analysis_result("xfetch")
+    calls: list[int] = []
+
+    def load() -> dict[str, int]:
+        calls.append(1)
+        time.sleep(0.05)
+        return {"n": len(calls)}
+
+    cache.get_or_load(key, load, ttl=60)
+    assert cache.get_or_load(key, load, ttl=60) == {"n": 1}  # far from expiry: served, not refreshed
+    cache.xfetch_beta = 5000.0  # 0.05 s x 5000 x 0.69 = 172 s ahead: past the expiry (at most 60 s away)
+    cache.get_or_load(key, load, ttl=60)  # refreshed early by this caller
+    assert calls == [1, 1] and cache.stats()["early_refreshes"] == 1
+
+
+def test_cross_process_l1_invalidation(make_cache: MakeCache) -> None:
+    a, b = make_cache(l1_max_ttl=30.0), make_cache(l1_max_ttl=30.0)
+    assert a.redis.subscribed.wait(5) and b.redis.subscribed.wait(5)
+    a.cache_user_data(9, {"v": 1})
+    assert a.get_cached_user_data(9) == {"v": 1} and b.get_cached_user_data(9) == {"v": 1}
+    assert a.stats()["l1"]["size"] >= 1 and b.stats()["l1"]["size"] >= 1
+    a.invalidate_user_cache(9)
+    deadline = time.monotonic() + 1.0
+    while b.get_cached_user_data(9) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.get_cached_user_data(9) is None  # b's L1 dropped it well within the bound
+
+
+def test_api_group_invalidation(make_cache: MakeCache) -> None:
+    a, b = make_cache(), make_cache()
+    assert a.cache_api_response("/v1/report", {"q": 1}, {"rows": [1]}, ttl=60)
+    a.cache_api_response("/v1/report", {"q": 2}, {"rows": [2]}, ttl=60)
+    a.cache_api_response("/v1/other", {"q": 1}, {"rows": [3]}, ttl=60)
+    assert b.get_cached_api_response("/v1/report", {"q": 1}) == {"rows": [1]}
+    b.invalidate_api("/v1/report")
+    assert b.get_cached_api_response("/v1/report", {"q": 1}) is None
+    deadline = time.monotonic() + 1.0
+    while a.get_cached_api_response("/v1/report", {"q": 2}) is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.get_cached_api_response("/v1/report", {"q": 2}) is None
+    assert a.get_cached_api_response("/v1/other", {"q": 1}) == {"rows": [3]}
+
+
+def test_stats_and_flush(cache: CacheManager) -> None:
+    cache.cache_user_data(1, {"v": 1})
+    cache.get_cached_user_data(1)
+    s = cache.stats()
+    assert s["breaker"]["state"] == "closed" and s["redis"]["errors"] == 0 and s["generation"] is not None
+    assert cache.flush("user:") >= 1
+    assert cache.get_cached_user_data(1) is None
+    with pytest.raises(ValidationError):
+        cache.flush("user:*")
+
+
+def test_cli_cache_stats_and_flush(redis_target: RedisTarget, dl_pool: DataLayerPool) -> None:
+    import json as _json
+
+    from helpers import clean_env, run_py, url_of
+
+    prefix = f"cli{os.getpid()}"
+    env = clean_env(DATABASE_URL=url_of(dl_pool.target), REDIS_URL=redis_target.url, CACHE_PREFIX=prefix)
+    seed = run_py("from datalayer import get_cache_manager\nc = get_cache_manager()\n"
+                  "c.cache_user_data(1, {'a': 1})\nc.cache_analysis_result(2, [1])\nc.close()", env)
+    assert seed.returncode == 0, seed.stderr
+    stats = run_py("import sys\nfrom datalayer.cli import main\nsys.exit(main(['cache', 'stats', '--json']))", env)
+    assert stats.returncode == 0, stats.stderr
+    doc = _json.loads(stats.stdout)
+    assert doc["redis"]["ping"] is True and doc["table"]["entries"] == 2 and doc["breaker"]["state"] == "closed"
+    flush = run_py("import sys\nfrom datalayer.cli import main\nsys.exit(main(['cache', 'flush', '--prefix', 'user:']))",
+                   env)
+    assert flush.returncode == 0 and "flushed" in flush.stdout
+    check = run_py("from datalayer import get_cache_manager\nc = get_cache_manager()\n"
+                   "print(c.get_cached_user_data(1), c.get_cached_analysis_result(2))\nc.flush()\nc.close()", env)
+    assert check.stdout.strip() == "None [1]", check.stderr
