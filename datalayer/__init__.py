@@ -54,7 +54,7 @@ from datalayer.repos import system_log as system_log_repo
 from datalayer.repos import tool_generations as tool_generation_repo
 from datalayer.repos import users as user_repo
 from datalayer.rows import attrs_row
-from datalayer.transactions import on_commit, on_rollback, transaction
+from datalayer.transactions import on_commit, on_rollback, run_in_transaction, transaction
 from datalayer.validation import validate_analysis_data, validate_user_data
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ __all__ = [
     "plan_sql",
     "reset_database",
     "restore_database_data",
+    "run_in_transaction",
     "set_default_pool",
     "setup_database",
     "system_log_repo",

@@ -14,6 +14,7 @@ record's fields. Every psycopg error leaves as a datalayer error naming ``sql/<f
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
@@ -22,8 +23,9 @@ import psycopg
 from psycopg.rows import RowFactory, RowMaker, tuple_row
 
 from datalayer._sql import Query, QueryFile
-from datalayer._translate import translate
-from datalayer.errors import MultipleRowsFound, NotFound, QueryError
+from datalayer._translate import is_connection_lost, translate
+from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError
+from datalayer.pool import DataLayerPool, checkout, give_back
 from datalayer.rows import attrs_row
 from datalayer.transactions import in_transaction
 
@@ -31,6 +33,8 @@ __all__ = ["Binding", "Bound", "bind", "bindings"]
 
 T = TypeVar("T")
 
+# How long an idempotent read may keep trying fresh connections after its own connection died.
+READ_RETRY_SECONDS = 2.0
 _SECRET_PARAMS = frozenset({"hashed_password", "password", "token", "secret", "value"})
 
 
@@ -60,6 +64,23 @@ def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
         if getattr(db, "_dl_orphan_of", True) is None:
             db._dl_cursor = cur  # type: ignore[attr-defined]
     return cur
+
+
+class _Rows:
+    """The rows of a read that was retried on another connection, read like a cursor."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
 
 
 def _shown(params: dict[str, Any]) -> str:
@@ -92,13 +113,18 @@ class Bound(Generic[T]):
     def __repr__(self) -> str:
         return f"<Bound {self.query.location}>"
 
-    def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any]:
+    def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any] | _Rows:
         cur = _cursor(db)
         cur.row_factory = self._factory
         try:
             cur.execute(self._sql, params)
         except psycopg.Error as e:
-            write = not self.query.read_only and not in_transaction(db) and db.autocommit
+            outside = db.autocommit and not in_transaction(db)
+            if self.query.read_only and outside and is_connection_lost(e, db):
+                pool = getattr(db, "_pool", None)
+                if isinstance(pool, DataLayerPool):
+                    return self._retry_read(pool, params, e)
+            write = not self.query.read_only and outside
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
         except KeyError as e:
             raise QueryError(
@@ -106,6 +132,34 @@ class Bound(Generic[T]):
                 location=self.query.location,
             ) from None
         return cur
+
+    def _retry_read(self, pool: DataLayerPool, params: dict[str, Any], first: psycopg.Error) -> _Rows:
+        """Run an idempotent read again on fresh pooled connections, within READ_RETRY_SECONDS.
+
+        Only reads outside a transaction get here: running them twice cannot change anything.
+        """
+        deadline = time.monotonic() + READ_RETRY_SECONDS
+        last: psycopg.Error = first
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                conn = checkout(pool, timeout=remaining)
+            except PoolExhausted:
+                break
+            try:
+                with conn.cursor(row_factory=self._factory) as cur:
+                    cur.execute(self._sql, params)
+                    return _Rows(cur.fetchall(), cur.rowcount)
+            except psycopg.Error as e:
+                if not is_connection_lost(e, conn):
+                    raise translate(e, self.query, conn=conn) from e
+                last = e
+            finally:
+                give_back(pool, conn)
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+        raise translate(last, self.query) from last
 
     def _expect(self, *cards: str) -> None:
         if self.query.cardinality == "missing":
@@ -143,7 +197,7 @@ class Bound(Generic[T]):
     def many(self, db: psycopg.Connection[Any], /, **params: Any) -> list[T]:
         """Every row."""
         self._expect("many")
-        return self._execute(db, params).fetchall()
+        return cast("list[T]", self._execute(db, params).fetchall())
 
     def scalar(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
         """The first column of the only row (NotFound on no row)."""
@@ -158,7 +212,8 @@ class Bound(Generic[T]):
     def exec(self, db: psycopg.Connection[Any], /, **params: Any) -> int:
         """Run a statement without a result; returns the number of rows it touched."""
         self._expect("exec")
-        return self._execute(db, params).rowcount
+        rowcount: int = self._execute(db, params).rowcount
+        return rowcount
 
     def copy_in(self, db: psycopg.Connection[Any], rows: Iterable[Sequence[Any]]) -> int:
         """Stream ``rows`` through ``COPY … FROM STDIN``; returns how many were sent."""

@@ -215,6 +215,26 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0 if stats["redis"]["ping"] else 1
 
 
+def _cmd_roles(args: argparse.Namespace) -> int:
+    import os
+
+    from datalayer.pool import connection
+    from datalayer.roles import create_roles
+
+    with connection() as db:
+        created = create_roles(
+            db,
+            app_role=args.app_role,
+            readonly_role=args.readonly_role,
+            # from the environment, never argv (visible to every user in ps)
+            app_password=os.environ.get("DATALAYER_APP_PASSWORD") or None,
+            readonly_password=os.environ.get("DATALAYER_READONLY_PASSWORD") or None,
+        )
+    for role, new in created.items():
+        print(f"{role}: {'created' if new else 'exists'}, privileges granted")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="datalayer",
@@ -271,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help="flush only keys under CACHE_PREFIX:<prefix> (e.g. user:)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_cache)
+
+    p = sub.add_parser("roles", help="create the application (DML only) and read-only roles, idempotently")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--app-role", default="datalayer_app")
+    p.add_argument("--readonly-role", default="datalayer_readonly")
+    p.set_defaults(func=_cmd_roles)
 
     p = sub.add_parser("reset", help="roll back every migration and re-apply: ALL DATA IS LOST")
     p.add_argument("--yes", action="store_true", help="confirm")

@@ -20,14 +20,17 @@ import queue
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from psycopg import Connection
 
+from datalayer.errors import CommitUnknown
 from datalayer.records import SystemLogEntry
 from datalayer.repos import system_log as system_log_repo
+from datalayer.transactions import transaction
 
 __all__ = ["SystemLogHandler", "log_system_event"]
 
@@ -49,6 +52,19 @@ def log_system_event(
     if isinstance(level, str):
         level = _LEVEL_ALIASES.get(level.upper(), level.upper())
     return system_log_repo.create(db, service=service, level=level, message=message, details=details, user_id=user_id)
+
+
+def _batch_landed(db: Any, batch: list[tuple[Any, ...]]) -> bool:
+    """True when the rows of ``batch`` are in system_log (its COMMIT went through after all)."""
+    first = batch[0]
+    record_id = orjson.loads(first[4])["record_id"]
+    times = [row[0] for row in batch]
+    row = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM system_log WHERE created_at BETWEEN %s AND %s AND service = %s "
+        "AND details->>'record_id' = %s)",
+        (min(times), max(times), first[1], record_id),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _open_handler_pool() -> Any:
@@ -169,6 +185,9 @@ class SystemLogHandler(logging.Handler):
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and key not in details and not key.startswith("_"):
                 details[key] = _jsonable(value)
+        # A unique id per record: after a COMMIT whose outcome is unknown, the writer looks for it
+        # instead of writing the batch twice.
+        details["record_id"] = uuid.uuid4().hex
         user_id = details.pop("user_id", None)
         if type(user_id) is not int or not 0 < user_id < 2**63:
             user_id = None
@@ -218,6 +237,7 @@ class SystemLogHandler(logging.Handler):
         if pool is None:
             return
         batch: list[tuple[Any, ...]] = []
+        unknown = False  # the last attempt's COMMIT outcome is unknown: look before writing again
         delay = 0.2
         while True:
             if not batch:
@@ -227,9 +247,14 @@ class SystemLogHandler(logging.Handler):
                 if not batch:
                     continue
             try:
-                with connection(pool) as db, db.transaction():
-                    system_log_repo.copy_rows(db, batch)
+                with connection(pool) as db:
+                    if unknown and _batch_landed(db, batch):
+                        pass  # it did commit: writing it again would duplicate it
+                    else:
+                        with transaction(db):
+                            system_log_repo.copy_rows(db, batch)
             except Exception as e:
+                unknown = unknown or isinstance(e, CommitUnknown)
                 if self._stop.is_set() and time.monotonic() > self._deadline:
                     return
                 self._complain(f"writing {len(batch)} log records failed ({type(e).__name__}); retrying")
@@ -237,6 +262,7 @@ class SystemLogHandler(logging.Handler):
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
+            unknown = False
             with self._count_lock:
                 self.written += len(batch)
             batch = []

@@ -71,7 +71,11 @@ def _connect_params(target: DatabaseTarget) -> dict[str, Any]:
         params["password"] = target.password.value
     params["application_name"] = "datalayer-migrate"
     # Migrations may legitimately run long; they must not wait long for a lock held by live traffic.
-    params["options"] = "-c statement_timeout=0 -c lock_timeout=30s -c TimeZone=UTC"
+    # client_connection_check_interval: if the migrating process dies (kill -9), its backend notices
+    # within a second and rolls back, releasing the locks, instead of running its statement to the end.
+    params["options"] = (
+        "-c statement_timeout=0 -c lock_timeout=30s -c TimeZone=UTC -c client_connection_check_interval=1000"
+    )
     return params
 
 
@@ -108,7 +112,10 @@ def _migrations() -> Any:
 def _migration_lock(target: DatabaseTarget) -> Iterator[psycopg.Connection[Any]]:
     """Serialise migrators across processes; yields a spare autocommit connection."""
     params = _connect_params(target)
-    params["options"] = f"-c lock_timeout={LOCK_WAIT_SECONDS}s -c statement_timeout=0 -c TimeZone=UTC"
+    params["options"] = (
+        f"-c lock_timeout={LOCK_WAIT_SECONDS}s -c statement_timeout=0 -c TimeZone=UTC "
+        "-c client_connection_check_interval=1000"
+    )
     try:
         conn = psycopg.connect(**params, autocommit=True)
     except psycopg.OperationalError as e:

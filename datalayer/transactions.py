@@ -13,22 +13,38 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import random
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import psycopg
 
 from datalayer._translate import is_connection_lost, translate
-from datalayer.errors import CommitUnknown
+from datalayer.errors import CommitUnknown, TransientError
 
-__all__ = ["current_transaction", "in_transaction", "on_commit", "on_rollback", "transaction"]
+__all__ = [
+    "RETRYABLE_STATES",
+    "current_transaction",
+    "in_transaction",
+    "on_commit",
+    "on_rollback",
+    "run_in_transaction",
+    "transaction",
+]
+
+# Serialization failure and deadlock: PostgreSQL rolled the whole transaction back; running it
+# again from the start is the documented remedy.
+RETRYABLE_STATES = ("40001", "40P01")
+_ISOLATION = {"read committed": "READ COMMITTED", "repeatable read": "REPEATABLE READ", "serializable": "SERIALIZABLE"}
 
 log = logging.getLogger("datalayer")
 
 Hook = Callable[[], object]
+T = TypeVar("T")
 
 
 @attrs.define
@@ -143,3 +159,50 @@ def transaction(db: psycopg.Connection[Any] | None = None) -> Iterator[Any]:
         parent.after_rollback.extend(frame.after_rollback)
     else:
         _run_hooks([h for h, _ in frame.after_commit])
+
+
+def run_in_transaction(
+    db: psycopg.Connection[Any],
+    fn: Callable[[psycopg.Connection[Any]], T],
+    retries: int = 3,
+    *,
+    isolation: str | None = None,
+    backoff: float = 0.05,
+) -> T:
+    """Run ``fn(db)`` in a transaction, running it again (up to ``retries`` more times, with jittered
+    exponential backoff) when PostgreSQL reports a serialization failure or a deadlock.
+
+    ``fn`` must be safe to run again: it is the whole unit of work, and side effects outside the
+    database belong in ``on_commit`` hooks (they run once, after the successful attempt).
+
+    >>> def transfer(db):                                                   # doctest: +SKIP
+    ...     ...
+    >>> run_in_transaction(db, transfer, isolation="serializable")
+    """
+    if type(retries) is not int or not 0 <= retries <= 100:
+        raise ValueError("retries must be an integer between 0 and 100")
+    level = None
+    if isolation is not None:
+        level = _ISOLATION.get(isolation.lower())
+        if level is None:
+            raise ValueError(f"isolation must be one of {', '.join(_ISOLATION)}")
+    if in_transaction(db):
+        raise ValueError(
+            "run_in_transaction needs a connection outside any transaction: a retry restarts the whole transaction"
+        )
+    attempt = 0
+    while True:
+        try:
+            with transaction(db):
+                if level is not None:
+                    db.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")  # one of three constants
+                return fn(db)
+        except TransientError as e:
+            if e.sqlstate not in RETRYABLE_STATES or attempt >= retries:
+                raise
+            attempt += 1
+            delay = backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
+            log.info(
+                "datalayer: %s; retrying the transaction (%d/%d) in %.0f ms", e.sqlstate, attempt, retries, delay * 1000
+            )
+            time.sleep(delay)

@@ -219,7 +219,7 @@ def test_handler_never_blocks_and_counts_drops(capsys: pytest.CaptureFixture[str
     handler.close(timeout=0.2)
     pool.close()
     assert elapsed < 0.5, f"emit blocked: {elapsed:.3f}s for 1000 records"
-    assert handler.dropped >= 900 - 1
+    assert handler.dropped >= 1000 - 100 - handler.batch_size  # the buffer, plus a batch the writer holds
     assert handler.pending() + handler.dropped == 1000
     err = capsys.readouterr().err
     assert "could not be written" in err and "dropped" in err

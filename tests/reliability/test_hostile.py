@@ -31,7 +31,7 @@ json_like = st.recursive(st.none() | st.booleans() | st.integers(min_value=-(2**
                          | st.floats(allow_nan=False, allow_infinity=False) | hostile_text,
                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner, max_size=3),
                          max_leaves=8)
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+SETTINGS = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                              HealthCheck.too_slow])
 
 
@@ -142,3 +142,48 @@ def test_log_bulk_insert(dl_module_pool: DataLayerPool, events: list[dict[str, A
 
 class _Undo(Exception):
     pass
+
+
+@SETTINGS
+@given(kw=st.fixed_dictionaries({"filename": anything, "file_type": anything, "size_bytes": anything,
+                                 "storage_uri": anything}, optional={"checksum": anything}))
+def test_file_create(dl_module_pool: DataLayerPool, kw: dict[str, Any]) -> None:
+    from datalayer import analysis_file_repo
+
+    with connection(dl_module_pool) as db:
+        owner = user_repo.get_by_username(db, "hostile_owner") or user_repo.create(
+            db, username="hostile_owner", email="owner@example.com", hashed_password="h")
+        a = data_analysis_repo.create(db, user_id=owner.id, name="host", analysis_type="t")
+        try:
+            try:
+                f = analysis_file_repo.create(db, analysis_id=a.id, **kw)
+            except DataLayerError:
+                assert analysis_file_repo.list_for_analysis(db, a.id) == []
+                return
+            assert (f.filename, f.file_type, f.size_bytes, f.storage_uri) == (
+                kw["filename"], kw["file_type"], kw["size_bytes"], kw["storage_uri"])
+            assert analysis_file_repo.get_by_id(db, f.id) == f
+        finally:
+            data_analysis_repo.delete(db, a.id)
+
+
+@SETTINGS
+@given(tool_type=anything, spec=st.one_of(json_like, anything), status=anything)
+def test_generation_create_and_move(dl_module_pool: DataLayerPool, tool_type: Any, spec: Any, status: Any) -> None:
+    with connection(dl_module_pool) as db:
+        owner = user_repo.get_by_username(db, "hostile_owner") or user_repo.create(
+            db, username="hostile_owner", email="owner@example.com", hashed_password="h")
+        before = _counts(db)
+        try:
+            g = tool_generation_repo.create(db, user_id=owner.id, tool_type=tool_type, spec=spec)
+        except DataLayerError:
+            assert _counts(db) == before
+            return
+        try:
+            assert g.tool_type == tool_type and g.spec == ({} if spec is None else spec)
+            try:
+                tool_generation_repo.find(db, user_id=owner.id, status=status)
+            except DataLayerError:
+                pass
+        finally:
+            tool_generation_repo.delete(db, g.id)
