@@ -15,8 +15,9 @@ reports on stderr how many records could not be written.
 from __future__ import annotations
 
 import atexit
+import collections
+import itertools
 import logging
-import queue
 import sys
 import threading
 import time
@@ -125,9 +126,14 @@ class SystemLogHandler(logging.Handler):
         self.dropped = 0
         self.late = 0  # records emitted after close(), not written
         self.written = 0
-        self._buffer: queue.Queue[tuple[Any, ...]] = queue.Queue(maxsize=capacity)
-        self._accepted = 0
+        self.capacity = capacity
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so emit takes no lock.
+        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._in_flight = 0  # rows the writer took and has not written yet (only the writer changes it)
+        self._wake = threading.Event()
         self._count_lock = threading.Lock()
+        self._record_prefix = uuid.uuid4().hex[:12]
+        self._record_seq = itertools.count()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -152,18 +158,19 @@ class SystemLogHandler(logging.Handler):
             with self._count_lock:
                 self.late += 1
             return
+        buffer = self._buffer
+        if len(buffer) >= self.capacity:
+            with self._count_lock:
+                self.dropped += 1
+            return
         try:
             row = self._row(record)
         except Exception:
             self.handleError(record)
             return
-        with self._count_lock:
-            try:
-                self._buffer.put_nowait(row)
-            except queue.Full:
-                self.dropped += 1
-                return
-            self._accepted += 1
+        if not buffer:
+            self._wake.set()
+        buffer.append(row)
         if self._thread is None:
             self._start()
 
@@ -179,24 +186,32 @@ class SystemLogHandler(logging.Handler):
             "line": record.lineno,
             "thread": record.threadName,
             "process": record.process,
+            # A unique id per record: after a COMMIT whose outcome is unknown, the writer looks for it
+            # instead of writing the batch twice.
+            "record_id": f"{self._record_prefix}{next(self._record_seq)}",
         }
         if record.exc_info:
             details["exception"] = (self.formatter or _FORMATTER).formatException(record.exc_info)[:20_000]
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in details and not key.startswith("_"):
-                details[key] = _jsonable(value)
-        # A unique id per record: after a COMMIT whose outcome is unknown, the writer looks for it
-        # instead of writing the batch twice.
-        details["record_id"] = uuid.uuid4().hex
-        user_id = details.pop("user_id", None)
+        user_id = None
+        extra = record.__dict__.keys() - _STANDARD_ATTRS  # the caller's extra= fields
+        if extra:
+            for key in extra:
+                if key == "user_id":
+                    user_id = record.__dict__[key]
+                elif not key.startswith("_") and key not in details:
+                    details[key] = _jsonable(record.__dict__[key])
         if type(user_id) is not int or not 0 < user_id < 2**63:
             user_id = None
-        text = orjson.dumps(details).decode().replace("\\u0000", "\\ufffd")
+        text = orjson.dumps(details).decode()
+        if "\\u0000" in text:
+            text = text.replace("\\u0000", "\\ufffd")
+        if "\x00" in message:
+            message = message.replace("\x00", "\ufffd")
         return (
             datetime.fromtimestamp(record.created, UTC),
             self.service,
             _level_name(record.levelno),
-            message.replace("\x00", "\ufffd")[: system_log_repo.MAX_MESSAGE_CHARS],
+            message[: system_log_repo.MAX_MESSAGE_CHARS],
             text,
             user_id,
         )
@@ -210,16 +225,15 @@ class SystemLogHandler(logging.Handler):
                 self._thread.start()
 
     def _take_batch(self) -> list[tuple[Any, ...]]:
+        buffer = self._buffer
+        if not buffer:
+            self._wake.clear()
+            if not buffer:
+                self._wake.wait(self.flush_interval)
         batch: list[tuple[Any, ...]] = []
-        try:
-            batch.append(self._buffer.get(timeout=self.flush_interval))
-        except queue.Empty:
-            return batch
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._buffer.get_nowait())
-            except queue.Empty:
-                break
+        while buffer and len(batch) < self.batch_size:
+            batch.append(buffer.popleft())
+        self._in_flight = len(batch)
         return batch
 
     def _run(self) -> None:
@@ -241,7 +255,7 @@ class SystemLogHandler(logging.Handler):
         delay = 0.2
         while True:
             if not batch:
-                if self._stop.is_set() and self._buffer.empty():
+                if self._stop.is_set() and not self._buffer:
                     return
                 batch = self._take_batch()
                 if not batch:
@@ -263,8 +277,8 @@ class SystemLogHandler(logging.Handler):
                 continue
             delay = 0.2
             unknown = False
-            with self._count_lock:
-                self.written += len(batch)
+            self.written += len(batch)  # only this thread writes it
+            self._in_flight = 0
             batch = []
 
     _last_complaint = 0.0
@@ -280,8 +294,7 @@ class SystemLogHandler(logging.Handler):
 
     def pending(self) -> int:
         """Records accepted but not yet written."""
-        with self._count_lock:
-            return self._accepted - self.written
+        return len(self._buffer) + self._in_flight
 
     def flush(self) -> None:
         """Wait (at most ``close_timeout`` seconds) until every accepted record is written."""

@@ -237,6 +237,10 @@ def test_handler_flushes_at_exit_before_the_embedded_server_stops(tmp_path: Any)
         "for i in range(25): logging.info('before exit %d', i)\n"
     )
     env = clean_env(DATALAYER_HOME=str(tmp_path / "home"))
+    # the data directory exists (initdb is not part of what this test times); the server is stopped
+    prepared = run_py("from datalayer import connection\nwith connection() as db: db.execute('SELECT 1')", env,
+                      timeout=180)
+    assert prepared.returncode == 0, prepared.stderr
     r = run_py(code, env, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "could not be written" not in r.stderr

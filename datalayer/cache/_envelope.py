@@ -21,21 +21,36 @@ __all__ = ["Envelope", "decode", "encode", "schema_of"]
 PLAIN = "json:1"
 
 
+_schemas: dict[Any, str] = {}
+
+
 def schema_of(record_type: type[Any] | None) -> str:
     """``module.Name:version`` for attrs records (``__cache_version__``, default 1), ``json:1`` otherwise."""
-    if record_type is None or not attrs.has(record_type):
-        return PLAIN
-    version = getattr(record_type, "__cache_version__", 1)
-    return f"{record_type.__module__}.{record_type.__qualname__}:{version}"
+    schema = _schemas.get(record_type)
+    if schema is None:
+        if record_type is None or not attrs.has(record_type):
+            schema = PLAIN
+        else:
+            version = getattr(record_type, "__cache_version__", 1)
+            schema = f"{record_type.__module__}.{record_type.__qualname__}:{version}"
+        _schemas[record_type] = schema
+    return schema
 
 
-@attrs.frozen
 class Envelope:
-    value: Any
-    negative: bool
-    generation: int
-    expires_at: float
-    load_seconds: float
+    """A decoded cache value and its metadata (a plain slotted class: built on every cache hit)."""
+
+    __slots__ = ("expires_at", "generation", "load_seconds", "negative", "value")
+
+    def __init__(self, value: Any, negative: bool, generation: int, expires_at: float, load_seconds: float) -> None:
+        self.value = value
+        self.negative = negative
+        self.generation = generation
+        self.expires_at = expires_at
+        self.load_seconds = load_seconds
+
+    def with_value(self, value: Any) -> Envelope:
+        return Envelope(value, self.negative, self.generation, self.expires_at, self.load_seconds)
 
 
 def encode(value: Any, *, schema: str, generation: int, ttl: float, load_seconds: float, negative: bool) -> bytes:

@@ -234,7 +234,7 @@ class CacheManager:
             self.stats_counters["l1_hits"] += 1
             env = item[1]
             if item[2] is not None:  # plain JSON values are kept encoded: each caller gets its own copy
-                env = attrs.evolve(env, value=orjson.loads(item[2]))
+                env = env.with_value(orjson.loads(item[2]))
             return env, _HIT
         self.stats_counters["l1_misses"] += 1
         epoch = self._epoch

