@@ -34,9 +34,13 @@ def _structure_date(value: Any, _: type) -> date:
     raise TypeError(f"expected an ISO 8601 date string, got {type(value).__name__}")
 
 
-def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
-    """A converter for records: ISO datetimes (aware, UTC when naive), orjson-compatible output."""
-    conv = make_orjson_converter(forbid_extra_keys=forbid_extra_keys)
+def make_converter(*, forbid_extra_keys: bool = False, detailed_validation: bool = False) -> cattrs.Converter:
+    """A converter for records: ISO datetimes (aware, UTC when naive), orjson-compatible output.
+
+    ``detailed_validation`` (per-field error reports) costs more than half of every structure call: it
+    is for input validation, not for records read back from our own database and caches.
+    """
+    conv = make_orjson_converter(forbid_extra_keys=forbid_extra_keys, detailed_validation=detailed_validation)
     conv.register_structure_hook(datetime, _structure_datetime)
     conv.register_structure_hook(date, _structure_date)
     conv.register_unstructure_hook(datetime, lambda dt: dt.isoformat())

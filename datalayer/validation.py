@@ -171,7 +171,7 @@ def _strict(tp: type[Any]) -> Callable[[Any, type[Any]], Any]:
 
 
 def _make_input_converter() -> cattrs.Converter:
-    conv = make_converter(forbid_extra_keys=True)
+    conv = make_converter(forbid_extra_keys=True, detailed_validation=True)
     for tp in (str, int, float, bool):
         conv.register_structure_hook(tp, _strict(tp))
     conv.register_structure_hook_func(

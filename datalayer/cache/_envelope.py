@@ -1,13 +1,24 @@
-"""How values travel through Redis and the cache_entries table: a versioned JSON envelope, never pickle.
+"""How values travel through Redis and the cache_entries table: versioned JSON, never pickle.
 
-``{"s": schema, "g": generation, "x": expires_at, "d": load_seconds, "n": negative, "v": value}``:
-``s`` names the record type and its schema version (an older one reads as a miss), ``g`` the global
-generation the value was written under (bumped after a Redis outage, so nothing older is served),
-``x``/``d`` feed the early-refresh decision (XFetch), ``n`` marks a cached "not found".
+In Redis a value is one line of metadata and the JSON value::
+
+    4f1c0a9b|1732560000000|0|1732563600.000|0.0012
+    {"id":42,"username":"ann",...}
+
+``schema|generation|negative|expires_at|load_seconds``: the schema (as 8 hex digits of the hash of
+``module.Record:version``) names the record type and its version
+(a value of an older ``__cache_version__`` reads as a miss), the generation is the global one the value
+was written under (bumped after a Redis outage, so nothing older is served), ``negative`` marks a cached
+"not found", and expiry and load time feed the early-refresh decision (XFetch). A hit checks schema,
+generation and sign with one ``startswith`` and parses only the value.
+
+In the table (a jsonb column) the same envelope is a JSON object: ``{"s", "x", "d", "n", "v"}``; the
+table keeps its own versions and needs no generation.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -16,12 +27,22 @@ import orjson
 
 from datalayer.convert import converter
 
-__all__ = ["Envelope", "decode", "encode", "schema_of"]
+__all__ = [
+    "PLAIN",
+    "Envelope",
+    "decode_doc",
+    "decode_wire",
+    "encode_doc",
+    "encode_wire",
+    "hit_prefix",
+    "read_hit",
+    "schema_of",
+    "structure_hook",
+]
 
 PLAIN = "json:1"
-
-
 _schemas: dict[Any, str] = {}
+_prefixes: dict[tuple[str, int], bytes] = {}
 
 
 def schema_of(record_type: type[Any] | None) -> str:
@@ -35,6 +56,36 @@ def schema_of(record_type: type[Any] | None) -> str:
             schema = f"{record_type.__module__}.{record_type.__qualname__}:{version}"
         _schemas[record_type] = schema
     return schema
+
+
+_tags: dict[str, str] = {}
+
+
+def _tag(schema: str) -> str:
+    # On the wire the schema travels as 8 hex digits of its hash: every hit carries it.
+    tag = _tags.get(schema)
+    if tag is None:
+        tag = _tags[schema] = hashlib.sha1(schema.encode(), usedforsecurity=False).hexdigest()[:8]
+    return tag
+
+
+def hit_prefix(schema: str, generation: int) -> bytes:
+    """The bytes every live, positive value of ``schema`` under ``generation`` starts with."""
+    prefix = _prefixes.get((schema, generation))
+    if prefix is None:
+        prefix = _prefixes[(schema, generation)] = f"{_tag(schema)}|{generation}|0|".encode()
+    return prefix
+
+
+_UNREADABLE = object()
+
+
+def read_hit(raw: bytes, record_type: type[Any] | None, schema: str) -> Any:
+    """The value of a Redis value already matched by ``hit_prefix``, or ``_UNREADABLE``."""
+    try:
+        return _value(memoryview(raw)[raw.index(b"\n") + 1 :], record_type, schema)
+    except Exception:  # a value we cannot read is a miss, never a crash
+        return _UNREADABLE
 
 
 class Envelope:
@@ -53,33 +104,65 @@ class Envelope:
         return Envelope(value, self.negative, self.generation, self.expires_at, self.load_seconds)
 
 
-def encode(value: Any, *, schema: str, generation: int, ttl: float, load_seconds: float, negative: bool) -> bytes:
-    data = None if negative else (converter.unstructure(value) if attrs.has(type(value)) else value)
-    return orjson.dumps(
-        {"s": schema, "g": generation, "x": time.time() + ttl, "d": load_seconds, "n": negative, "v": data}
-    )
+def _data(value: Any, negative: bool) -> bytes:
+    if negative:
+        return b"null"
+    return orjson.dumps(converter.unstructure(value) if attrs.has(type(value)) else value)
 
 
-def decode(
-    raw: bytes | str | None, *, schema: str, record_type: type[Any] | None, generation: int | None
-) -> Envelope | None:
-    """The envelope, or None when absent, unreadable, of another schema or an older generation."""
+_hooks: dict[Any, Any] = {}
+
+
+def structure_hook(record_type: type[Any]) -> Any:
+    """The converter's structure function for ``record_type``, looked up once (not per cache hit)."""
+    hook = _hooks.get(record_type)
+    if hook is None:
+        hook = _hooks[record_type] = converter.get_structure_hook(record_type)
+    return hook
+
+
+def _value(data: Any, record_type: type[Any] | None, schema: str) -> Any:
+    value = orjson.loads(data)
+    if record_type is not None and schema is not PLAIN:
+        value = structure_hook(record_type)(value, record_type)
+    return value
+
+
+def encode_wire(value: Any, *, schema: str, generation: int, ttl: float, load_seconds: float, negative: bool) -> bytes:
+    head = f"{_tag(schema)}|{generation}|{int(negative)}|{time.time() + ttl:.3f}|{load_seconds:.4f}\n"
+    return head.encode() + _data(value, negative)
+
+
+def decode_wire(raw: Any, *, schema: str, record_type: type[Any] | None, generation: int) -> Envelope | None:
+    """The envelope of a Redis value, or None when absent, unreadable, of another schema or generation."""
     if raw is None:
         return None
     try:
-        doc = raw if isinstance(raw, dict) else orjson.loads(raw)
-        if doc["s"] != schema or (generation is not None and doc["g"] != generation):
+        nl = raw.index(b"\n")
+        head = raw[:nl].split(b"|")
+        if len(head) != 5 or head[0].decode() != _tag(schema) or int(head[1]) != generation:
             return None
-        negative = bool(doc["n"])
-        value = doc["v"]
-        if not negative and record_type is not None and attrs.has(record_type):
-            value = converter.structure(value, record_type)
-        return Envelope(
-            value=value,
-            negative=negative,
-            generation=int(doc["g"]),
-            expires_at=float(doc["x"]),
-            load_seconds=float(doc["d"]),
-        )
+        negative = head[2] == b"1"
+        value = None if negative else _value(memoryview(raw)[nl + 1 :], record_type, schema)
+        return Envelope(value, negative, generation, float(head[3]), float(head[4]))
     except Exception:  # a value we cannot read is a miss, never a crash
+        return None
+
+
+def encode_doc(value: Any, *, schema: str, ttl: float, load_seconds: float) -> dict[str, Any]:
+    """The envelope as a JSON object, for the table."""
+    data = converter.unstructure(value) if attrs.has(type(value)) else value
+    return {"s": schema, "x": time.time() + ttl, "d": load_seconds, "n": False, "v": data}
+
+
+def decode_doc(doc: Any, *, schema: str, record_type: type[Any] | None) -> Envelope | None:
+    """The envelope of a table row's value, or None when unreadable or of another schema."""
+    try:
+        if doc["s"] != schema:
+            return None
+        value = doc["v"]
+        if record_type is not None and schema is not PLAIN:
+            value = converter.structure(value, record_type)
+        return Envelope(value, doc["n"] is True, 0, float(doc["x"]), float(doc["d"]))
+    except Exception:
         return None

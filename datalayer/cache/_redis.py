@@ -217,7 +217,8 @@ class RedisLayer:
 
     def get(self, key: str) -> Any:
         # The hot path of every cache hit: the same as call(), without the closure.
-        if self.breaker.state != "closed" and not self.breaker.allow():
+        breaker = self.breaker
+        if breaker.state != "closed" and not breaker.allow():
             self.stats["skipped"] += 1
             if self.strict:
                 raise CacheUnavailable(f"Redis at {self.target.display} is unavailable (circuit open)")
@@ -226,7 +227,7 @@ class RedisLayer:
             value = self.client.get(key)
         except (redis.RedisError, OSError) as e:
             return self._failed(e)
-        if self.breaker.state != "closed" and self.breaker.success():
+        if breaker.state != "closed" and breaker.success():
             log.warning("datalayer cache: Redis is back")
             self.on_recover()
         return value

@@ -38,7 +38,17 @@ import attrs
 import orjson
 import psycopg
 
-from datalayer.cache._envelope import Envelope, decode, encode, schema_of
+from datalayer.cache._envelope import (
+    _UNREADABLE,
+    Envelope,
+    decode_doc,
+    decode_wire,
+    encode_doc,
+    encode_wire,
+    hit_prefix,
+    read_hit,
+    schema_of,
+)
 from datalayer.cache._keys import Keys, version_key
 from datalayer.cache._l1 import L1
 from datalayer.cache._redis import SKIPPED, RedisLayer
@@ -222,27 +232,40 @@ class CacheManager:
 
     def get(self, key: str, record_type: type[T] | None = None) -> T | None:
         """The cached value of ``key`` from the fastest layer that has it, or None."""
-        env, _ = self._lookup(key, schema_of(record_type), record_type, refresh=False)
+        schema = schema_of(record_type)
+        raw = SKIPPED
+        generation = self._generation
+        if generation is not None and not self.l1.size:
+            # The Redis hit, on the hot path: one GET, one startswith, then only the value is parsed.
+            raw = self.redis.get(key)
+            if raw is not None and raw is not SKIPPED and raw.startswith(hit_prefix(schema, generation)):
+                value = read_hit(raw, record_type, schema)
+                if value is not _UNREADABLE:
+                    self.redis.stats["hits"] += 1
+                    return value  # type: ignore[no-any-return]
+        env, _ = self._lookup(key, schema, record_type, refresh=False, prefetched=raw)
         return None if env is None or env.negative else cast(T, env.value)
 
     def _lookup(
-        self, key: str, schema: str, record_type: type[Any] | None, *, refresh: bool
+        self, key: str, schema: str, record_type: type[Any] | None, *, refresh: bool, prefetched: Any = SKIPPED
     ) -> tuple[Envelope | None, _Miss]:
         """(envelope or None, what a miss learnt: the versions a loader's write must not race)."""
-        found, item = self.l1.get(key)
-        if found and item[0] == schema:
-            self.stats_counters["l1_hits"] += 1
-            env = item[1]
-            if item[2] is not None:  # plain JSON values are kept encoded: each caller gets its own copy
-                env = env.with_value(orjson.loads(item[2]))
-            return env, _HIT
-        self.stats_counters["l1_misses"] += 1
+        counters = self.stats_counters
+        if self.l1.size:
+            found, item = self.l1.get(key)
+            if found and item[0] == schema:
+                counters["l1_hits"] += 1
+                env = item[1]
+                if item[2] is not None:  # plain JSON values are kept encoded: each caller gets its own copy
+                    env = env.with_value(orjson.loads(item[2]))
+                return env, _HIT
+            counters["l1_misses"] += 1
         epoch = self._epoch
-        generation = self._global_generation()
+        generation = self._generation if self._generation is not None else self._global_generation()
         if generation is not None:
-            raw = self.redis.get(key)
+            raw = self.redis.get(key) if prefetched is SKIPPED else prefetched
             if raw is not SKIPPED:
-                env = decode(raw, schema=schema, record_type=record_type, generation=generation)
+                env = decode_wire(raw, schema=schema, record_type=record_type, generation=generation)
                 if env is not None:
                     self.redis.stats["hits"] += 1
                     if refresh and self._refresh_early(env):
@@ -256,7 +279,7 @@ class CacheManager:
         row = self._table_call(lambda db: _peek(db, key))
         table_version = None if row is _MISSING else (row.version if row is not None else 0)
         if row is not _MISSING and row is not None and row.value is not None and not _expired(row):
-            env = decode(row.value, schema=schema, record_type=record_type, generation=None)
+            env = decode_doc(row.value, schema=schema, record_type=record_type)
             if env is not None:
                 self.stats_counters["table_hits"] += 1
                 if redis_version is not SKIPPED:
@@ -278,7 +301,7 @@ class CacheManager:
         return time.time() + gap >= env.expires_at
 
     def _fill_l1(self, key: str, schema: str, env: Envelope, epoch: int) -> None:
-        if epoch == self._epoch:
+        if self.l1.size and epoch == self._epoch:
             # Records are frozen and shared; plain JSON values (dicts, lists) are stored encoded.
             raw = None if env.negative or attrs.has(type(env.value)) else orjson.dumps(env.value)
             self.l1.put(key, (schema, env, raw), max(env.expires_at - time.time(), 0))
@@ -343,7 +366,9 @@ class CacheManager:
                 raw = self.redis.get(miss.key)
                 if raw is SKIPPED:
                     break
-                env = decode(raw, schema=miss.schema, record_type=miss.record_type, generation=miss.generation)
+                env = decode_wire(
+                    raw, schema=miss.schema, record_type=miss.record_type, generation=miss.generation or 0
+                )
                 if env is not None:
                     return None if env.negative else cast(T, env.value)
         try:
@@ -367,7 +392,7 @@ class CacheManager:
         generation = miss.generation
         stored_anywhere = False
         if miss.redis_version is not SKIPPED and generation is not None:
-            payload = encode(
+            payload = encode_wire(
                 value, schema=schema, generation=generation, ttl=ttl, load_seconds=load_seconds, negative=negative
             )
             ok = self.redis.cas_set(key, version_key(key), miss.redis_version, payload, int(ttl * 1000))
@@ -377,7 +402,7 @@ class CacheManager:
             stored_anywhere = ok == 1
             self.redis.stats["writes"] += 1
         if miss.table_version is not None and not negative:
-            doc = _envelope_doc(value, schema=schema, ttl=ttl, load_seconds=load_seconds)
+            doc = encode_doc(value, schema=schema, ttl=ttl, load_seconds=load_seconds)
             version = miss.table_version + 1
             entry = self._table_call(lambda db: _table_set(db, key, doc, ttl, version))
             if entry is None:  # a newer version is stored: invalidated (or rewritten) while we loaded
@@ -406,11 +431,13 @@ class CacheManager:
         self.l1.delete(key)
         generation = self._global_generation()
         if generation is not None:
-            payload = encode(value, schema=schema, generation=generation, ttl=life, load_seconds=0.0, negative=False)
+            payload = encode_wire(
+                value, schema=schema, generation=generation, ttl=life, load_seconds=0.0, negative=False
+            )
             if self.redis.put(key, version_key(key), payload, int(life * 1000)) is not SKIPPED:
                 self.redis.stats["writes"] += 1
                 self.redis.call(lambda c: c.publish(self.keys.channel(), _dumps({"k": [key], "o": self._origin})))
-        doc = _envelope_doc(value, schema=schema, ttl=life, load_seconds=0.0)
+        doc = encode_doc(value, schema=schema, ttl=life, load_seconds=0.0)
         self._table_call(lambda db: _table_put(db, key, doc, life))
 
     def delete(self, *keys: str, db: psycopg.Connection[Any] | None = None) -> None:
@@ -622,18 +649,9 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
-def _envelope_doc(value: Any, *, schema: str, ttl: float, load_seconds: float) -> dict[str, Any]:
-    import orjson
-
-    return cast(
-        dict[str, Any],
-        orjson.loads(encode(value, schema=schema, generation=0, ttl=ttl, load_seconds=load_seconds, negative=False)),
-    )
-
-
 def _rewrap(env: Envelope, schema: str, generation: int | None) -> bytes:
     remaining = max(env.expires_at - time.time(), 0.001)
-    return encode(
+    return encode_wire(
         env.value,
         schema=schema,
         generation=generation or 0,
