@@ -1,8 +1,8 @@
 """``python -m bench``: every group, side by side, ratios to the floor measured in the same run.
 
-    python -m bench                 # the full run (tens of minutes): 100k users, 1M/10M log rows …
-    python -m bench --quick         # under a minute, small sizes: a smoke test (CI runs it)
-    python -m bench --groups get,cache_hit --out bench/results/today.txt
+python -m bench                 # the full run (tens of minutes): 100k users, 1M/10M log rows …
+python -m bench --quick         # under a minute, small sizes: a smoke test (CI runs it)
+python -m bench --groups get,cache_hit --out bench/results/today.txt
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ SPLIT = {"bulk"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds: finishes in under a minute")
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, from: {', '.join(GROUPS)}")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
@@ -44,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     report: list[str] = []
     results: list[Result] = []
     try:
-        header = [f"datalayer benchmarks ({'quick' if args.quick else 'full'} run, "
-                  f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", *bench_env.machine(env)]
-        header.append(f"settings: rounds={sizes.rounds} (+1 warm-up), ops/batch={sizes.ops}, users={sizes.users:,}, "
-                      f"bulk rows={sizes.bulk_rows:,} x {sizes.bulk_rounds}, log rows={sizes.log_small:,}/"
-                      f"{sizes.log_small * 10:,}, backup rows={sizes.backup_rows:,}")
+        header = [
+            f"datalayer benchmarks ({'quick' if args.quick else 'full'} run, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
+            *bench_env.machine(env),
+        ]
+        header.append(
+            f"settings: rounds={sizes.rounds} (+1 warm-up), ops/batch={sizes.ops}, users={sizes.users:,}, "
+            f"bulk rows={sizes.bulk_rows:,} x {sizes.bulk_rounds}, log rows={sizes.log_small:,}/"
+            f"{sizes.log_small * 10:,}, backup rows={sizes.backup_rows:,}"
+        )
         print("\n".join(header), flush=True)
         report += header
         for name in names:

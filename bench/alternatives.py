@@ -81,5 +81,15 @@ def to_record(row: Any) -> User:
     return User(*row)
 
 
-__all__ = ["AIOSQL", "GET_SQL", "INSERT_SQL", "LogORM", "UserORM", "aiosql_queries", "core_select", "engine_for",
-           "orm_get", "to_record"]
+__all__ = [
+    "AIOSQL",
+    "GET_SQL",
+    "INSERT_SQL",
+    "LogORM",
+    "UserORM",
+    "aiosql_queries",
+    "core_select",
+    "engine_for",
+    "orm_get",
+    "to_record",
+]

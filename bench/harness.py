@@ -37,10 +37,14 @@ class Row:
     note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "us_per_op": round(self.us_per_op, 3),
-                "x_floor": None if self.ratio is None else round(self.ratio, 3),
-                "plus_us": None if self.plus_us is None else round(self.plus_us, 3),
-                "iqr_pct": round(self.iqr_pct, 1), "note": self.note}
+        return {
+            "name": self.name,
+            "us_per_op": round(self.us_per_op, 3),
+            "x_floor": None if self.ratio is None else round(self.ratio, 3),
+            "plus_us": None if self.plus_us is None else round(self.plus_us, 3),
+            "iqr_pct": round(self.iqr_pct, 1),
+            "note": self.note,
+        }
 
 
 def iqr_pct(values: Sequence[float]) -> float:
@@ -77,8 +81,9 @@ def measure(contenders: Sequence[Contender], *, ops: int, rounds: int) -> list[R
             f = samples[floor.name]
             ratio = statistics.median(a / b for a, b in zip(s, f, strict=True))
             plus = statistics.median((a - b) * 1e6 for a, b in zip(s, f, strict=True))
-        rows.append(Row(c.name + (" [FLOOR]" if c.floor else ""), statistics.median(s) * 1e6, ratio, plus,
-                        iqr_pct(s), s))
+        rows.append(
+            Row(c.name + (" [FLOOR]" if c.floor else ""), statistics.median(s) * 1e6, ratio, plus, iqr_pct(s), s)
+        )
     return rows
 
 
@@ -104,5 +109,7 @@ def render(title: str, notes: Sequence[str], rows: Sequence[Row], *, unit: str =
     for row in rows:
         ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
         plus = "-" if row.plus_us is None else f"{row.plus_us:+.1f}"
-        lines.append(f"{row.name[:58]:<58} | {row.us_per_op:>10.1f} {ratio:>8} {plus:>9} {row.iqr_pct:>6.1f}  {row.note}")
+        lines.append(
+            f"{row.name[:58]:<58} | {row.us_per_op:>10.1f} {ratio:>8} {plus:>9} {row.iqr_pct:>6.1f}  {row.note}"
+        )
     return "\n".join(lines)

@@ -174,15 +174,17 @@ class Bound(Generic[T]):
                 location=self.query.location,
             )
 
-    def one(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
-        """Exactly one row: NotFound on none, MultipleRowsFound on more."""
-        self._expect("one")
-        cur = self._execute(db, params)
+    def _only_row(self, cur: psycopg.Cursor[Any] | _Rows, params: dict[str, Any]) -> T:
         if cur.rowcount != 1:
             if cur.rowcount == 0:
                 raise NotFound(f"no row for {self.query.location} ({_shown(params)})")
             raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({_shown(params)})")
         return cast(T, cur.fetchone())
+
+    def one(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
+        """Exactly one row: NotFound on none, MultipleRowsFound on more."""
+        self._expect("one")
+        return self._only_row(self._execute(db, params), params)
 
     def maybe(self, db: psycopg.Connection[Any], /, **params: Any) -> T | None:
         """One row or None: MultipleRowsFound on more than one."""
@@ -202,12 +204,7 @@ class Bound(Generic[T]):
     def scalar(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
         """The first column of the only row (NotFound on no row)."""
         self._expect("scalar")
-        cur = self._execute(db, params)
-        if cur.rowcount != 1:
-            if cur.rowcount == 0:
-                raise NotFound(f"no row for {self.query.location} ({_shown(params)})")
-            raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({_shown(params)})")
-        return cast(T, cur.fetchone())
+        return self._only_row(self._execute(db, params), params)
 
     def exec(self, db: psycopg.Connection[Any], /, **params: Any) -> int:
         """Run a statement without a result; returns the number of rows it touched."""

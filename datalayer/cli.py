@@ -163,7 +163,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
     from datalayer.pool import connection
 
     with connection() as db:
-        result = cleanup_old_data(db, days=args.days)
+        result = cleanup_old_data(db, days=args.days, whole_days=args.whole_days)
     print(
         f"removed {result['system_logs']:,} log rows ({result['partitions_dropped']} day partitions dropped) "
         f"older than {result['cutoff']}, and {result['cache_entries']:,} expired cache entries"
@@ -276,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cleanup", help="drop log partitions older than N days, purge expired cache entries")
     p.add_argument("--days", type=int, default=30, metavar="N", help="keep the last N days of logs (default 30)")
+    p.add_argument(
+        "--whole-days",
+        action="store_true",
+        help="keep the cutoff's whole UTC day (drop partitions only, no row-by-row DELETE)",
+    )
     p.set_defaults(func=_cmd_cleanup)
 
     p = sub.add_parser("backup", help="write every table to FILE (streaming, atomic)")

@@ -93,18 +93,21 @@ def get_database_stats(db: psycopg.Connection[Any]) -> dict[str, Any]:
     }
 
 
-def cleanup_old_data(db: psycopg.Connection[Any], days: int = 30) -> dict[str, Any]:
+def cleanup_old_data(db: psycopg.Connection[Any], days: int = 30, *, whole_days: bool = False) -> dict[str, Any]:
     """Remove system_log rows older than ``days`` days and expired cache entries.
 
     Whole day partitions older than the cutoff are detached and dropped (their rows counted first):
     milliseconds and almost no WAL, where DELETE + VACUUM would rewrite every row. Only the boundary day
-    (and the default partition) is cleaned with DELETE. Returns ``{"system_logs": n,
-    "partitions_dropped": k, "cache_entries": n, "cutoff": iso}``. Runs through SECURITY DEFINER
-    functions, so an application role without DDL rights may call it.
+    (and the default partition) is cleaned with DELETE; ``whole_days=True`` moves the cutoff back to
+    the start of its UTC day, so that nothing is deleted row by row (up to a day more is kept).
+    Returns ``{"system_logs": n, "partitions_dropped": k, "cache_entries": n, "cutoff": iso}``. Runs
+    through SECURITY DEFINER functions, so an application role without DDL rights may call it.
     """
     if type(days) is not int or not 1 <= days <= 36_500:
         raise ValidationError({"days": "must be an integer between 1 and 36500 (a cleanup of today is refused)"})
     cutoff = datetime.now(UTC) - timedelta(days=days)
+    if whole_days:
+        cutoff = cutoff.replace(hour=0, minute=0, second=0, microsecond=0)
     dropped = _drop_partitions.many(db, cutoff=cutoff)
     boundary = _delete_logs_before.exec(db, cutoff=cutoff)
     purged = cache_entry_repo.purge_expired(db)

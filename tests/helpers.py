@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from datalayer.config import DatabaseTarget
 
@@ -41,3 +42,17 @@ def run_py(code: str, env: Mapping[str, str], timeout: float = 120) -> subproces
     """Run Python code in a fresh interpreter."""
     return subprocess.run([sys.executable, "-c", code], env=dict(env), capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, check=False)
+
+
+def wait_idle(pool: Any, timeout: float = 10.0) -> None:
+    """Wait until every connection of ``pool`` is back in it (no leak), or fail with its stats."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = pool.get_stats()
+        if stats.get("pool_size", 0) == stats.get("pool_available", 0):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"pool not idle: {pool.get_stats()}")
+

@@ -96,6 +96,22 @@ def test_cleanup_drops_old_partitions_and_counts(db: Any) -> None:
     assert again["system_logs"] == 0 and again["partitions_dropped"] == 0
 
 
+def test_cleanup_whole_days_only_drops_partitions(db: Any) -> None:
+    per_partition = _sixty_days(db)
+    result = cleanup_old_data(db, days=30, whole_days=True)
+    cutoff = datetime.fromisoformat(result["cutoff"])
+    assert (cutoff.hour, cutoff.minute, cutoff.second, cutoff.microsecond) == (0, 0, 0, 0)
+    assert cutoff.date() == (datetime.now(UTC) - timedelta(days=30)).date()
+    kept = {name: n for name, n in per_partition.items()
+            if datetime.strptime(name[12:], "%Y%m%d").replace(tzinfo=UTC) >= cutoff}
+    assert len(kept) == 31  # today and the 30 days before it, the cutoff's day whole
+    # Every kept partition still holds every row: nothing was deleted row by row.
+    for name, n in kept.items():
+        assert db.execute(f"SELECT count(*) FROM {name}").fetchone() == (n,), name
+    assert result["partitions_dropped"] == len(per_partition) - len(kept)
+    assert result["system_logs"] == sum(per_partition.values()) - sum(kept.values())
+
+
 @pytest.mark.parametrize("days", [0, -1, "30", 1.5, None, 10**6])
 def test_cleanup_refuses_bad_days(db: Any, days: Any) -> None:
     with pytest.raises(ValidationError):

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import wait_idle
 
 from datalayer import (
     ConfigError,
@@ -145,21 +146,6 @@ def test_transaction_without_db_borrows_one(dl_pool: DataLayerPool) -> None:
         assert user_repo.get_by_username(db, "borrowed") is not None
 
 
-def _idle(pool: DataLayerPool) -> tuple[int, int]:
-    stats = pool.get_stats()
-    return stats.get("pool_size", 0), stats.get("pool_available", 0)
-
-
-def _wait_idle(pool: DataLayerPool, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        size, available = _idle(pool)
-        if size == available:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"pool not idle: {pool.get_stats()}")
-
-
 def test_get_db_fastapi_style(dl_pool: DataLayerPool) -> None:
     # What FastAPI's Depends does with a generator dependency.
     gen = get_db()
@@ -167,13 +153,13 @@ def test_get_db_fastapi_style(dl_pool: DataLayerPool) -> None:
     _user(db, "fastapi")
     with pytest.raises(StopIteration):
         next(gen)
-    _wait_idle(dl_pool)
+    wait_idle(dl_pool)
     # and with an exception thrown into it
     gen = get_db()
     db = next(gen)
     with pytest.raises(ValueError):
         gen.throw(ValueError("handler failed"))
-    _wait_idle(dl_pool)
+    wait_idle(dl_pool)
 
 
 def test_get_db_seed_idiom_keeps_connection_until_dropped(dl_pool: DataLayerPool) -> None:
@@ -190,7 +176,7 @@ def test_get_db_seed_idiom_keeps_connection_until_dropped(dl_pool: DataLayerPool
         _user(db, "seed2")
     del db
     gc.collect()
-    _wait_idle(dl_pool)
+    wait_idle(dl_pool)
 
 
 def test_get_db_seed_idiom_does_not_leak(dl_pool: DataLayerPool) -> None:
@@ -198,7 +184,7 @@ def test_get_db_seed_idiom_does_not_leak(dl_pool: DataLayerPool) -> None:
         db = next(get_db())
         _user(db, f"loop{i}")
         del db
-    _wait_idle(dl_pool)
+    wait_idle(dl_pool)
     with connection() as db:
         assert user_repo.count(db) == 3 * dl_pool.max_size
 

@@ -154,28 +154,24 @@ class RedisLayer:
     def call(self, fn: Callable[[redis.Redis], T]) -> T:
         """``fn(client)``, or SKIPPED when the breaker is open or the call fails (strict: CacheUnavailable)."""
         if not self.breaker.allow():
-            self.stats["skipped"] += 1
-            if self.strict:
-                raise CacheUnavailable(f"Redis at {self.target.display} is unavailable (circuit open)")
-            return SKIPPED  # type: ignore[no-any-return]
+            return self._skipped()  # type: ignore[no-any-return]
         try:
             result = fn(self.client)
         except (redis.RedisError, OSError) as e:
-            self.stats["errors"] += 1
-            self.breaker.failure()
-            log.warning(
-                "datalayer cache: Redis call failed (%s: %s); skipping Redis for %.1f s",
-                type(e).__name__,
-                e,
-                self.breaker.cooldown,
-            )
-            if self.strict:
-                raise CacheUnavailable(f"Redis at {self.target.display} failed: {type(e).__name__}") from e
-            return SKIPPED  # type: ignore[no-any-return]
-        if self.breaker.success():
+            return self._failed(e)  # type: ignore[no-any-return]
+        self._succeeded()
+        return result
+
+    def _skipped(self) -> Any:
+        self.stats["skipped"] += 1
+        if self.strict:
+            raise CacheUnavailable(f"Redis at {self.target.display} is unavailable (circuit open)")
+        return SKIPPED
+
+    def _succeeded(self) -> None:
+        if self.breaker.state != "closed" and self.breaker.success():
             log.warning("datalayer cache: Redis is back")
             self.on_recover()
-        return result
 
     def _failed(self, e: BaseException) -> Any:
         """Record a failed call (the breaker opens) and return SKIPPED, or raise in strict mode."""
@@ -219,17 +215,13 @@ class RedisLayer:
         # The hot path of every cache hit: the same as call(), without the closure.
         breaker = self.breaker
         if breaker.state != "closed" and not breaker.allow():
-            self.stats["skipped"] += 1
-            if self.strict:
-                raise CacheUnavailable(f"Redis at {self.target.display} is unavailable (circuit open)")
-            return SKIPPED
+            return self._skipped()
         try:
             value = self.client.get(key)
         except (redis.RedisError, OSError) as e:
             return self._failed(e)
-        if breaker.state != "closed" and breaker.success():
-            log.warning("datalayer cache: Redis is back")
-            self.on_recover()
+        if breaker.state != "closed":
+            self._succeeded()
         return value
 
     def cas_set(self, key: str, version_key: str, expected: bytes | str | None, value: bytes, ttl_ms: int) -> Any:

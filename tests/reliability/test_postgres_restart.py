@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import PgCluster
+from helpers import wait_idle
 
 from datalayer import CommitUnknown, TransientError, connection, transaction, user_repo
 from datalayer.pool import DataLayerPool, open_pool
@@ -19,16 +20,6 @@ pytestmark = pytest.mark.slow
 def _pool(cluster: PgCluster, **kw: Any) -> DataLayerPool:
     settings = settings_for_tests(**{"pool_size": 4, "max_overflow": 4, "pool_min_size": 4, "pool_timeout": 2.0, **kw})
     return open_pool(settings, target=cluster.target, wait=True)
-
-
-def _wait_idle(pool: DataLayerPool, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = pool.get_stats()
-        if stats.get("pool_size", 0) == stats.get("pool_available", 0):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"pool not idle: {pool.get_stats()}")
 
 
 def test_restart_under_load(cluster: PgCluster) -> None:
@@ -106,13 +97,13 @@ def test_restart_under_load(cluster: PgCluster) -> None:
     assert len(ok) > 50 and failed, (len(ok), len(failed))  # the outage really happened under load
     assert len(failed_pids) == len(set(failed_pids)), "a broken connection was handed out twice"
     assert read_ok[0] > 0 and read_failed[0] > 0
-    _wait_idle(pool)
+    wait_idle(pool)
     pool.close()
 
 
 def test_dead_idle_connections_are_replaced_without_errors(cluster: PgCluster) -> None:
     pool = _pool(cluster, pool_size=3, pool_min_size=3, max_overflow=0)
-    _wait_idle(pool)
+    wait_idle(pool)
     cluster.stop("fast")
     up = cluster.start()
     # every idle connection is dead now; checkout notices it without a round trip and hands out a live one

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import wait_idle
 
 from datalayer import (
     PoolExhausted,
@@ -128,7 +129,7 @@ def test_pool_exhaustion_then_idle(datalayer_server: TestServer) -> None:
         for h in holders:
             pool.putconn(h)
         del holders, h  # the pool lends these same objects again below
-        _wait_idle(pool)
+        wait_idle(pool)
         # the seed idiom: generators dropped at once, connections held until the references go
         previous = set_default_pool(pool)
         try:
@@ -139,7 +140,7 @@ def test_pool_exhaustion_then_idle(datalayer_server: TestServer) -> None:
                 d.execute("SELECT 1")
             del dbs, d
             gc.collect()
-            _wait_idle(pool)
+            wait_idle(pool)
             with connection(pool) as db:
                 assert db.execute("SELECT 1").fetchone() == (1,)
         finally:
@@ -164,14 +165,4 @@ def test_many_callers_more_than_max_size(datalayer_server: TestServer) -> None:
             t.join(30)
         assert results == ["ok"] * 20  # they queued for the 3 connections instead of failing
         assert pool.get_stats()["pool_size"] <= 3
-        _wait_idle(pool)
-
-
-def _wait_idle(pool: DataLayerPool, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = pool.get_stats()
-        if stats.get("pool_size", 0) == stats.get("pool_available", 0):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"pool not idle: {pool.get_stats()}")
+        wait_idle(pool)
