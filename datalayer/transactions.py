@@ -24,7 +24,7 @@ import attrs
 import psycopg
 
 from datalayer._translate import is_connection_lost, translate
-from datalayer.errors import CommitUnknown, TransientError
+from datalayer.errors import CommitUnknown, TransientError, ValidationError
 
 __all__ = [
     "RETRYABLE_STATES",
@@ -180,15 +180,15 @@ def run_in_transaction(
     >>> run_in_transaction(db, transfer, isolation="serializable")
     """
     if type(retries) is not int or not 0 <= retries <= 100:
-        raise ValueError("retries must be an integer between 0 and 100")
+        raise ValidationError({"retries": "must be an integer between 0 and 100"})
     level = None
     if isolation is not None:
         level = _ISOLATION.get(isolation.lower())
         if level is None:
-            raise ValueError(f"isolation must be one of {', '.join(_ISOLATION)}")
+            raise ValidationError({"isolation": f"must be one of {', '.join(_ISOLATION)}"})
     if in_transaction(db):
-        raise ValueError(
-            "run_in_transaction needs a connection outside any transaction: a retry restarts the whole transaction"
+        raise ValidationError(
+            {"db": "is inside a transaction; pass a connection outside any (a retry restarts the whole transaction)"}
         )
     attempt = 0
     while True:

@@ -13,9 +13,11 @@ from helpers import wait_idle
 from datalayer import (
     PoolExhausted,
     TransientError,
+    ValidationError,
     connection,
     get_db,
     run_in_transaction,
+    transaction,
     user_repo,
 )
 from datalayer.pool import DataLayerPool, set_default_pool
@@ -111,8 +113,12 @@ def test_retries_are_bounded_and_other_errors_pass_through(dl_pool: DataLayerPoo
         assert len(calls) == 3
         with pytest.raises(ZeroDivisionError):
             run_in_transaction(db, lambda _db: 1 / 0)
-        with pytest.raises(ValueError, match="isolation"):
+        with pytest.raises(ValidationError, match="isolation"):
             run_in_transaction(db, lambda _db: None, isolation="chaos")
+        with pytest.raises(ValidationError, match="retries"):
+            run_in_transaction(db, lambda _db: None, retries=-1)
+        with transaction(db), pytest.raises(ValidationError, match="inside a transaction"):
+            run_in_transaction(db, lambda _db: None)
 
 
 def test_pool_exhaustion_then_idle(datalayer_server: TestServer) -> None:
