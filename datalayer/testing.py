@@ -86,14 +86,18 @@ def settings_for_tests(**overrides: Any) -> Settings:
     return Settings(**base)
 
 
+def _test_home() -> Path:
+    """Where the tests' own embedded servers live: never the user's DATALAYER_HOME."""
+    return Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
+
+
 def _server_target() -> DatabaseTarget:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         target = Settings.from_env({"DATABASE_URL": url}).database
         assert target is not None
         return target
-    home = Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
-    embedded = start_embedded_postgres(Settings(home=home))
+    embedded = start_embedded_postgres(Settings(home=_test_home()))
     return DatabaseTarget(params={**embedded.params, "dbname": "postgres"}, embedded=True)
 
 
@@ -237,8 +241,7 @@ def redis_target() -> RedisTarget:
         target = Settings.from_env({"REDIS_URL": url}).redis
         assert target is not None
         return target
-    home = Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
-    return start_embedded_redis(Settings(home=home))
+    return start_embedded_redis(Settings(home=_test_home()))
 
 
 @pytest.fixture
