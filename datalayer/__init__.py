@@ -10,6 +10,7 @@ over psycopg 3 connections from a psycopg_pool pool.
 
 from typing import TYPE_CHECKING, Any
 
+from datalayer import embedded as _embedded  # noqa: F401 - registers the exit hook that stops an embedded server last
 from datalayer.config import Settings
 from datalayer.contracts import check
 from datalayer.errors import (

@@ -35,6 +35,7 @@ log = logging.getLogger("datalayer")
 
 EMBEDDED_DBNAME = "datalayer"
 _lock = threading.Lock()
+_exited = False  # set by _at_exit: a server started after it would never be stopped
 # Handles keep the servers alive for the life of the process; both libraries stop their server at
 # exit when the last process using it goes.
 _handles: dict[str, Any] = {}
@@ -51,7 +52,16 @@ def before_embedded_stop(hook: Callable[[], object]) -> None:
     _before_stop.append(hook)
 
 
-def _stop_embedded_postgres(cleanup: Callable[[], object]) -> None:
+def _at_exit() -> None:
+    """Flush and close what uses the embedded PostgreSQL, then stop it (if this process started it).
+
+    Registered when this module is imported (``import datalayer`` does it), so it runs after the
+    exit hooks a service registers later, which may still use the database. Registering it only once
+    the server had started failed when the start finished during interpreter exit (a log handler's
+    writer thread still connecting): atexit ignores hooks registered while it runs, and the server was
+    left running.
+    """
+    global _exited
     for hook in reversed(_before_stop):
         try:
             hook()
@@ -60,7 +70,14 @@ def _stop_embedded_postgres(cleanup: Callable[[], object]) -> None:
     from datalayer.pool import close_default_pool
 
     close_default_pool()
-    cleanup()
+    with _lock:  # a start in progress in another thread finishes first
+        _exited = True
+        server = _handles.pop("postgres", None)
+    if server is not None:
+        server._cleanup()
+
+
+atexit.register(_at_exit)
 
 
 def _quiet_import_embedded_postgres() -> Any:
@@ -91,6 +108,12 @@ def start_embedded_postgres(settings: Settings) -> DatabaseTarget:
     _refuse(settings, "database", "DATABASE_URL (or DATABASE_HOST/PORT/NAME/USER/PASSWORD)")
     pgdata = settings.home / "pgdata"
     with _lock:
+        if _exited:
+            raise ConfigError(
+                "the embedded PostgreSQL cannot start while the interpreter exits; "
+                "open the connection (or emit the first log record) before exit",
+                variable="DATABASE_URL",
+            )
         try:
             settings.home.mkdir(parents=True, exist_ok=True)
             mod = _quiet_import_embedded_postgres()
@@ -104,11 +127,9 @@ def start_embedded_postgres(settings: Settings) -> DatabaseTarget:
                 "set DATABASE_URL to use a PostgreSQL server, or DATALAYER_HOME to use another directory",
                 variable="DATALAYER_HOME",
             ) from e
+        # The library's own exit hook would stop the server before our exit work; _at_exit does both.
+        atexit.unregister(server._cleanup)
         first = "postgres" not in _handles
-        if first:
-            # Take over the library's exit hook so that our own exit work runs before the server stops.
-            atexit.unregister(server._cleanup)
-            atexit.register(_stop_embedded_postgres, server._cleanup)
         _handles["postgres"] = server
     params = {"host": str(info.socket_dir), "port": str(info.port), "user": "postgres", "dbname": "postgres"}
     _ensure_database(params)

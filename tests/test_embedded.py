@@ -34,9 +34,33 @@ def test_no_settings_starts_migrates_and_reuses(tmp_path: Path) -> None:
     lines = [ln for ln in first.stderr.splitlines() if "embedded PostgreSQL" in ln]
     assert len(lines) == 1 and str(tmp_path / "home" / "pgdata") in lines[0]
     assert "DATABASE_URL" in lines[0] and "DATALAYER_EMBEDDED=never" in lines[0]
+    assert not (tmp_path / "home" / "pgdata" / "postmaster.pid").exists(), "the server outlived its process"
     second = run_py(SNIPPET, env, timeout=180)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == "users 4"  # same data directory, reused
+
+
+def test_no_start_after_the_exit_hook(tmp_path: Path) -> None:
+    # An exit hook registered before datalayer was imported runs after datalayer's own: a server it
+    # started would never be stopped, so the start is refused with a clear error instead.
+    code = textwrap.dedent("""
+        import atexit
+
+        def late():
+            from datalayer import connection
+            try:
+                with connection() as db:
+                    db.execute("SELECT 1")
+            except Exception as e:
+                print(type(e).__name__, e)
+
+        atexit.register(late)
+        import datalayer
+    """)
+    r = run_py(code, clean_env(DATALAYER_HOME=str(tmp_path / "home")), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ConfigError") and "interpreter exits" in r.stdout
+    assert not (tmp_path / "home" / "pgdata" / "postmaster.pid").exists()
 
 
 def test_never_refuses_the_fallback(tmp_path: Path) -> None:

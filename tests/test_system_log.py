@@ -241,9 +241,13 @@ def test_handler_flushes_at_exit_before_the_embedded_server_stops(tmp_path: Any)
     prepared = run_py("from datalayer import connection\nwith connection() as db: db.execute('SELECT 1')", env,
                       timeout=180)
     assert prepared.returncode == 0, prepared.stderr
+    pid_file = tmp_path / "home" / "pgdata" / "postmaster.pid"
+    assert not pid_file.exists(), "the first process left its embedded server running"
     r = run_py(code, env, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "could not be written" not in r.stderr
+    # The writer thread may still be starting the server when the interpreter exits: it must stop too.
+    assert not pid_file.exists(), "the embedded server started during exit was left running"
     check = run_py(
         "from datalayer import connection\n"
         "with connection() as db:\n"
@@ -251,6 +255,7 @@ def test_handler_flushes_at_exit_before_the_embedded_server_stops(tmp_path: Any)
         env, timeout=120)
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "25"
+    assert not pid_file.exists()
 
 
 def test_raw_copy_error_rolls_back(db: Any) -> None:
