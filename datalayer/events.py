@@ -58,14 +58,10 @@ def log_system_event(
 def _batch_landed(db: Any, batch: list[tuple[Any, ...]]) -> bool:
     """True when the rows of ``batch`` are in system_log (its COMMIT went through after all)."""
     first = batch[0]
-    record_id = orjson.loads(first[4])["record_id"]
     times = [row[0] for row in batch]
-    row = db.execute(
-        "SELECT EXISTS (SELECT 1 FROM system_log WHERE created_at BETWEEN %s AND %s AND service = %s "
-        "AND details->>'record_id' = %s)",
-        (min(times), max(times), first[1], record_id),
-    ).fetchone()
-    return bool(row and row[0])
+    return system_log_repo.record_landed(
+        db, record_id=orjson.loads(first[4])["record_id"], service=first[1], first=min(times), last=max(times)
+    )
 
 
 def _open_handler_pool() -> Any:

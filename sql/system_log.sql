@@ -38,3 +38,13 @@ ORDER BY level;
 -- name: copy_in :copy
 -- Bulk insert (bulk_insert): ids and updated_at come from their defaults.
 COPY system_log (created_at, service, level, message, details, user_id) FROM STDIN;
+
+-- name: record_landed :scalar
+-- Did a COPY whose COMMIT outcome is unknown go through? The log handler tags each batch's first
+-- row with a record_id and looks for it within the batch's time span (pruned to its partitions).
+SELECT EXISTS (
+    SELECT 1 FROM system_log
+    WHERE created_at BETWEEN :'first'::timestamptz AND :'last'::timestamptz
+      AND service = :'service'
+      AND details->>'record_id' = :'record_id'
+) AS landed;

@@ -266,3 +266,13 @@ def test_raw_copy_error_rolls_back(db: Any) -> None:
         copy_rows(db, [(NOW, "s", "INFO", "m", "{}", None), (NOW, "s", "BOGUS", "m", "{}", None)])
     assert db.execute("SELECT count(*) FROM system_log").fetchone() == (0,)
     assert isinstance(db, psycopg.Connection)
+
+
+def test_record_landed_finds_only_the_tagged_event_in_its_span(db: Any) -> None:
+    e = repo.create(db, service="svc", level="INFO", message="m", details={"record_id": "r-1"})
+    span = {"first": e.created_at - timedelta(seconds=1), "last": e.created_at + timedelta(seconds=1)}
+    assert repo.record_landed(db, record_id="r-1", service="svc", **span) is True
+    assert repo.record_landed(db, record_id="r-2", service="svc", **span) is False
+    assert repo.record_landed(db, record_id="r-1", service="other", **span) is False
+    later = {"first": e.created_at + timedelta(seconds=1), "last": e.created_at + timedelta(seconds=2)}
+    assert repo.record_landed(db, record_id="r-1", service="svc", **later) is False

@@ -38,6 +38,7 @@ __all__ = [
     "create",
     "find",
     "get_by_id",
+    "record_landed",
 ]
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -51,6 +52,7 @@ _get_by_id = bind(_q, "get_by_id", SystemLogEntry)
 _find = bind(_q, "find", SystemLogEntry)
 _count_by_level = bind(_q, "count_by_level", LevelCount)
 _copy_in: Bound[None] = bind(_q, "copy_in", None)
+_record_landed = bind(_q, "record_landed", bool)
 
 
 @attrs.frozen(kw_only=True)
@@ -207,3 +209,8 @@ def copy_rows(db: Connection[Any], rows: Iterable[tuple[Any, ...]]) -> int:
     For writers that build rows themselves (the log handler); callers own the transaction.
     """
     return _copy_in.copy_in(db, rows)
+
+
+def record_landed(db: Connection[Any], *, record_id: str, service: str, first: datetime, last: datetime) -> bool:
+    """Whether the event tagged ``details.record_id`` (written between ``first`` and ``last``) is stored."""
+    return _record_landed.scalar(db, record_id=record_id, service=service, first=first, last=last)

@@ -196,6 +196,9 @@ def events_and_cache(db: DataLayerConnection, pool: DataLayerPool) -> dict[str, 
     recent = system_log_repo.find(db, since=now - timedelta(hours=1), until=now + timedelta(minutes=1), limit=100)
     levels = {c.level: c.count for c in system_log_repo.count_by_level(db, since=now - timedelta(hours=1),
                                                                         until=now + timedelta(minutes=1))}
+    landed: bool = system_log_repo.record_landed(db, record_id="none", service="sample", first=now - timedelta(hours=1),
+                                                 last=now)
+    assert not landed
     stored: CacheEntry | None = cache_entry_repo.set(db, "sample:{1}", {"v": 1}, ttl=60, version=1)
     assert stored is not None and cache_entry_repo.get(db, "sample:{1}") == stored
     cache_entry_repo.set(db, "sample:{2}", [1, 2])
