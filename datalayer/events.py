@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from psycopg import Connection
 
+from datalayer import _jsonb
 from datalayer.errors import CommitUnknown
 from datalayer.records import SystemLogEntry
 from datalayer.repos import system_log as system_log_repo
@@ -198,7 +199,7 @@ class SystemLogHandler(logging.Handler):
                     details[key] = _jsonable(record.__dict__[key])
         if type(user_id) is not int or not 0 < user_id < 2**63:
             user_id = None
-        text = orjson.dumps(details).decode()
+        text = _jsonb.dumps(details).decode()
         if "\\u0000" in text:
             text = text.replace("\\u0000", "\\ufffd")
         if "\x00" in message:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import orjson
 from psycopg.types.json import Jsonb
 
+from datalayer import _jsonb
 from datalayer._pagination import decode_cursor, keyset_page
 from datalayer.errors import IllegalTransition, NotFound, ValidationError
 from datalayer.records import Page
@@ -85,7 +86,7 @@ def check_flag(value: object, name: str) -> bool:
 
 
 def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
+    return _jsonb.dumps(obj).decode()
 
 
 def json_text(value: object, name: str, *, require_object: bool = True) -> str:
