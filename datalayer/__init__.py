@@ -11,6 +11,7 @@ over psycopg 3 connections from a psycopg_pool pool.
 from typing import TYPE_CHECKING, Any
 
 from datalayer import embedded as _embedded  # noqa: F401 - registers the exit hook that stops an embedded server last
+from datalayer.backup import backup_database_data, restore_database_data
 from datalayer.config import Settings
 from datalayer.contracts import check
 from datalayer.errors import (
@@ -31,7 +32,7 @@ from datalayer.errors import (
 )
 from datalayer.events import SystemLogHandler, log_system_event
 from datalayer.health import check_database_health
-from datalayer.maintenance import backup_database_data, cleanup_old_data, get_database_stats, restore_database_data
+from datalayer.maintenance import cleanup_old_data, get_database_stats
 from datalayer.migrate import migration_status, plan_sql, reset_database, setup_database
 from datalayer.partitions import ensure_log_partitions, list_log_partitions
 from datalayer.passwords import hash_password, needs_rehash, verify_password

@@ -172,7 +172,7 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def _cmd_backup(args: argparse.Namespace) -> int:
-    from datalayer.maintenance import backup_database_data
+    from datalayer.backup import backup_database_data
     from datalayer.pool import connection
 
     progress = _Progress()
@@ -184,7 +184,7 @@ def _cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from datalayer.maintenance import restore_database_data
+    from datalayer.backup import restore_database_data
     from datalayer.pool import connection
 
     progress = _Progress()

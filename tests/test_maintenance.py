@@ -22,7 +22,7 @@ from datalayer import (
     system_log_repo,
     tool_generation_repo,
 )
-from datalayer.maintenance import BACKUP_TABLES
+from datalayer.backup import BACKUP_TABLES
 from datalayer.pool import DataLayerPool, connection
 from datalayer.repos.system_log import LogEvent
 from datalayer.testing import TestServer, fresh_database
