@@ -73,6 +73,13 @@ def check_database_health(
 def _run_check(checks: dict[str, Check], name: str, fn: Any) -> None:
     try:
         checks[name] = fn()
+    except psycopg.errors.InsufficientPrivilege as e:
+        # A service's own role must be able to run its readiness check: `roles create` grants it.
+        checks[name] = {
+            "ok": False,
+            "detail": f"{_first_line(e)} (run `datalayer roles create` as the schema owner to grant the "
+            "roles datalayer made what health reads)",
+        }
     except Exception as e:
         checks[name] = {"ok": False, "detail": _first_line(e)}
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from datalayer._run import Bound, bind
+from datalayer._run import bind
 from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
 from datalayer.partitions import list_log_partitions
@@ -25,7 +25,7 @@ _logs_by_level = bind(_stats, "logs_last_hour_by_level", LevelCount)
 _table_sizes = bind(_stats, "table_sizes", TableSize)
 _maint = load_queries("maintenance")
 _drop_partitions = bind(_maint, "drop_log_partitions", DroppedPartition)
-_delete_logs_before: Bound[None] = bind(_maint, "delete_logs_before", None)
+_delete_old_logs = bind(_maint, "delete_old_logs", int)
 
 _STATUSES = ("pending", "running", "completed", "failed")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -71,15 +71,21 @@ def cleanup_old_data(db: psycopg.Connection[Any], days: int = 30, *, whole_days:
     (and the default partition) is cleaned with DELETE; ``whole_days=True`` moves the cutoff back to
     the start of its UTC day, so that nothing is deleted row by row (up to a day more is kept).
     Returns ``{"system_logs": n, "partitions_dropped": k, "cache_entries": n, "cutoff": iso}``. Runs
-    through SECURITY DEFINER functions, so an application role without DDL rights may call it.
+    through SECURITY DEFINER functions, so an application role without DDL rights, and without
+    DELETE on the append-only system_log, may call it; they refuse on their own to touch today's
+    partition or rows.
     """
     if type(days) is not int or not 1 <= days <= 36_500:
         raise ValidationError({"days": "must be an integer between 1 and 36500 (a cleanup of today is refused)"})
     cutoff = datetime.now(UTC) - timedelta(days=days)
     if whole_days:
         cutoff = cutoff.replace(hour=0, minute=0, second=0, microsecond=0)
-    dropped = _drop_partitions.many(db, cutoff=cutoff)
-    boundary = _delete_logs_before.exec(db, cutoff=cutoff)
+    # The function drops at most a bounded number of partitions per call, whoever calls it: on an
+    # autocommit connection each batch commits, and its locks on system_log go, before the next.
+    dropped: list[DroppedPartition] = []
+    while batch := _drop_partitions.many(db, cutoff=cutoff):
+        dropped += batch
+    boundary = _delete_old_logs.scalar(db, cutoff=cutoff)
     purged = cache_entry_repo.purge_expired(db)
     return {
         "system_logs": sum(d.row_count for d in dropped) + boundary,

@@ -26,7 +26,7 @@ ORDER BY level;
 SELECT t.name, t.total_bytes, t.estimated_rows
 FROM (
     SELECT c.relname::text AS name,
-           pg_total_relation_size(c.oid)::bigint AS total_bytes,
+           pg_total_relation_size(c.oid::regclass)::bigint AS total_bytes,
            greatest(c.reltuples, 0)::bigint AS estimated_rows
     FROM pg_class c
     WHERE c.relname IN ('users', 'data_analyses', 'analysis_files', 'tool_generations', 'cache_entries')
@@ -36,7 +36,7 @@ FROM (
     SELECT 'system_log',
            coalesce(sum(pg_total_relation_size(p.relid)), 0)::bigint,
            coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
-    FROM pg_partition_tree('system_log') p
+    FROM pg_partition_tree('system_log'::regclass) p
     JOIN pg_class c ON c.oid = p.relid
     WHERE p.isleaf
 ) t

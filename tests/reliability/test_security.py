@@ -33,7 +33,7 @@ from datalayer import (
     system_log_repo,
     user_repo,
 )
-from datalayer.config import DatabaseTarget
+from datalayer.config import DatabaseTarget, Secret
 from datalayer.pool import DataLayerPool, open_pool
 from datalayer.roles import create_roles
 from datalayer.testing import TestServer, settings_for_tests
@@ -52,15 +52,19 @@ def role_names(datalayer_server: TestServer) -> Iterator[tuple[str, str]]:
             c.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
+ROLE_PASSWORD = "Role-Pw-For-Tests-1"  # the embedded server asks for passwords
+
+
 def _as(pool: DataLayerPool, role: str) -> DataLayerPool:
-    target = DatabaseTarget(params={**pool.target.params, "user": role})
+    target = DatabaseTarget(params={**pool.target.params, "user": role}, password=Secret(ROLE_PASSWORD))
     return open_pool(settings_for_tests(pool_min_size=1), target=target, wait=True)
 
 
 def test_application_role_has_dml_only(role_names: tuple[str, str], dl_pool: DataLayerPool) -> None:
     app, ro = role_names
     with connection(dl_pool) as db:
-        assert create_roles(db, app_role=app, readonly_role=ro) == {app: True, ro: True}
+        assert create_roles(db, app_role=app, readonly_role=ro, app_password=ROLE_PASSWORD,
+                            readonly_password=ROLE_PASSWORD) == {app: True, ro: True}
         assert create_roles(db, app_role=app, readonly_role=ro) == {app: False, ro: False}  # idempotent
     app_pool = _as(dl_pool, app)
     try:
