@@ -19,12 +19,20 @@ from datalayer.errors import (
 if TYPE_CHECKING:
     from datalayer._sql import Query
 
-__all__ = ["CONSTRAINT_FIELDS", "describe_error", "is_connection_lost", "translate"]
+__all__ = [
+    "CONSTRAINT_FIELDS",
+    "describe_error",
+    "is_connection_lost",
+    "lost_before_sending",
+    "never_sent",
+    "translate",
+]
 
 # Which input field each constraint guards, so that callers can point at the form field.
 CONSTRAINT_FIELDS: dict[str, tuple[str, str]] = {
     "users_username_key": ("users", "username"),
     "users_email_lower_key": ("users", "email"),
+    "users_email_key_key": ("users", "email"),
     "users_username_format": ("users", "username"),
     "users_email_format": ("users", "email"),
     "users_hashed_password_present": ("users", "hashed_password"),
@@ -73,6 +81,26 @@ def is_connection_lost(e: BaseException, conn: psycopg.Connection[object] | None
     return not state
 
 
+# psycopg's and libpq's words for a request that never left (or only partly left) this process: the
+# server runs nothing it has not received in full (a partial extended-protocol request has no Sync, so
+# nothing commits).
+_NOT_SENT = ("sending ", "flushing failed", "could not send data", "the connection is closed", "the connection is lost")
+
+
+def never_sent(e: BaseException) -> bool:
+    """True when the error says the request never (fully) reached the server."""
+    return any(m in str(e) for m in _NOT_SENT)
+
+
+def lost_before_sending(query: Query | None = None) -> TransientError:
+    """The error for a statement not sent because its connection was known dead beforehand."""
+    at = f" before {query.location} was sent" if query else " before COMMIT was sent"
+    return TransientError(
+        f"the database connection was found closed by the server{at}; nothing was written, retry the work "
+        "on a new connection"
+    )
+
+
 def translate(
     e: psycopg.Error,
     query: Query | None = None,
@@ -92,7 +120,7 @@ def translate(
     state = e.sqlstate
 
     if is_connection_lost(e, conn):
-        if write_may_have_committed:
+        if write_may_have_committed and not never_sent(e):
             return CommitUnknown(
                 f"the connection was lost while a write was in flight{at}: it may or may not have "
                 "committed; read back what you wrote before retrying"

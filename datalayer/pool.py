@@ -14,20 +14,18 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
-import select
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import psycopg
-from psycopg import pq
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
+from datalayer._connection import DataLayerConnection, alive_idle, network_params, wait_limit
+from datalayer._lease import Lease
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import ConfigError, PoolExhausted, TransientError
@@ -36,6 +34,7 @@ __all__ = [
     "DataLayerConnection",
     "DataLayerPool",
     "close_default_pool",
+    "connect",
     "connection",
     "default_pool",
     "default_target",
@@ -46,29 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("datalayer")
-
-
-class DataLayerConnection(psycopg.Connection[Any]):
-    """A psycopg connection that remembers a reusable cursor and can be handed back when dropped."""
-
-    # One cursor reused by the query functions: creating a cursor per call costs ~15% on a PK get.
-    _dl_cursor: psycopg.Cursor[Any] | None = None
-    # Set when get_db()'s generator was closed while the caller still holds this connection.
-    _dl_orphan_of: DataLayerPool | None = None
-
-    def close(self) -> None:
-        self._dl_cursor = None  # breaks the connection <-> cursor reference cycle
-        super().close()
-
-    def __del__(self, *args: Any) -> None:
-        pool = self._dl_orphan_of
-        if pool is not None and not sys.is_finalizing():
-            # The last reference to a connection lent by `db = next(get_db())` is gone: give its slot
-            # back. SimpleQueue.put is safe here (reentrant); the slot is returned by a worker.
-            self._dl_orphan_of = None
-            _orphans.put((self, pool))
-            return
-        super().__del__()
 
 
 class _ReconnectAttempt(AttemptWithBackoff):
@@ -119,30 +95,6 @@ class DataLayerPool(ConnectionPool[DataLayerConnection]):
             log.debug("datalayer: pool purge skipped: %s", e)
 
 
-_orphans: queue.SimpleQueue[tuple[DataLayerConnection, DataLayerPool]] = queue.SimpleQueue()
-_orphan_worker: threading.Thread | None = None
-_orphan_lock = threading.Lock()
-
-
-def _return_orphans() -> None:
-    while True:
-        conn, pool = _orphans.get()
-        try:
-            # Closed rather than reused: the caller may have left it in any state.
-            conn.close()
-            pool.putconn(conn)
-        except Exception as e:
-            log.debug("datalayer: returning an abandoned connection failed: %s", e)
-
-
-def _start_orphan_worker() -> None:
-    global _orphan_worker
-    with _orphan_lock:
-        if _orphan_worker is None or not _orphan_worker.is_alive():
-            _orphan_worker = threading.Thread(target=_return_orphans, name="datalayer-orphans", daemon=True)
-            _orphan_worker.start()
-
-
 def resolve_database(settings: Settings) -> DatabaseTarget:
     """The configured database, or the embedded one (started on demand) when nothing is configured."""
     if settings.database is not None:
@@ -159,7 +111,18 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
         "application_name": settings.application_name,
         "options": settings.session_options(),
         "connect_timeout": str(settings.connect_timeout),
+        **network_params(settings),
     }
+
+
+def _configure(settings: Settings) -> Callable[[DataLayerConnection], None]:
+    limit, cancel = wait_limit(settings), float(settings.connect_timeout)
+
+    def configure(conn: DataLayerConnection) -> None:
+        conn._dl_wait_limit = limit
+        conn._dl_cancel_timeout = cancel
+
+    return configure
 
 
 def open_pool(
@@ -189,6 +152,7 @@ def open_pool(
         conninfo=target.conninfo(),
         kwargs=connect_kwargs(settings),
         connection_class=DataLayerConnection,
+        configure=_configure(settings),
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout,
@@ -208,12 +172,23 @@ _CONFIG_FAILURES = (
     "pg_hba.conf",
     "certificate",
     "ssl",
+    "authentication method requirement",  # require_auth (e.g. the default !password) refused the server
 )
+
+
+def connect(settings: Settings, target: DatabaseTarget, **overrides: Any) -> DataLayerConnection:
+    """One connection outside any pool, with the pool's parameters and deadline (for checks and tools).
+
+    Every wait on it gives up after STATEMENT_TIMEOUT + CONNECT_TIMEOUT, as a pooled one does.
+    """
+    conn = DataLayerConnection.connect(target.conninfo(), **{**connect_kwargs(settings), **overrides})
+    _configure(settings)(conn)
+    return conn
 
 
 def _probe(settings: Settings, target: DatabaseTarget) -> None:
     try:
-        psycopg.connect(target.conninfo(), **connect_kwargs(settings)).close()
+        connect(settings, target).close()
     except psycopg.OperationalError as e:
         reason = describe_error(e)
         msg = f"cannot connect to {target.display}: {reason}"
@@ -284,30 +259,6 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(close_default_pool)
 
 
-def _alive(conn: DataLayerConnection) -> bool:
-    """True unless the idle connection is known dead, learnt without a round trip to the server.
-
-    An idle connection has nothing to read unless the server closed it (restart, terminate: it sends an
-    error, then closes) or sent a notice or notification. A hang-up, an unsolicited error or a failed read
-    means dead.
-    """
-    if conn.closed or conn.broken:
-        return False
-    poller = select.poll()
-    poller.register(conn.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
-    events = poller.poll(0)
-    if not events:
-        return True
-    if events[0][1] & (select.POLLHUP | select.POLLERR):
-        return False
-    try:
-        conn.pgconn.consume_input()
-    except psycopg.OperationalError:
-        return False
-    # An error that arrived while idle means the server is closing (or closed) the connection.
-    return conn.pgconn.status == pq.ConnStatus.OK and conn.pgconn.get_result() is None
-
-
 def checkout(pool: DataLayerPool, timeout: float | None = None) -> DataLayerConnection:
     """Borrow a live connection; PoolExhausted when none is free within ``timeout`` (POOL_TIMEOUT)."""
     wait = pool.timeout if timeout is None else timeout
@@ -318,7 +269,7 @@ def checkout(pool: DataLayerPool, timeout: float | None = None) -> DataLayerConn
             conn = pool.getconn(max(remaining, 0.001))
         except PoolTimeout:
             raise _exhausted(pool, wait) from None
-        if _alive(conn):
+        if alive_idle(conn):
             return conn
         conn.close()
         pool.putconn(conn)
@@ -366,19 +317,23 @@ def get_db() -> Iterator[DataLayerConnection]:
 
     With ``Depends``, the connection returns to the pool when the request ends. With the seed's
     ``db = next(get_db())`` the generator is dropped at once; the connection stays yours until you drop
-    the last reference to it, then its slot goes back to the pool (closed, and replaced by a fresh one).
+    the value you got (whatever else still names the same pooled connection), then its slot goes back
+    to the pool (closed, and replaced by a fresh one).
     """
     pool = default_pool()
-    conn = checkout(pool)
+    lease = Lease(checkout(pool), pool)
     try:
-        yield conn
+        yield cast(DataLayerConnection, lease)
     except GeneratorExit:
-        conn._dl_cursor = None  # no reference cycle: dropping the caller's reference must free it
-        conn._dl_orphan_of = pool
-        _start_orphan_worker()
-        raise
+        raise  # next(get_db()): the lease's finalizer returns the slot when the caller drops it
     except BaseException:
-        give_back(pool, conn)
+        _end(pool, lease)
         raise
     else:
+        _end(pool, lease)
+
+
+def _end(pool: DataLayerPool, lease: Lease) -> None:
+    conn = lease.release()
+    if conn is not None:
         give_back(pool, conn)

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import attrs
 import psycopg
 
-from datalayer._translate import is_connection_lost, translate
+from datalayer._connection import known_dead
+from datalayer._translate import is_connection_lost, lost_before_sending, never_sent, translate
 from datalayer.errors import CommitUnknown, TransientError, ValidationError
 
 __all__ = [
@@ -45,6 +46,10 @@ log = logging.getLogger("datalayer")
 
 Hook = Callable[[], object]
 T = TypeVar("T")
+
+
+class _DeadBeforeCommit(Exception):
+    """The connection died before COMMIT was sent (internal: becomes a TransientError)."""
 
 
 @attrs.define
@@ -136,11 +141,18 @@ def transaction(db: psycopg.Connection[Any] | None = None) -> Iterator[Any]:
                     explicit_rollback = True
                     raise
                 body_done = True
+                if outermost and known_dead(db):
+                    # Closed by the server while the body ran: COMMIT would be sent to nobody, and its
+                    # failure would look like a lost answer (CommitUnknown) when nothing can have committed.
+                    raise _DeadBeforeCommit
         finally:
             frames.pop()
             _current.reset(token)
+    except _DeadBeforeCommit:
+        _run_hooks(frame.after_rollback)
+        raise lost_before_sending() from None
     except psycopg.Error as e:
-        if body_done and outermost and is_connection_lost(e, db):
+        if body_done and outermost and is_connection_lost(e, db) and not never_sent(e):
             _run_hooks([h for h, unknown in frame.after_commit if unknown])
             raise CommitUnknown(
                 "the connection was lost during COMMIT: the transaction may or may not have committed; "

@@ -134,7 +134,7 @@ def test_pool_exhaustion_then_idle(datalayer_server: TestServer) -> None:
         assert isinstance(e.value, TransientError)
         for h in holders:
             pool.putconn(h)
-        del holders, h  # the pool lends these same objects again below
+        # `holders` still names both pooled connections: the leases below come back all the same
         wait_idle(pool)
         # the seed idiom: generators dropped at once, connections held until the references go
         previous = set_default_pool(pool)
