@@ -8,7 +8,6 @@ a timeout of its own, so a partition, a blackhole or a half-open connection ends
 from __future__ import annotations
 
 import logging
-import re
 import select
 import time
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import psycopg
 from psycopg import pq
 from psycopg.abc import PQGen
 
+from datalayer._validators import duration_ms
 from datalayer.config import Settings
 
 __all__ = ["DataLayerConnection", "alive_idle", "known_dead", "network_params", "wait_limit"]
@@ -27,14 +27,6 @@ RV = TypeVar("RV")
 # Hang-up, error, or the peer's half-close (FIN: over TCP this is how a server that closed shows).
 _GONE = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
 _EVENTS = select.POLLIN | _GONE
-# The settings' duration syntax, as normalised by Settings.from_env ("30s", "500ms"; "0ms" disables).
-_UNIT = re.compile(r"^(\d+)(us|ms|s|min|h|d)$")
-_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def _seconds(duration: str) -> float:
-    m = _UNIT.match(duration.strip())
-    return int(m.group(1)) * _SECONDS[m.group(2)] if m else float(duration) / 1000
 
 
 def wait_limit(settings: Settings) -> float | None:
@@ -43,7 +35,7 @@ def wait_limit(settings: Settings) -> float | None:
     The server cancels a statement itself at STATEMENT_TIMEOUT; CONNECT_TIMEOUT more is the slack a
     healthy network needs to deliver that answer. A call that has no answer by then never will.
     """
-    statement = _seconds(settings.statement_timeout)
+    statement = duration_ms(settings.statement_timeout) / 1000
     return statement + settings.connect_timeout if statement > 0 else None
 
 

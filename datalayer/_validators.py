@@ -30,6 +30,14 @@ def optional(variable: str, kind: type) -> Callable[[Any, Any, Any], None]:
     return matches(variable, lambda v: v is None or isinstance(v, kind), f"a {kind.__name__} or None")
 
 
+def duration_ms(value: str) -> float:
+    """Milliseconds of a duration already normalised by ``duration`` ("30s", "500ms"; "0ms" disables)."""
+    m = _DURATION.match(value)
+    if m is None:
+        raise ValueError(f"not a normalised duration: {value!r}")
+    return int(m.group(1)) * _UNIT_MS[m.group(2) or "ms"]
+
+
 def duration(variable: str, value: Any) -> str:
     """A PostgreSQL duration (a bare number means ms) within its int-milliseconds range, normalised."""
     m = _DURATION.match(value) if isinstance(value, str) else None

@@ -71,3 +71,17 @@ def test_wheel_installed_outside_the_tree_runs_a_query(tmp_path: Path, datalayer
     assert lines[2].startswith(str(site)) and lines[2].endswith("_data/migrations")
     assert "0001.core-tables" in lines[3]
     assert lines[4] == "True"
+
+
+def test_psycopg_wait_seam_is_what_the_deadline_overrides() -> None:
+    # The per-call deadline (datalayer/_connection.py) overrides psycopg's undocumented
+    # Connection.wait(gen, interval, timeout) and relies on its timeout raising an OperationalError.
+    # pyproject pins psycopg to the range this was checked on; this test fails when the seam moves.
+    import inspect
+
+    import psycopg
+    from psycopg import errors
+
+    params = list(inspect.signature(psycopg.Connection.wait).parameters)
+    assert params == ["self", "gen", "interval", "timeout"], params
+    assert issubclass(errors._WaitTimeout, psycopg.OperationalError)
