@@ -7,9 +7,13 @@
 >>> logging.getLogger().addHandler(handler)
 
 The handler never blocks the code that logs: ``emit`` puts the record in a bounded buffer and returns;
-a background thread writes batches with COPY. When the buffer is full (the database is slow or gone),
-new records are dropped and counted (``handler.dropped``). ``close()`` flushes with a timeout and
-reports on stderr how many records could not be written.
+a background thread writes batches with COPY through the default pool (the one the application or
+the test plugin installed), or through ``pool=``. When the buffer is full (the database is slow or
+gone), new records are dropped and counted (``handler.dropped``). A record the database refuses is
+isolated (the batch is split until the refused record is alone), dropped and counted
+(``handler.rejected``); the rest of its batch and every later record are written. Only transient
+failures (connection lost, pool timeout, server shutting down) are retried. ``close()`` flushes with a
+timeout and reports on stderr how many records could not be written.
 """
 
 from __future__ import annotations
@@ -18,27 +22,29 @@ import atexit
 import collections
 import itertools
 import logging
+import os
 import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+import weakref
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import Connection
 
-from datalayer import _jsonb
-from datalayer.errors import CommitUnknown
+from datalayer._log_record import clean_service, record_row
+from datalayer._translate import is_connection_lost
+from datalayer.errors import CommitUnknown, TransientError
+from datalayer.partitions import keep_ahead
 from datalayer.records import SystemLogEntry
 from datalayer.repos import system_log as system_log_repo
 from datalayer.transactions import transaction
 
 __all__ = ["SystemLogHandler", "log_system_event"]
 
-_FORMATTER = logging.Formatter()
 _LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "EXCEPTION": "ERROR"}
-_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
 def log_system_event(
@@ -50,7 +56,11 @@ def log_system_event(
     details: dict[str, Any] | None = None,
     user_id: int | None = None,
 ) -> SystemLogEntry:
-    """Write one event to system_log now and return it (``level`` is case-insensitive; WARN means WARNING)."""
+    """Write one event to system_log now and return it (``level`` is case-insensitive; WARN means WARNING).
+
+    Bad input (a lone surrogate or NUL in any text, an unknown level ...) is a ValidationError naming
+    the field; nothing is written.
+    """
     if isinstance(level, str):
         level = _LEVEL_ALIASES.get(level.upper(), level.upper())
     return system_log_repo.create(db, service=service, level=level, message=message, details=details, user_id=user_id)
@@ -65,14 +75,11 @@ def _batch_landed(db: Any, batch: list[tuple[Any, ...]]) -> bool:
     )
 
 
-def _open_handler_pool() -> Any:
-    import attrs
-
-    from datalayer.config import Settings
-    from datalayer.pool import open_pool
-
-    settings = Settings.from_env()
-    return open_pool(attrs.evolve(settings, pool_size=1, max_overflow=1, pool_min_size=1), name="datalayer-log")
+def _transient(e: BaseException) -> bool:
+    """Worth retrying the same rows: the failure was the connection's or the server's, not the rows'."""
+    if isinstance(e, TransientError | CommitUnknown):
+        return True
+    return isinstance(e, psycopg.Error) and is_connection_lost(e)
 
 
 def _level_name(levelno: int) -> str:
@@ -87,20 +94,25 @@ def _level_name(levelno: int) -> str:
     return "DEBUG"
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        return repr(value)[:1000]
-    return value
+_handlers: weakref.WeakSet[SystemLogHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_handlers):
+        handler._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SystemLogHandler(logging.Handler):
     """A ``logging.Handler`` that batches records into system_log with COPY from a background thread.
 
     ``capacity`` bounds the buffer; ``batch_size`` and ``flush_interval`` (seconds) shape the batches.
-    Without ``pool`` the handler opens a small pool of its own from the environment, in its writer
-    thread (never in the caller's), so that closing the default pool at exit does not cut its last flush.
+    Without ``pool`` the writer uses the default pool (``datalayer.pool.default_pool()``), looked up
+    for every batch: it follows whatever the application or the test plugin installed with
+    ``set_default_pool``. Counters: ``written``, ``dropped`` (buffer full), ``rejected`` (refused by the
+    database, isolated and dropped), ``late`` (emitted after ``close()``).
     """
 
     def __init__(
@@ -115,27 +127,22 @@ class SystemLogHandler(logging.Handler):
         close_timeout: float = 5.0,
     ) -> None:
         super().__init__(level)
-        self.service = service[:100] or "app"
+        self.service = clean_service(service)
         self.pool = pool
-        self.batch_size = batch_size
+        self.batch_size = max(int(batch_size), 1)
         self.flush_interval = flush_interval
         self.close_timeout = close_timeout
         self.dropped = 0
+        self.rejected = 0
         self.late = 0  # records emitted after close(), not written
         self.written = 0
         self.capacity = capacity
-        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so emit takes no lock.
-        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._in_flight = 0  # rows the writer took and has not written yet (only the writer changes it)
-        self._wake = threading.Event()
-        self._count_lock = threading.Lock()
         self._record_prefix = uuid.uuid4().hex[:12]
         self._record_seq = itertools.count()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
         self._closed = False
-        self._own_pool: Any = None
+        self._fresh_state()
+        _handlers.add(self)
         from datalayer.embedded import before_embedded_stop
 
         # At exit: flush before an embedded server stops, and in any case when the interpreter exits
@@ -144,6 +151,21 @@ class SystemLogHandler(logging.Handler):
         atexit.register(self.close)
         # Start connecting now, in the background: records logged right before exit still get written.
         self._start()
+
+    def _fresh_state(self) -> None:
+        # A deque, not a queue.Queue: append and popleft are atomic under the GIL, so emit takes no lock.
+        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._in_flight = 0  # rows the writer took and has not written yet (only the writer changes it)
+        self._wake = threading.Event()
+        self._count_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _reset_after_fork(self) -> None:
+        # The writer thread does not exist in a forked child, and the parent writes what was buffered
+        # before the fork: the child starts empty, with a writer of its own on its first record.
+        self._fresh_state()
+        self._record_prefix = uuid.uuid4().hex[:12]
 
     # ----------------------------------------------------------------------------- the caller's side
 
@@ -161,8 +183,16 @@ class SystemLogHandler(logging.Handler):
                 self.dropped += 1
             return
         try:
-            row = self._row(record)
-        except Exception:
+            row = record_row(
+                record,
+                service=self.service,
+                level=_level_name(record.levelno),
+                record_id=f"{self._record_prefix}{next(self._record_seq)}",
+                formatter=self.formatter,
+            )
+        except Exception:  # record_row cleans everything; this is the last net
+            with self._count_lock:
+                self.rejected += 1
             self.handleError(record)
             return
         if not buffer:
@@ -170,48 +200,6 @@ class SystemLogHandler(logging.Handler):
         buffer.append(row)
         if self._thread is None:
             self._start()
-
-    def _row(self, record: logging.LogRecord) -> tuple[Any, ...]:
-        try:
-            message = record.getMessage()
-        except Exception:
-            message = str(record.msg)
-        details: dict[str, Any] = {
-            "logger": record.name,
-            "module": record.module,
-            "function": record.funcName,
-            "line": record.lineno,
-            "thread": record.threadName,
-            "process": record.process,
-            # A unique id per record: after a COMMIT whose outcome is unknown, the writer looks for it
-            # instead of writing the batch twice.
-            "record_id": f"{self._record_prefix}{next(self._record_seq)}",
-        }
-        if record.exc_info:
-            details["exception"] = (self.formatter or _FORMATTER).formatException(record.exc_info)[:20_000]
-        user_id = None
-        extra = record.__dict__.keys() - _STANDARD_ATTRS  # the caller's extra= fields
-        if extra:
-            for key in extra:
-                if key == "user_id":
-                    user_id = record.__dict__[key]
-                elif not key.startswith("_") and key not in details:
-                    details[key] = _jsonable(record.__dict__[key])
-        if type(user_id) is not int or not 0 < user_id < 2**63:
-            user_id = None
-        text = _jsonb.dumps(details).decode()
-        if "\\u0000" in text:
-            text = text.replace("\\u0000", "\\ufffd")
-        if "\x00" in message:
-            message = message.replace("\x00", "\ufffd")
-        return (
-            datetime.fromtimestamp(record.created, UTC),
-            self.service,
-            _level_name(record.levelno),
-            message[: system_log_repo.MAX_MESSAGE_CHARS],
-            text,
-            user_id,
-        )
 
     # ------------------------------------------------------------------------------- the writer
 
@@ -234,49 +222,80 @@ class SystemLogHandler(logging.Handler):
         return batch
 
     def _run(self) -> None:
-        from datalayer.pool import connection
-
-        pool = self.pool
-        delay = 0.2
-        while pool is None and not self._stop.is_set():
+        while True:
             try:
-                pool = self._own_pool = _open_handler_pool()
-            except Exception as e:
-                self._complain(f"cannot reach the database yet ({type(e).__name__}: {e}); retrying")
-                self._stop.wait(delay)
-                delay = min(delay * 2, 5.0)
-        if pool is None:
-            return
-        batch: list[tuple[Any, ...]] = []
+                self._write_loop()
+                return
+            except Exception as e:  # a bug here must not end the writer: log records would pile up unseen
+                with self._count_lock:
+                    self.rejected += self._in_flight  # the rows it held are gone with it
+                self._in_flight = 0
+                self._complain(f"the writer failed ({type(e).__name__}: {e}); restarting it")
+                self._stop.wait(0.5)
+                if self._stop.is_set():
+                    if time.monotonic() > self._deadline:
+                        return
+                    time.sleep(0.05)
+
+    def _write_loop(self) -> None:
+        from datalayer.pool import checkout, default_pool, give_back
+
+        todo: list[list[tuple[Any, ...]]] = []  # the taken batch, or the parts of a split one, in order
         unknown = False  # the last attempt's COMMIT outcome is unknown: look before writing again
         delay = 0.2
         while True:
-            if not batch:
+            if not todo:
                 if self._stop.is_set() and not self._buffer:
                     return
                 batch = self._take_batch()
                 if not batch:
                     continue
+                todo.append(batch)
+            batch = todo[0]
             try:
-                with connection(pool) as db:
-                    if unknown and _batch_landed(db, batch):
-                        pass  # it did commit: writing it again would duplicate it
-                    else:
+                pool = self.pool if self.pool is not None else default_pool()
+                db = checkout(pool)
+            except Exception as e:
+                failure = f"cannot reach the database ({type(e).__name__}: {e})"
+            else:
+                try:
+                    keep_ahead(db, background=False)
+                    if not (unknown and _batch_landed(db, batch)):  # if it did commit, writing again duplicates
                         with transaction(db):
                             system_log_repo.copy_rows(db, batch)
-            except Exception as e:
-                unknown = unknown or isinstance(e, CommitUnknown)
+                    failure = ""
+                except Exception as e:
+                    if not _transient(e):
+                        unknown = False
+                        todo[:1] = self._isolate(batch, e)
+                        continue
+                    unknown = unknown or isinstance(e, CommitUnknown)
+                    failure = f"writing {len(batch)} log records failed ({type(e).__name__})"
+                finally:
+                    give_back(pool, db)
+            if failure:
                 if self._stop.is_set() and time.monotonic() > self._deadline:
                     return
-                self._complain(f"writing {len(batch)} log records failed ({type(e).__name__}); retrying")
+                self._complain(f"{failure}; retrying")
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
             unknown = False
+            todo.pop(0)
             self.written += len(batch)  # only this thread writes it
-            self._in_flight = 0
-            batch = []
+            self._in_flight -= len(batch)
+
+    def _isolate(self, batch: list[tuple[Any, ...]], error: Exception) -> list[list[tuple[Any, ...]]]:
+        """The parts to write instead of a batch the database refused: halves, or none for one record."""
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return [batch[:half], batch[half:]]
+        with self._count_lock:
+            self.rejected += 1
+        self._in_flight -= 1
+        self._complain(f"dropped a log record the database refused ({type(error).__name__}: {str(error)[:200]})")
+        return []
 
     _last_complaint = 0.0
     _deadline = 0.0
@@ -298,7 +317,7 @@ class SystemLogHandler(logging.Handler):
         self.drain()
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every accepted record is written (True) or ``timeout`` seconds pass (False)."""
+        """Wait until every accepted record is written or refused (True) or ``timeout`` seconds pass (False)."""
         deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
         while self.pending() and time.monotonic() < deadline:
             if self._thread is None:
@@ -317,13 +336,12 @@ class SystemLogHandler(logging.Handler):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(wait)
-        if self._own_pool is not None:
-            self._own_pool.close(timeout=1.0)
         lost = self.pending()
-        if lost or self.dropped:  # records emitted after close (other exit hooks logging) are only counted
+        if lost or self.dropped or self.rejected:  # records emitted after close (other exit hooks) are only counted
             print(
                 f"datalayer SystemLogHandler: {lost} log records could not be written to system_log "
-                f"before close, {self.dropped} were dropped because the buffer was full",
+                f"before close, {self.dropped} were dropped because the buffer was full, "
+                f"{self.rejected} were refused by the database",
                 file=sys.stderr,
             )
         super().close()

@@ -172,9 +172,9 @@ def setup_database(
     *,
     settings: Settings | None = None,
     target: DatabaseTarget | None = None,
-    partitions_ahead: int = 7,
+    partitions_ahead: int | None = None,
 ) -> list[str]:
-    """Apply pending migrations and create system_log partitions ``partitions_ahead`` days ahead.
+    """Apply pending migrations and create system_log partitions ``partitions_ahead`` days ahead (default 7).
 
     Returns the ids of the migrations applied (empty when up to date). Raises MigrationError, changing
     nothing, when an applied migration's file changed since.
@@ -201,9 +201,9 @@ def setup_database(
             backend.connection.close()
         with conn.transaction():
             _ledger.record(conn, directory)
-        from datalayer.partitions import ensure_log_partitions
+        from datalayer.partitions import DEFAULT_AHEAD, ensure_log_partitions
 
-        ensure_log_partitions(conn, ahead=partitions_ahead)
+        ensure_log_partitions(conn, ahead=DEFAULT_AHEAD if partitions_ahead is None else partitions_ahead)
     return applied
 
 
@@ -281,9 +281,9 @@ def plan_sql(*, settings: Settings | None = None, target: DatabaseTarget | None 
             for stmt in _step_sql(wrapper):
                 out.append(stmt.strip().rstrip(";") + ";")
         out.append("COMMIT;" if m.use_transactions else "")
-    from datalayer.partitions import partition_days
+    from datalayer.partitions import DEFAULT_AHEAD, partition_days
 
-    days = partition_days(7)
+    days = partition_days(DEFAULT_AHEAD)
     out.append(f"-- system_log partitions {days[0]} .. {days[-1]}, one transaction per day")
     out += [f"SELECT datalayer_ensure_log_partition('{d.isoformat()}');" for d in days]
     return "\n".join(line for line in out if line) + "\n"

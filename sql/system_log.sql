@@ -48,3 +48,14 @@ SELECT EXISTS (
       AND service = :'service'
       AND details->>'record_id' = :'record_id'
 ) AS landed;
+
+-- name: day_partitions_among :many
+-- Which of the named day partitions of system_log exist (\set names '{system_log_p20261203}'):
+-- the writers' one catalogue read before they create any.
+-- not-null: relname: pg_class.relname is NOT NULL
+SELECT c.relname::text AS relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = to_regclass('system_log')
+  AND c.relname = ANY(:'names'::text[])
+ORDER BY 1;

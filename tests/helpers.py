@@ -16,6 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DATABASE_VARS = ("DATABASE_URL", "DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "DATABASE_USER",
                  "DATABASE_PASSWORD", "DATABASE_SSLMODE")
 REDIS_VARS = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
+# The built-in migrations in the order they apply (ids sort in dependency order), read from the folder.
+MIGRATION_IDS = sorted(
+    p.name.removesuffix(p.suffix) for p in (ROOT / "migrations").iterdir()
+    if p.suffix in (".sql", ".py") and not p.name.startswith("post-apply") and ".rollback." not in p.name
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import ROOT, clean_env, url_of
+from helpers import MIGRATION_IDS, ROOT, clean_env, url_of
 
 from datalayer import (
     MigrationError,
@@ -59,15 +59,14 @@ def _tables(target: DatabaseTarget) -> set[str]:
 def test_up_down_up(empty_target: DatabaseTarget) -> None:
     s = settings_for_tests()
     applied = setup_database(target=empty_target, settings=s)
-    assert applied == ["0001.core-tables", "0002.system-log", "0003.cache-entries"]
+    assert applied == MIGRATION_IDS
     assert _tables(empty_target) == TABLES
     assert setup_database(target=empty_target, settings=s) == []  # idempotent
-    assert migrate_mod.rollback_all(target=empty_target, settings=s) == [
-        "0003.cache-entries", "0002.system-log", "0001.core-tables"]
+    assert migrate_mod.rollback_all(target=empty_target, settings=s) == MIGRATION_IDS[::-1]
     assert _tables(empty_target) == set()
     with _conn(empty_target) as c:
         assert c.execute("SELECT count(*) FROM datalayer_migration_ledger").fetchone() == (0,)
-    assert len(setup_database(target=empty_target, settings=s)) == 3
+    assert len(setup_database(target=empty_target, settings=s)) == len(MIGRATION_IDS)
     assert _tables(empty_target) == TABLES
     assert all(st.applied and not st.changed for st in migration_status(target=empty_target, settings=s))
 
@@ -76,7 +75,8 @@ def test_reset_requires_confirm(empty_target: DatabaseTarget) -> None:
     s = settings_for_tests()
     setup_database(target=empty_target, settings=s)
     with _conn(empty_target) as c:
-        c.execute("INSERT INTO users (username, email, hashed_password) VALUES ('keep', 'k@example.com', 'h')")
+        c.execute("INSERT INTO users (username, email, email_key, hashed_password) "
+                  "VALUES ('keep', 'k@example.com', 'k@example.com', 'h')")
     with pytest.raises(MigrationError, match="confirm=True"):
         reset_database(target=empty_target, settings=s)
     with _conn(empty_target) as c:
@@ -163,9 +163,9 @@ def test_concurrent_setup_from_two_processes(empty_target: DatabaseTarget) -> No
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     applied = sorted((json.loads(out) for out, _ in outs), key=len)
-    assert applied == [[], ["0001.core-tables", "0002.system-log", "0003.cache-entries"]]
+    assert applied == [[], MIGRATION_IDS]
     with _conn(empty_target) as c:
-        assert c.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (3,)
+        assert c.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (len(MIGRATION_IDS),)
 
 
 def test_plain_yoyo_apply_with_repo_ini_runs_the_checksum_hook(empty_target: DatabaseTarget) -> None:
@@ -177,7 +177,7 @@ def test_plain_yoyo_apply_with_repo_ini_runs_the_checksum_hook(empty_target: Dat
     assert _tables(empty_target) == TABLES
     with _conn(empty_target) as c:
         ids = [row[0] for row in c.execute("SELECT migration_id FROM datalayer_migration_ledger ORDER BY 1")]
-    assert ids == ["0001.core-tables", "0002.system-log", "0003.cache-entries"]
+    assert ids == MIGRATION_IDS
 
 
 def test_plan_prints_pending_sql_without_running(empty_target: DatabaseTarget) -> None:
@@ -205,11 +205,11 @@ def test_partitions_ahead_and_waiting_rows(db: psycopg.Connection[Any]) -> None:
     assert check_database_health(target=db_target(db), settings=settings_for_tests())["checks"]["default_partition"][
         "ok"] is False
     created = ensure_log_partitions(db, ahead=21)
-    assert f"system_log_p{far:%Y%m%d}" in created and len(created) == 21 - 7
+    assert created == 21 - 7
     row = db.execute("SELECT tableoid::regclass::text, message FROM system_log").fetchone()
     assert row == (f"system_log_p{far:%Y%m%d}", "early")
     assert db.execute("SELECT count(*) FROM system_log_default").fetchone() == (0,)
-    assert ensure_log_partitions(db, ahead=21) == []
+    assert ensure_log_partitions(db, ahead=21) == 0
 
 
 def db_target(db: psycopg.Connection[Any]) -> DatabaseTarget:
@@ -231,15 +231,16 @@ def test_health_reports_missing_partitions_and_invalid_indexes(db: psycopg.Conne
     today = datetime.now(UTC).date()
     tomorrow = f"system_log_p{today + timedelta(days=1):%Y%m%d}"
     db.execute(f"ALTER TABLE system_log DETACH PARTITION {tomorrow}")
-    db.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'users_email_lower_key'::regclass")
+    db.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'users_email_key_key'::regclass")
     report = check_database_health(target=db_target(db), settings=settings_for_tests())
     assert report["status"] == "unhealthy"
     assert (today + timedelta(days=1)).isoformat() in report["checks"]["partitions"]["detail"]
-    assert "users_email_lower_key" in report["checks"]["indexes"]["detail"]
+    assert "users_email_key_key" in report["checks"]["indexes"]["detail"]
 
 
 def test_on_delete_cascade_from_users(db: psycopg.Connection[Any]) -> None:
-    uid = db.execute("INSERT INTO users (username, email, hashed_password) VALUES ('own', 'o@example.com', 'h') "
+    uid = db.execute("INSERT INTO users (username, email, email_key, hashed_password) "
+                     "VALUES ('own', 'o@example.com', 'o@example.com', 'h') "
                      "RETURNING id").fetchone()[0]  # type: ignore[index]
     aid = db.execute("INSERT INTO data_analyses (user_id, name, analysis_type) VALUES (%s, 'a', 't') RETURNING id",
                      (uid,)).fetchone()[0]  # type: ignore[index]

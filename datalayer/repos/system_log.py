@@ -16,6 +16,7 @@ from datalayer._pagination import check_limit
 from datalayer._run import Bound, bind
 from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
+from datalayer.partitions import keep_ahead
 from datalayer.records import LevelCount, Page, SystemLogEntry
 from datalayer.repos._common import (
     check_id,
@@ -45,6 +46,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Listings must be bounded in time so that they prune to the partitions of the range.
 MAX_RANGE = timedelta(days=92)
 MAX_MESSAGE_CHARS = 100_000
+MAX_SERVICE_CHARS = 100  # the system_log_service_length CHECK
 
 _q = load_queries("system_log")
 _create = bind(_q, "create", SystemLogEntry)
@@ -87,14 +89,13 @@ def create(
     user_id: int | None = None,
 ) -> SystemLogEntry:
     """Insert one event and return it."""
-    return _create.one(
-        db,
-        service=check_text(service, "service", max_chars=100),
-        level=check_level(level),
-        message=_message(message),
-        details=json_value({} if details is None else details, "details"),
-        user_id=optional_id(user_id, "user_id"),
-    )
+    service = check_text(service, "service", max_chars=MAX_SERVICE_CHARS)
+    level = check_level(level)
+    message = _message(message)
+    details_value = json_value({} if details is None else details, "details")
+    user_id = optional_id(user_id, "user_id")
+    keep_ahead(db)  # a comparison, unless partitions ahead run short (then a background top-up)
+    return _create.one(db, service=service, level=level, message=message, details=details_value, user_id=user_id)
 
 
 def get_by_id(db: Connection[Any], log_id: int) -> SystemLogEntry | None:
@@ -136,7 +137,7 @@ def find(
         db,
         since=since,
         until=until,
-        service=optional_text(service, "service", max_chars=100),
+        service=optional_text(service, "service", max_chars=MAX_SERVICE_CHARS),
         level=None if level is None else check_level(level),
         user_id=optional_id(user_id, "user_id"),
         after_created=after_created,
@@ -151,7 +152,9 @@ def count_by_level(
 ) -> list[LevelCount]:
     """How many events of each level in ``[since, until)``."""
     since, until = _range(since, until)
-    return _count_by_level.many(db, since=since, until=until, service=optional_text(service, "service", max_chars=100))
+    return _count_by_level.many(
+        db, since=since, until=until, service=optional_text(service, "service", max_chars=MAX_SERVICE_CHARS)
+    )
 
 
 def _row(event: LogEvent | Mapping[str, Any], now: datetime) -> tuple[Any, ...]:
@@ -174,7 +177,7 @@ def _row(event: LogEvent | Mapping[str, Any], now: datetime) -> tuple[Any, ...]:
         raise ValidationError({"events": f"each event must be a LogEvent or a dict, got {type(event).__name__}"})
     return (
         now if created_at is None else _aware(created_at, "created_at"),
-        check_text(service, "service", max_chars=100),
+        check_text(service, "service", max_chars=MAX_SERVICE_CHARS),
         check_level(level),
         _message(message),
         json_text(details, "details"),
@@ -196,6 +199,7 @@ def bulk_insert(db: Connection[Any], events: Iterable[LogEvent | Mapping[str, An
         for position, event in enumerate(events):  # noqa: B007 - read by the error handler below
             yield _row(event, now)
 
+    keep_ahead(db)
     try:
         with transaction(db):
             return _copy_in.copy_in(db, rows())

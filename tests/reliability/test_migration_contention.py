@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import ROOT, clean_env, url_of
+from helpers import MIGRATION_IDS, ROOT, clean_env, url_of
 
 from datalayer.config import DatabaseTarget
 from datalayer.testing import TestServer
@@ -46,9 +46,9 @@ def slow_migrations(tmp_path: Path) -> Path:
 
     copy = tmp_path / "migrations"
     shutil.copytree(migrations_dir(), copy)
-    (copy / "0004.slow.sql").write_text(
-        "-- depends: 0003.cache-entries\nCREATE TABLE slow_marker (id int);\nSELECT pg_sleep(30);\n")
-    (copy / "0004.slow.rollback.sql").write_text("DROP TABLE slow_marker;\n")
+    (copy / "0099.slow.sql").write_text(
+        "-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id int);\nSELECT pg_sleep(30);\n")
+    (copy / "0099.slow.rollback.sql").write_text("DROP TABLE slow_marker;\n")
     return copy
 
 
@@ -69,11 +69,11 @@ def test_three_concurrent_migrators_apply_each_migration_once(empty: DatabaseTar
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     applied = [json.loads(out) for out, _ in outs]
-    assert sorted(map(len, applied)) == [0, 0, 3]
+    assert sorted(map(len, applied)) == [0, 0, len(MIGRATION_IDS)]
     with _conn(empty) as c:
         rows = c.execute("SELECT migration_id, count(*) FROM _yoyo_log WHERE operation = 'apply' AND migration_id ~ '^[0-9]' "
                          "GROUP BY 1 ORDER BY 1").fetchall()
-    assert rows == [("0001.core-tables", 1), ("0002.system-log", 1), ("0003.cache-entries", 1)]
+    assert rows == [(m, 1) for m in MIGRATION_IDS]
 
 
 def test_kill_9_mid_migration_recovers_by_itself(empty: DatabaseTarget, slow_migrations: Path) -> None:
@@ -100,7 +100,7 @@ def test_kill_9_mid_migration_recovers_by_itself(empty: DatabaseTarget, slow_mig
         assert c.execute("SELECT count(*) FROM yoyo_lock").fetchone() == (1,)
         assert c.execute("SELECT to_regclass('slow_marker')").fetchone() == (None,)
     # the next migrate clears the stale lock (its pid is gone) and applies 0004, here without the sleep
-    (slow_migrations / "0004.slow.sql").write_text("-- depends: 0003.cache-entries\nCREATE TABLE slow_marker (id int);\n")
+    (slow_migrations / "0099.slow.sql").write_text("-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id int);\n")
     again = _spawn(slow_migrations, empty)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
@@ -112,10 +112,10 @@ def test_kill_9_mid_migration_recovers_by_itself(empty: DatabaseTarget, slow_mig
 
 
 def test_edited_applied_migration_refused_across_processes(empty: DatabaseTarget, slow_migrations: Path) -> None:
-    (slow_migrations / "0004.slow.sql").write_text("-- depends: 0003.cache-entries\nCREATE TABLE slow_marker (id int);\n")
+    (slow_migrations / "0099.slow.sql").write_text("-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id int);\n")
     first = _spawn(slow_migrations, empty)
     assert first.communicate(timeout=120)[0] and first.returncode == 0
-    (slow_migrations / "0004.slow.sql").write_text("-- depends: 0003.cache-entries\nCREATE TABLE slow_marker (id bigint);\n")
+    (slow_migrations / "0099.slow.sql").write_text("-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id bigint);\n")
     second = _spawn(slow_migrations, empty)
     _, err = second.communicate(timeout=120)
     assert second.returncode != 0

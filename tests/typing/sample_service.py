@@ -125,7 +125,7 @@ def operations(db: DataLayerConnection) -> dict[str, object]:
     health = check_database_health()
     statuses = [(m.id, m.applied, m.changed) for m in migration_status()]
     partitions = [p.name for p in list_log_partitions(db)]
-    created: list[str] = ensure_log_partitions(db, ahead=3)
+    created: int = ensure_log_partitions(db, ahead=3)
     findings = [str(f) for f in check(db)]
     plan: str = plan_sql()
     analysis = validate_analysis_data({"user_id": 1, "name": "n", "analysis_type": "t"})
