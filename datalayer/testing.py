@@ -12,8 +12,13 @@ installed as the default pool so that ``connection()`` and ``get_db()`` reach it
         assert user_repo.get_by_id(db, user.id) == user
 
 The server is TEST_DATABASE_URL when set, else an embedded PostgreSQL in DATALAYER_TEST_HOME
-(default: a directory under the system temp dir). The template is built once per session with
-pytest-postgresql's DatabaseJanitor and each test gets ``CREATE DATABASE … TEMPLATE`` of it.
+(default: a directory under the system temp dir), stopped when the test run ends. The template is
+built once per session with pytest-postgresql's DatabaseJanitor and each test gets ``CREATE DATABASE
+… TEMPLATE`` of it.
+
+``dl_cache`` gives a test an empty cache (a key prefix of its own on TEST_REDIS_URL or the embedded
+Redis, the table in the test's fresh database), installed as ``get_cache_manager()`` for the test;
+``dl_home`` an empty DATALAYER_HOME for subprocesses that start embedded servers of their own.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
@@ -39,9 +46,29 @@ from datalayer.embedded import start_embedded_postgres, start_embedded_redis
 from datalayer.migrate import setup_database
 from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool, set_default_pool
 
-__all__ = ["RedisProcess", "TestServer", "fresh_database", "settings_for_tests"]
+if TYPE_CHECKING:
+    from datalayer.cache.manager import CacheManager
+
+__all__ = ["RedisProcess", "TestServer", "fresh_cache", "fresh_database", "settings_for_tests"]
 
 _counter = itertools.count(1)
+_dotenv_before: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests choose their own servers: ``Settings.from_env()`` ignores a developer's ``.env`` during the
+    run, in this process and in every subprocess it starts (DATALAYER_DOTENV=0 is inherited)."""
+    global _dotenv_before
+    _dotenv_before = os.environ.get("DATALAYER_DOTENV")
+    os.environ["DATALAYER_DOTENV"] = "0"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Give the environment back as it was."""
+    if _dotenv_before is None:
+        os.environ.pop("DATALAYER_DOTENV", None)
+    else:
+        os.environ["DATALAYER_DOTENV"] = _dotenv_before
 
 
 class TestServer:
@@ -91,6 +118,23 @@ def _test_home() -> Path:
     return Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
 
 
+@pytest.fixture
+def dl_home() -> Iterator[Path]:
+    """An empty DATALAYER_HOME of the test's own (for subprocesses that start embedded servers).
+
+    It lies under DATALAYER_TEST_HOME, never under pytest's ``tmp_path``: pytest resets its base
+    directory to 0700 whenever a session starts, and an embedded server started as root runs as its
+    own user, which must be able to pass through every parent of its data directory.
+    """
+    base = _test_home()
+    base.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="home-", dir=base))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def _server_target() -> DatabaseTarget:
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
@@ -98,7 +142,7 @@ def _server_target() -> DatabaseTarget:
         assert target is not None
         return target
     embedded = start_embedded_postgres(Settings(home=_test_home()))
-    return DatabaseTarget(params={**embedded.params, "dbname": "postgres"}, embedded=True)
+    return DatabaseTarget(params={**embedded.params, "dbname": "postgres"}, password=embedded.password, embedded=True)
 
 
 def _migrate_loader(server: TestServer) -> Any:
@@ -189,6 +233,7 @@ class RedisProcess:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe: one prctl call
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -227,6 +272,15 @@ class RedisProcess:
             self.proc = None
 
 
+def _die_with_parent() -> None:
+    # A server of the test's own must not outlive a test process killed by SIGKILL (Linux; elsewhere
+    # the fixture's teardown is all there is). The server does not daemonise, so its parent is ours.
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -253,6 +307,39 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@contextmanager
+def fresh_cache(redis: RedisTarget, pool: DataLayerPool | None = None, **options: Any) -> Iterator[CacheManager]:
+    """An empty cache under a key prefix of its own on ``redis`` (its table layer on ``pool``, if
+    given), installed as the process-wide cache; its keys are deleted and it is closed afterwards."""
+    from datalayer.cache.manager import CacheManager, set_cache_manager
+
+    prefix = f"dlt{os.getpid()}_{next(_counter)}"
+    manager = CacheManager(
+        settings=settings_for_tests(cache_prefix=prefix),
+        redis_target=redis,
+        pool=pool,
+        use_table=pool is not None,
+        **options,
+    )
+    previous = set_cache_manager(manager)
+    try:
+        yield manager
+    finally:
+        set_cache_manager(previous)
+        # Redis may be down on purpose in a fault test; the prefix is unique anyway.
+        with contextlib.suppress(Exception):
+            manager.flush()
+        manager.close()
+
+
+@pytest.fixture
+def dl_cache(redis_target: RedisTarget, dl_pool: DataLayerPool) -> Iterator[CacheManager]:
+    """An empty cache (Redis under a prefix of its own, the table in this test's fresh database),
+    also the process-wide ``get_cache_manager()`` during the test."""
+    with fresh_cache(redis_target, dl_pool) as cache:
+        yield cache
 
 
 @pytest.fixture

@@ -26,7 +26,8 @@ SNIPPET = textwrap.dedent("""
 """)
 
 
-def test_no_settings_starts_migrates_and_reuses(tmp_path: Path) -> None:
+def test_no_settings_starts_migrates_and_reuses(dl_home: Path) -> None:
+    tmp_path = dl_home
     env = clean_env(DATALAYER_HOME=str(tmp_path / "home"))
     first = run_py(SNIPPET, env, timeout=180)
     assert first.returncode == 0, first.stderr
@@ -40,7 +41,8 @@ def test_no_settings_starts_migrates_and_reuses(tmp_path: Path) -> None:
     assert second.stdout.strip() == "users 4"  # same data directory, reused
 
 
-def test_no_start_after_the_exit_hook(tmp_path: Path) -> None:
+def test_no_start_after_the_exit_hook(dl_home: Path) -> None:
+    tmp_path = dl_home
     # An exit hook registered before datalayer was imported runs after datalayer's own: a server it
     # started would never be stopped, so the start is refused with a clear error instead.
     code = textwrap.dedent("""

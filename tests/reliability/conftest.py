@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,34 +16,42 @@ import psycopg
 import pytest
 
 from datalayer.config import DatabaseTarget, Settings
+from datalayer.embedded import embedded_postgres_bin, start_embedded_postgres
 from datalayer.migrate import setup_database
 
 
 class PgCluster:
-    """An embedded PostgreSQL cluster of the test's own, in a temporary directory."""
+    """An embedded PostgreSQL cluster of the test's own, in a temporary directory.
+
+    Started through datalayer's own embedded server (password auth, private socket); stopped and started
+    again with the server's pg_ctl, as the user the server runs as.
+    """
 
     def __init__(self, directory: Path) -> None:
-        from datalayer.embedded import _quiet_import_embedded_postgres
-
-        self.mod = _quiet_import_embedded_postgres()
-        self.pgdata = directory / "pgdata"
-        self.server = self.mod.get_server(self.pgdata, cleanup_mode="delete")
-        info = self.server.get_postmaster_info()
-        self.params = {"host": str(info.socket_dir), "port": str(info.port), "user": "postgres"}
-        with psycopg.connect(**self.params, dbname="postgres", autocommit=True) as c:
+        self.settings = Settings(home=directory)
+        admin = start_embedded_postgres(self.settings)
+        self.pgdata = directory.resolve() / "pgdata"
+        with psycopg.connect(admin.conninfo(), autocommit=True) as c:
             c.execute("CREATE DATABASE app")
-        self.target = DatabaseTarget(params={**self.params, "dbname": "app"})
+        self.target = DatabaseTarget(params={**admin.params, "dbname": "app"}, password=admin.password)
         setup_database(target=self.target, settings=Settings())
 
+    def _pg_ctl(self, *args: str) -> None:
+        owner = pwd.getpwuid(self.pgdata.stat().st_uid).pw_name
+        cmd = [str(embedded_postgres_bin() / "pg_ctl"), "-D", str(self.pgdata), *args]
+        if os.geteuid() == 0 and owner != "root":
+            cmd = ["runuser", "-u", owner, "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
     def stop(self, mode: str = "fast") -> None:
-        self.mod.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=self.server.system_user, timeout=60)
+        self._pg_ctl("-w", "-m", mode, "stop")
 
     def start(self) -> float:
         """Start again; returns the monotonic time at which the server accepts connections."""
-        self.server.ensure_postgres_running()
+        start_embedded_postgres(self.settings)
         while True:
             try:
-                psycopg.connect(**self.params, dbname="app", connect_timeout=2).close()
+                psycopg.connect(self.target.conninfo(), connect_timeout=2).close()
                 return time.monotonic()
             except psycopg.OperationalError:
                 time.sleep(0.01)
@@ -47,12 +60,16 @@ class PgCluster:
         return psycopg.connect(self.target.conninfo(), autocommit=True)
 
     def close(self) -> None:
-        self.server.cleanup()
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.pgdata.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgCluster]:
-    c = PgCluster(tmp_path_factory.mktemp(f"pg{os.getpid()}"))
+def cluster() -> Iterator[PgCluster]:
+    # Under DATALAYER_TEST_HOME, not pytest's tmp_path: see datalayer.testing.dl_home.
+    base = Path(os.environ.get("DATALAYER_TEST_HOME") or "/tmp/datalayer-tests")
+    c = PgCluster(Path(tempfile.mkdtemp(prefix=f"pg{os.getpid()}-", dir=base.mkdir(parents=True, exist_ok=True) or base)))
     try:
         yield c
     finally:
