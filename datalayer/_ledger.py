@@ -1,7 +1,7 @@
 """The checksum ledger: which migration file content was applied, so that edits are caught.
 
 yoyo keeps no checksum of applied files. ``datalayer_migration_ledger`` records the sha256 of each
-applied migration file; ``changed`` compares it with the files on disk. The ledger is written by
+applied migration file, SQL or Python; ``changed`` compares it with the files on disk. The ledger is written by
 ``datalayer migrate`` and by ``migrations/post-apply.py``, which yoyo runs after every ``yoyo apply``.
 """
 
@@ -17,7 +17,7 @@ from psycopg import sql
 
 from datalayer.errors import MigrationError
 
-__all__ = ["LedgerIssue", "changed", "file_hashes", "record", "verify"]
+__all__ = ["LedgerIssue", "changed", "file_hashes", "is_migration_file", "record", "verify"]
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS datalayer_migration_ledger (
@@ -46,11 +46,25 @@ class LedgerIssue:
         )
 
 
+def is_migration_file(path: Path) -> bool:
+    """True for the files yoyo applies as migrations: ``*.sql`` and ``*.py``, except rollbacks and hooks.
+
+    ``post-apply*`` files are yoyo hooks that run after every apply and are never recorded as
+    applied, so they have no ledger row (a Python migration's rollback is in its own file).
+    """
+    return (
+        path.is_file()
+        and path.suffix in (".sql", ".py")
+        and not path.name.endswith(".rollback.sql")
+        and not path.name.startswith(("post-apply", "_tmp_yoyonew"))  # yoyo new's editor temp files
+    )
+
+
 def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every forward migration file, line endings normalised, by migration id."""
+    """sha256 of every forward migration file (SQL and Python), line endings normalised, by migration id."""
     out: dict[str, str] = {}
-    for path in sorted(directory.glob("*.sql")):
-        if path.name.endswith(".rollback.sql") or path.name.startswith("post-apply"):
+    for path in sorted(directory.iterdir()):
+        if not is_migration_file(path):
             continue
         data = path.read_bytes().replace(b"\r\n", b"\n")
         out[path.stem] = hashlib.sha256(data).hexdigest()

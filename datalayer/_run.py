@@ -21,12 +21,15 @@ from typing import Any, Generic, TypeVar, cast
 import attrs
 import psycopg
 from psycopg.rows import RowFactory, RowMaker, tuple_row
+from psycopg.types.json import Json, Jsonb
 
+from datalayer._connection import known_dead
 from datalayer._sql import Query, QueryFile
-from datalayer._translate import is_connection_lost, translate
-from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError
+from datalayer._translate import is_connection_lost, lost_before_sending, translate
+from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError, ValidationError
 from datalayer.pool import DataLayerPool, checkout, give_back
 from datalayer.rows import attrs_row
+from datalayer.text import nested_text_problem
 from datalayer.transactions import in_transaction
 
 __all__ = ["Binding", "Bound", "bind", "bindings"]
@@ -57,13 +60,32 @@ def bindings() -> list[Binding]:
     return list(_bindings)
 
 
+def _new_cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    # Checked where a cursor is made, not per call: an AsyncConnection would hand back coroutines
+    # (and a RuntimeWarning) instead of rows, anything else an AttributeError.
+    if not isinstance(db, psycopg.Connection):
+        what = "a psycopg.AsyncConnection" if isinstance(db, psycopg.AsyncConnection) else type(db).__name__
+        raise ValidationError(
+            {
+                "db": f"must be a sync psycopg.Connection, got {what}; datalayer's repository functions are "
+                "synchronous: pass a connection from datalayer.connection() or get_db() (from async code, "
+                "call them in a worker thread, e.g. anyio.to_thread.run_sync)"
+            }
+        )
+    return db.cursor()
+
+
 def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)
     if cur is None or cur.closed:
-        cur = db.cursor()
-        if getattr(db, "_dl_orphan_of", True) is None:
-            db._dl_cursor = cur  # type: ignore[attr-defined]
+        cur = _new_cursor(db)
+        if hasattr(db, "_dl_cursor"):  # a pooled connection (or a get_db() lease of one)
+            db._dl_cursor = cur
     return cur
+
+
+def _expired(db: psycopg.Connection[Any]) -> bool:
+    return bool(getattr(db, "_dl_expired", False))
 
 
 class _Rows:
@@ -91,6 +113,28 @@ def _shown(params: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _bad_text(value: Any) -> str | None:
+    """What is wrong with the first unstorable text inside a parameter value (lists and dicts too)."""
+    # psycopg's Json/Jsonb wrappers keep the value in .obj
+    return nested_text_problem(value.obj if isinstance(value, Json | Jsonb) else value)
+
+
+def _unstorable(query: Query, params: Iterable[tuple[str, Any]], e: Exception) -> Exception:
+    """The ValidationError naming the parameter psycopg could not send (lone surrogate, NUL), or ``e``.
+
+    A backstop: the repositories check their text first. Runs on the failure path only.
+    """
+    for name, value in params:
+        if (problem := _bad_text(value)) is not None:
+            return ValidationError({name: f"{problem} (sent to {query.location})"})
+    return e
+
+
+def _is_unsendable(e: Exception) -> bool:
+    # psycopg refuses NUL in text client-side, as a DataError without a SQLSTATE.
+    return isinstance(e, UnicodeEncodeError) or (isinstance(e, psycopg.DataError) and e.sqlstate is None)
+
+
 def _first_column(cursor: Any) -> RowMaker[Any]:
     def make(values: Sequence[Any]) -> Any:
         return values[0]
@@ -114,13 +158,20 @@ class Bound(Generic[T]):
         return f"<Bound {self.query.location}>"
 
     def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any] | _Rows:
-        cur = _cursor(db)
+        cur = _cursor(db)  # first: it refuses what is not a sync connection (see _new_cursor)
+        if not self.query.read_only and db.autocommit and not in_transaction(db) and known_dead(db):
+            raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
         cur.row_factory = self._factory
         try:
             cur.execute(self._sql, params)
-        except psycopg.Error as e:
+        except (psycopg.Error, UnicodeEncodeError) as e:
+            if _is_unsendable(e) and (bad := _unstorable(self.query, params.items(), e)) is not e:
+                raise bad from None
+            if not isinstance(e, psycopg.Error):
+                raise
             outside = db.autocommit and not in_transaction(db)
-            if self.query.read_only and outside and is_connection_lost(e, db):
+            # A read past its deadline is not run again: the caller gets its error on time.
+            if self.query.read_only and outside and is_connection_lost(e, db) and not _expired(db):
                 pool = getattr(db, "_pool", None)
                 if isinstance(pool, DataLayerPool):
                     return self._retry_read(pool, params, e)
@@ -153,7 +204,7 @@ class Bound(Generic[T]):
                     cur.execute(self._sql, params)
                     return _Rows(cur.fetchall(), cur.rowcount)
             except psycopg.Error as e:
-                if not is_connection_lost(e, conn):
+                if not is_connection_lost(e, conn) or _expired(conn):
                     raise translate(e, self.query, conn=conn) from e
                 last = e
             finally:
@@ -216,12 +267,23 @@ class Bound(Generic[T]):
         """Stream ``rows`` through ``COPY … FROM STDIN``; returns how many were sent."""
         self._expect("copy")
         count = 0
+        row: Sequence[Any] = ()
+        cur = _new_cursor(db)  # first: it refuses what is not a sync connection
+        if db.autocommit and not in_transaction(db) and known_dead(db):
+            cur.close()
+            raise lost_before_sending(self.query)
         try:
-            with db.cursor() as cur, cur.copy(self._sql.replace("%%", "%")) as copy:
+            with cur, cur.copy(self._sql.replace("%%", "%")) as copy:
                 for row in rows:
                     copy.write_row(row)
                     count += 1
-        except psycopg.Error as e:
+        except (psycopg.Error, UnicodeEncodeError) as e:
+            if _is_unsendable(e):
+                named = ((f"row {count + 1} column {i + 1}", v) for i, v in enumerate(row))
+                if (bad := _unstorable(self.query, named, e)) is not e:
+                    raise bad from None
+            if not isinstance(e, psycopg.Error):
+                raise
             write = not in_transaction(db) and db.autocommit
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
         return count

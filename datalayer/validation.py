@@ -1,32 +1,37 @@
 """Input validation: ``validate_user_data`` and ``validate_analysis_data``.
 
 Input is structured by cattrs into frozen attrs input records (strict types, unknown keys refused),
-normalised by the records' converters (trimmed, e-mail lower-cased), then checked field by field
-against the rules in each field's metadata. The helpers never raise, whatever they are given.
+trimmed by the records' converters, then checked field by field with the very functions the
+repositories run (``datalayer.repos._common``, ``datalayer.passwords``, ``datalayer.text``): what a
+validator accepts, the matching repository stores, and its ``data`` goes straight in:
+``user_repo.create_with_password(db, **data)``, ``data_analysis_repo.create(db, **data)``. The
+helpers never raise, whatever they are given.
 
 >>> r = validate_user_data({"username": " ann ", "email": "Ann@Example.com", "password": "s3cret-pass"})
 >>> r["valid"], r["data"]["username"], r["data"]["email"]
-(True, 'ann', 'ann@example.com')
->>> validate_user_data({"username": "a", "extra": 1})["errors"]
-{'extra': 'unknown field', 'email': 'required'}
+(True, 'ann', 'Ann@Example.com')
+>>> sorted(validate_user_data({"username": "a", "extra": 1})["errors"].items())[1:3]
+[('extra', 'unknown field'), ('password', 'required')]
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, TypeVar, cast
 
 import attrs
 import cattrs
-import orjson
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from datalayer.convert import make_converter
 from datalayer.errors import ValidationError
+from datalayer.passwords import check_password
+from datalayer.repos import _common
+from datalayer.text import email_key
 
 __all__ = [
     "ANALYSIS_STATUSES",
+    "MAX_JSON_BYTES",
     "AnalysisInput",
     "UserInput",
     "ValidationResult",
@@ -40,10 +45,8 @@ __all__ = [
 T = TypeVar("T")
 Rule = Callable[[Any], str | None]
 
-ANALYSIS_STATUSES = ("pending", "running", "completed", "failed")
-USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,50}")
-EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-MAX_JSON_BYTES = 1_000_000
+ANALYSIS_STATUSES = _common.STATUSES
+MAX_JSON_BYTES = _common.MAX_JSON_BYTES
 
 
 class ValidationResult(TypedDict):
@@ -52,52 +55,15 @@ class ValidationResult(TypedDict):
     errors: dict[str, str]
 
 
-def _no_nul(v: Any) -> str | None:
-    return "must not contain NUL characters" if isinstance(v, str) and "\x00" in v else None
+def _by(check: Callable[[Any], object]) -> Rule:
+    """A validator rule out of a repository check: its message, or None when it accepts the value."""
 
-
-def _length(lo: int, hi: int) -> Rule:
     def rule(v: Any) -> str | None:
-        if isinstance(v, str) and not lo <= len(v) <= hi:
-            return f"must be {lo} to {hi} characters long" if lo else f"must be at most {hi} characters long"
+        try:
+            check(v)
+        except ValidationError as e:
+            return next(iter(e.errors.values()), str(e))
         return None
-
-    return rule
-
-
-def _username(v: object) -> str | None:
-    if not isinstance(v, str):
-        return "must be a string"
-    if not USERNAME_RE.fullmatch(v):
-        return "must be 3 to 50 letters, digits, '_', '.' or '-'"
-    return None
-
-
-def _email(v: object) -> str | None:
-    if not isinstance(v, str):
-        return "must be a string"
-    if len(v) > 254:
-        return "must be at most 254 characters long"
-    if not EMAIL_RE.fullmatch(v):
-        return "is not a valid e-mail address"
-    return None
-
-
-def _json_object(v: Any) -> str | None:
-    try:
-        encoded = orjson.dumps(v)
-    except (TypeError, orjson.JSONEncodeError):
-        return "must be JSON-serialisable (strings, numbers, booleans, lists, objects)"
-    if len(encoded) > MAX_JSON_BYTES:
-        return f"must be at most {MAX_JSON_BYTES:,} bytes as JSON"
-    if b"\\u0000" in encoded:
-        return "must not contain NUL characters"
-    return None
-
-
-def _one_of(values: tuple[str, ...]) -> Rule:
-    def rule(v: Any) -> str | None:
-        return None if v in values else f"must be one of {', '.join(values)}"
 
     return rule
 
@@ -106,8 +72,8 @@ def _strip(v: str) -> str:
     return v.strip()
 
 
-def _email_norm(v: str) -> str:
-    return v.strip().lower()
+def _empty_if_none(v: dict[str, Any] | None) -> dict[str, Any]:
+    return {} if v is None else v
 
 
 def _rules(*rules: Rule) -> dict[str, tuple[Rule, ...]]:
@@ -116,44 +82,38 @@ def _rules(*rules: Rule) -> dict[str, tuple[Rule, ...]]:
 
 def check_username(username: str) -> None:
     """Raise ValidationError unless ``username`` is acceptable as stored."""
-    _raise_on({"username": (username, (_no_nul, _username))})
+    _common.check_username(username)
 
 
 def check_email(email: str) -> None:
-    """Raise ValidationError unless ``email`` is acceptable as stored."""
-    _raise_on({"email": (email, (_no_nul, _email))})
-
-
-def _raise_on(fields: Mapping[str, tuple[Any, tuple[Rule, ...]]]) -> None:
-    errors = {}
-    for name, (value, rules) in fields.items():
-        for rule in rules:
-            if (msg := rule(value)) is not None:
-                errors[name] = msg
-                break
-    if errors:
-        raise ValidationError(errors)
+    """Raise ValidationError unless ``email`` is an acceptable address (see ``datalayer.text.email_key``)."""
+    email_key(email)
 
 
 @attrs.frozen(kw_only=True)
 class UserInput:
-    """What a client may send to create a user."""
+    """What a client may send to create a user (``user_repo.create_with_password``)."""
 
-    username: str = attrs.field(converter=_strip, metadata=_rules(_no_nul, _username))
-    email: str = attrs.field(converter=_email_norm, metadata=_rules(_no_nul, _email))
-    password: str | None = attrs.field(default=None, metadata=_rules(_no_nul, _length(8, 1024)))
+    username: str = attrs.field(converter=_strip, metadata=_rules(_by(_common.check_username)))
+    # Kept as typed (trimmed): the address mail goes to. Its identity key is computed by the repository.
+    email: str = attrs.field(converter=_strip, metadata=_rules(_by(email_key)))
+    password: str = attrs.field(metadata=_rules(_by(check_password)))
     is_active: bool = True
 
 
 @attrs.frozen(kw_only=True)
 class AnalysisInput:
-    """What a client may send to request an analysis."""
+    """What a client may send to request an analysis (``data_analysis_repo.create``); it starts pending."""
 
-    user_id: int = attrs.field(metadata=_rules(lambda v: None if 0 < v < 2**63 else "must be a positive id"))
-    name: str = attrs.field(converter=_strip, metadata=_rules(_no_nul, _length(1, 200)))
-    analysis_type: str = attrs.field(converter=_strip, metadata=_rules(_no_nul, _length(1, 100)))
-    parameters: dict[str, Any] = attrs.field(factory=dict, metadata=_rules(_json_object))
-    status: str = attrs.field(default="pending", metadata=_rules(_one_of(ANALYSIS_STATUSES)))
+    user_id: int = attrs.field(metadata=_rules(_by(lambda v: _common.check_id(v, "user_id"))))
+    name: str = attrs.field(converter=_strip, metadata=_rules(_by(_common.check_analysis_name)))
+    analysis_type: str = attrs.field(
+        converter=_strip, metadata=_rules(_by(lambda v: _common.check_type(v, "analysis_type")))
+    )
+    # null means {} here as in create (parameters=None)
+    parameters: dict[str, Any] | None = attrs.field(
+        factory=dict, converter=_empty_if_none, metadata=_rules(_by(lambda v: _common.json_text(v, "parameters")))
+    )
 
 
 def _strict(tp: type[Any]) -> Callable[[Any, type[Any]], Any]:
@@ -196,6 +156,7 @@ _TYPE_NAMES: dict[Any, str] = {
     bool: "true or false",
     float: "a number",
     dict[str, Any]: "an object with string keys",
+    dict[str, Any] | None: "an object with string keys",
 }
 
 
@@ -273,8 +234,9 @@ def _validate(data: object, cls: type[Any]) -> ValidationResult:
 def validate_user_data(data: object) -> ValidationResult:
     """Validate and normalise user input: ``{"valid", "data", "errors"}``; never raises.
 
-    Fields: username (3-50 of letters, digits, _ . -), email (lower-cased), password (8-1024
-    characters, optional), is_active (optional bool). Unknown fields are errors.
+    Fields: username (3-50 of letters, digits, _ . -), email (trimmed, kept as typed; checked with
+    ``datalayer.text.email_key``), password (8-1024 characters), is_active (optional bool, default
+    true). Unknown fields are errors. ``data`` goes straight into ``user_repo.create_with_password``.
     """
     return _validate(data, UserInput)
 
@@ -282,7 +244,9 @@ def validate_user_data(data: object) -> ValidationResult:
 def validate_analysis_data(data: object) -> ValidationResult:
     """Validate and normalise an analysis request: ``{"valid", "data", "errors"}``; never raises.
 
-    Fields: user_id, name (1-200), analysis_type (1-100), parameters (JSON object, at most 1 MB),
-    status (pending, running, completed or failed; default pending).
+    Fields: user_id, name (1-200), analysis_type (1-100), parameters (JSON object, at most 1 MB;
+    no NaN, infinity or NUL). A new analysis is always pending (status moves go through
+    ``start``/``complete``/``fail``), so ``status`` is an unknown field. ``data`` goes straight
+    into ``data_analysis_repo.create``.
     """
     return _validate(data, AnalysisInput)

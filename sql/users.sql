@@ -1,12 +1,15 @@
 -- Users. Run any query in psql after \set-ting its parameters, e.g.
 --   \set user_id 42
---   \set email 'ann@example.com'
+--   \set email 'Ann@Example.com'
+--   \set email_key 'ann@example.com'
+-- email is the address as typed (where mail goes); email_key is its identity, computed in Python by
+-- datalayer.text.email_key (never in SQL: lower() follows the collation). Lookups use the key.
 -- Nullable parameters are written unquoted (:is_active::boolean) so that \set is_active NULL works.
 
 -- name: create :one
 -- Insert a user; returns the stored row.
-INSERT INTO users (username, email, hashed_password)
-VALUES (:'username', :'email', :'hashed_password')
+INSERT INTO users (username, email, email_key, hashed_password, is_active)
+VALUES (:'username', :'email', :'email_key', :'hashed_password', :is_active::boolean)
 RETURNING id, username, email, hashed_password, is_active, created_at, updated_at;
 
 -- name: get_by_id :maybe
@@ -21,10 +24,10 @@ FROM users
 WHERE username = :'username';
 
 -- name: get_by_email :maybe
--- Case-insensitive: served by the unique index on lower(email).
+-- By identity key (equality on the unique index users_email_key_key).
 SELECT id, username, email, hashed_password, is_active, created_at, updated_at
 FROM users
-WHERE lower(email) = lower(:'email');
+WHERE email_key = :'email_key';
 
 -- name: get_many :many
 -- Users by a list of ids (\set ids '{1,2,3}'); an empty list gives no rows.
@@ -38,6 +41,7 @@ ORDER BY id;
 UPDATE users
 SET username        = coalesce(:username::text, username),
     email           = coalesce(:email::text, email),
+    email_key       = coalesce(:email_key::text, email_key),
     hashed_password = coalesce(:hashed_password::text, hashed_password),
     is_active       = coalesce(:is_active::boolean, is_active)
 WHERE id = :user_id

@@ -16,7 +16,7 @@ NO_FILTERS = {"status": None, "analysis_type": None, "created_after": None, "cre
               "name_prefix": None}
 
 CASES = [
-    ("users", "get_by_email", {"email": "a@example.com"}, "users_email_lower_key"),
+    ("users", "get_by_email", {"email_key": "a@example.com"}, "users_email_key_key"),
     ("users", "get_by_username", {"username": "ann"}, "users_username_key"),
     ("analyses", "find_for_user", {"user_id": 1, **NO_FILTERS, **ANY_PAGE}, "data_analyses_user_created_idx"),
     ("analyses", "find_for_user", {"user_id": 1, **NO_FILTERS, "status": "pending", **ANY_PAGE},

@@ -29,7 +29,7 @@ from datalayer import (
 )
 from datalayer import health as health_mod
 from datalayer import migrate as migrate_mod
-from datalayer.config import DatabaseTarget
+from datalayer.config import DatabaseTarget, Secret
 from datalayer.testing import TestServer, settings_for_tests
 
 TABLES = {"users", "data_analyses", "analysis_files", "tool_generations", "system_log", "cache_entries"}
@@ -215,7 +215,8 @@ def test_partitions_ahead_and_waiting_rows(db: psycopg.Connection[Any]) -> None:
 def db_target(db: psycopg.Connection[Any]) -> DatabaseTarget:
     info = db.info
     return DatabaseTarget(params={"host": info.host, "port": str(info.port), "user": info.user,
-                                  "dbname": info.dbname})
+                                  "dbname": info.dbname},
+                          password=Secret(info.password) if info.password else None)  # the embedded server asks
 
 
 def test_health_healthy_and_unreachable(db: psycopg.Connection[Any]) -> None:

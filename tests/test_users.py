@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import psycopg
 import pytest
@@ -29,7 +30,7 @@ def _new(db: psycopg.Connection, name: str | None = None, **kw: object) -> User:
 def test_create_and_read_back(db: psycopg.Connection) -> None:
     u = _new(db, "alice")
     assert u.id > 0
-    assert (u.username, u.email, u.is_active) == ("alice", "alice@example.com", True)
+    assert (u.username, u.email, u.is_active) == ("alice", "alice@Example.com", True)  # as typed
     assert u.created_at.tzinfo is not None and u.created_at == u.updated_at
     assert user_repo.get_by_id(db, u.id) == u
     assert user_repo.get_by_username(db, "alice") == u
@@ -101,7 +102,9 @@ def test_update_partial(db: psycopg.Connection) -> None:
     assert changed.is_active is False and changed.username == "erin" and changed.email == u.email
     assert changed.updated_at >= u.updated_at
     again = user_repo.update(db, u.id, email="ERIN2@Example.com", username="erin2")
-    assert again is not None and (again.email, again.username) == ("erin2@example.com", "erin2")
+    assert again is not None and (again.email, again.username) == ("ERIN2@Example.com", "erin2")
+    assert user_repo.get_by_email(db, "erin2@example.com") == again
+    assert user_repo.get_by_email(db, "erin@example.com") is None  # the old key went with the old address
     assert user_repo.update(db, u.id + 999, is_active=True) is None
 
 
@@ -196,7 +199,9 @@ def test_injection_strings_are_data(db: psycopg.Connection) -> None:
     evil = "x'; DROP TABLE users; --@example.com"
     assert user_repo.get_by_email(db, evil) is None
     assert user_repo.get_by_username(db, "' OR '1'='1") is None
-    assert user_repo.get_by_username(db, "nul\x00") is None
+    with pytest.raises(ValidationError) as e:
+        user_repo.get_by_username(db, "nul\x00")
+    assert "NUL" in e.value.errors["username"]
     _new(db)
     assert user_repo.count(db) == 1
 
@@ -236,3 +241,239 @@ def test_postgres_error_points_at_file_and_line(db: psycopg.Connection) -> None:
     assert e.value.location == "sql/users.sql:4 users.broken"
     assert "no_such_column" in str(e.value) and e.value.sqlstate == "42703"
     assert isinstance(e.value.__cause__, psycopg.errors.UndefinedColumn)
+
+
+# --- item 7: arguments checked like every other repository ---------------------------------------------
+
+@pytest.mark.parametrize("bad", [None, 7, "1,2", b"12", {1: 1}, [1, None], [0], [True], [2**63]])
+def test_get_many_refuses_what_is_not_a_list_of_ids(db: psycopg.Connection, bad: object) -> None:
+    with pytest.raises(ValidationError) as e:
+        user_repo.get_many(db, bad)  # type: ignore[arg-type]
+    assert "ids" in e.value.errors
+
+
+def test_get_many_caps_ids_like_the_other_repositories(db: psycopg.Connection) -> None:
+    assert user_repo.get_many(db, list(range(1, 10_001))) == []
+    with pytest.raises(ValidationError, match="at most 10,000 ids"):
+        user_repo.get_many(db, list(range(1, 10_002)))
+
+
+@pytest.mark.parametrize("bad", [None, "yes", 1])
+def test_is_active_filters_are_checked_everywhere(db: psycopg.Connection, bad: object) -> None:
+    for call in (lambda: user_repo.count(db, is_active=bad), lambda: user_repo.find(db, is_active=bad),  # type: ignore[arg-type]
+                 lambda: user_repo.create(db, username="flag", email="f@example.com", hashed_password="h",
+                                          is_active=bad)):  # type: ignore[arg-type]
+        if bad is None:
+            continue
+        with pytest.raises(ValidationError) as e:
+            call()
+        assert "is_active" in e.value.errors
+
+
+def test_async_connection_is_a_clear_error(datalayer_server: Any, dl_pool: Any, recwarn: pytest.WarningsRecorder) -> None:
+    import asyncio
+
+    from datalayer import DataLayerError, data_analysis_repo
+
+    async def main() -> list[DataLayerError]:
+        errors: list[DataLayerError] = []
+        async with await psycopg.AsyncConnection.connect(dl_pool.target.conninfo(), autocommit=True) as adb:
+            for call in (lambda: user_repo.get_by_id(adb, 1), lambda: user_repo.count(adb),  # type: ignore[arg-type]
+                         lambda: user_repo.create(adb, username="asy", email="a@example.com",  # type: ignore[arg-type]
+                                                  hashed_password="h"),
+                         lambda: data_analysis_repo.get_many(adb, [1])):  # type: ignore[arg-type]
+                with pytest.raises(ValidationError) as e:
+                    call()
+                errors.append(e.value)
+        return errors
+
+    errors = asyncio.run(main())
+    assert all("AsyncConnection" in e.errors["db"] and "sync psycopg.Connection" in e.errors["db"] for e in errors)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no un-awaited coroutine
+    copy = bind(QueryFile(domain="system_log", path=load_queries("system_log").path, queries=parse_sql(
+        "-- name: copy_tmp :copy\nCOPY pg_temp.h1_copy (t) FROM STDIN\n", domain="system_log",
+        file="sql/system_log.sql")), "copy_tmp", None)
+    for not_a_connection in (None, "postgresql://x"):
+        for call in (lambda: user_repo.get_by_id(not_a_connection, 1),  # type: ignore[arg-type]
+                     lambda: user_repo.create(not_a_connection, username="nah", email="n@example.com",  # type: ignore[arg-type]
+                                              hashed_password="h"),
+                     lambda: copy.copy_in(not_a_connection, [("x",)])):  # type: ignore[arg-type]
+            with pytest.raises(ValidationError) as e:
+                call()
+            assert "sync psycopg.Connection" in e.value.errors["db"]
+
+
+# --- item 2: one identity key, computed in Python, stored, unique, looked up by equality -----------------
+
+def test_dotted_capital_i_is_not_another_users_address(db: psycopg.Connection) -> None:
+    plain = user_repo.create(db, username="plain_i", email="ix@example.com", hashed_password="h")
+    dotted = user_repo.create(db, username="dotted_i", email="İx@example.com", hashed_password="h")
+    assert dotted.email == "İx@example.com"  # kept as typed: the only address mail may go to
+    assert user_repo.get_by_email(db, "İx@example.com") == dotted
+    assert user_repo.get_by_email(db, "ix@example.com") == plain
+    assert user_repo.get_by_email(db, "IX@EXAMPLE.COM") == plain
+
+
+@pytest.mark.parametrize(("first", "look_alike"), [
+    ("ren\u00e9@example.com", "rene\u0301@example.com"),       # NFC vs NFD
+    ("ann@example.com", "\uff41\uff4e\uff4e@example.com"),                  # fullwidth letters
+    ("ann@example.com", "ann@\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com"),               # fullwidth domain
+    ("ann@example.com", "Ann@Example.com."),                   # trailing dot on the domain
+    ("ann@straße.de", "ANN@xn--strae-oqa.de"),                 # the same IDN domain, A-label
+])
+def test_look_alikes_are_one_account(db: psycopg.Connection, first: str, look_alike: str) -> None:
+    u = user_repo.create(db, username="first", email=first, hashed_password="h")
+    assert user_repo.get_by_email(db, look_alike) == u
+    with pytest.raises(IntegrityConflict) as e:
+        user_repo.create(db, username="second", email=look_alike, hashed_password="h")
+    assert e.value.field == "email" and e.value.constraint == "users_email_key_key"
+    other = user_repo.create(db, username="third", email="third@example.com", hashed_password="h")
+    with pytest.raises(IntegrityConflict) as e:
+        user_repo.update(db, other.id, email=look_alike)
+    assert e.value.field == "email"
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u00ad", "\u200d", "\ufeff", "\u2060"])
+def test_invisible_characters_are_refused(db: psycopg.Connection, invisible: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        user_repo.create(db, username="inv", email=f"an{invisible}n@example.com", hashed_password="h")
+    assert "invisible" in e.value.errors["email"]
+    assert user_repo.count(db) == 0
+
+
+def test_sharp_s_domains_and_local_parts_stay_distinct(db: psycopg.Connection) -> None:
+    a = user_repo.create(db, username="sharp", email="x@straße.de", hashed_password="h")
+    b = user_repo.create(db, username="double_s", email="x@strasse.de", hashed_password="h")
+    c = user_repo.create(db, username="local_sharp", email="straße@example.com", hashed_password="h")
+    d = user_repo.create(db, username="local_ss", email="strasse@example.com", hashed_password="h")
+    assert len({a.id, b.id, c.id, d.id}) == 4
+    assert user_repo.get_by_email(db, "X@STRASSE.DE") == b and user_repo.get_by_email(db, "x@straße.de") == a
+    assert user_repo.get_by_email(db, "STRAßE@example.com") == c
+
+
+def test_no_lower_in_sql_for_email() -> None:
+    users_sql = load_queries("users")
+    assert "lower(" not in users_sql.queries["get_by_email"].sql.lower()
+    assert "email_key =" in users_sql.queries["get_by_email"].sql
+
+
+# --- the 0005 migration: keys for existing rows, computed first; a collision changes nothing -------------
+
+@pytest.fixture
+def at_0004(datalayer_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An empty database migrated up to (not including) 0005, and a switch to the full migrations."""
+    import os
+    import shutil
+
+    from datalayer import migrate as migrate_mod
+    from datalayer import setup_database
+    from datalayer.testing import settings_for_tests
+
+    full = migrate_mod.migrations_dir()
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for f in full.iterdir():
+        if f.is_file() and (not f.name[:4].isdigit() or f.name[:4] < "0005"):
+            shutil.copy(f, old / f.name)
+    name = f"dl_h1_email_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    janitor = datalayer_server.janitor(name)
+    with janitor:
+        target = datalayer_server.target_for(name)
+        monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: old)
+        setup_database(target=target, settings=settings_for_tests())
+        monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: full)
+        yield target
+
+
+def _users(target: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(target.conninfo()) as c:
+        return c.execute("SELECT * FROM users ORDER BY id").fetchall()
+
+
+def _email_indexes(target: Any) -> set[str]:
+    with psycopg.connect(target.conninfo()) as c:
+        rows = c.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'users' AND indexname LIKE 'users_email%'")
+        return {r[0] for r in rows.fetchall()}
+
+
+def test_migration_refuses_colliding_rows_and_changes_nothing(at_0004: Any) -> None:
+    from datalayer import MigrationError, migration_status, setup_database
+    from datalayer.testing import settings_for_tests
+
+    with psycopg.connect(at_0004.conninfo(), autocommit=True) as c:
+        ids = [c.execute("INSERT INTO users (username, email, hashed_password) VALUES (%s, %s, 'h') RETURNING id",
+                         (u, e)).fetchone()[0]
+               for u, e in [("nfc", "ren\u00e9@example.com"), ("nfd", "rene\u0301@example.com"),
+                            ("withdot", "ann@example.com."), ("nodot", "Ann@Example.com"), ("alone", "alone@example.com"),
+                            ("zwsp", "z\u200bw@example.com")]]
+    before, indexes = _users(at_0004), _email_indexes(at_0004)
+    with pytest.raises(MigrationError) as e:
+        setup_database(target=at_0004, settings=settings_for_tests())
+    msg = str(e.value)
+    assert "changed nothing" in msg
+    assert f"users {ids[0]}, {ids[1]}" in msg and f"users {ids[2]}, {ids[3]}" in msg
+    assert f"user {ids[5]}: must not contain invisible" in msg
+    assert f"user {ids[4]}" not in msg and f", {ids[4]}" not in msg  # the innocent account is not named
+    assert _users(at_0004) == before and _email_indexes(at_0004) == indexes == {"users_email_lower_key"}
+    assert not {s.id: s for s in migration_status(target=at_0004, settings=settings_for_tests())}[
+        "0005.users-email-key"].applied
+
+    # resolve the accounts, and it applies: every row gets its key, the old lower() index is gone
+    with psycopg.connect(at_0004.conninfo(), autocommit=True) as c:
+        c.execute("DELETE FROM users WHERE id = ANY(%s)", ([ids[1], ids[2], ids[5]],))
+    assert "0005.users-email-key" in setup_database(target=at_0004, settings=settings_for_tests())
+    with psycopg.connect(at_0004.conninfo()) as c:
+        keys = c.execute("SELECT email, email_key FROM users ORDER BY id").fetchall()
+        nullable = c.execute("SELECT is_nullable FROM information_schema.columns "
+                             "WHERE table_name = 'users' AND column_name = 'email_key'").fetchone()
+        ledger = c.execute("SELECT sha256 FROM datalayer_migration_ledger "
+                           "WHERE migration_id = '0005.users-email-key'").fetchone()
+    assert keys == [("ren\u00e9@example.com", "ren\u00e9@example.com"), ("Ann@Example.com", "ann@example.com"),
+                    ("alone@example.com", "alone@example.com")]
+    assert nullable == ("NO",) and ledger is not None  # the ledger covers Python migrations
+    assert _email_indexes(at_0004) == {"users_email_key_key"}
+
+
+def test_migration_rolls_back_and_applies_again(at_0004: Any) -> None:
+    from yoyo import read_migrations
+
+    from datalayer import migrate as migrate_mod
+    from datalayer import setup_database
+    from datalayer.testing import settings_for_tests
+
+    s = settings_for_tests()
+    with psycopg.connect(at_0004.conninfo(), autocommit=True) as c:
+        c.execute("INSERT INTO users (username, email, hashed_password) VALUES ('keep', 'Keep@Example.com', 'h')")
+    setup_database(target=at_0004, settings=s)
+    backend = migrate_mod.yoyo_backend(at_0004)
+    try:
+        with backend.lock():
+            mine = read_migrations(str(migrate_mod.migrations_dir())).filter(lambda m: m.id == "0005.users-email-key")
+            backend.rollback_migrations(mine)
+    finally:
+        backend.connection.close()
+    assert _email_indexes(at_0004) == {"users_email_lower_key"}
+    assert setup_database(target=at_0004, settings=s) == ["0005.users-email-key"]
+    assert _email_indexes(at_0004) == {"users_email_key_key"}
+
+
+def test_an_edited_python_migration_is_refused(at_0004: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from datalayer import MigrationError, migration_status, setup_database
+    from datalayer import migrate as migrate_mod
+    from datalayer._ledger import file_hashes
+    from datalayer.testing import settings_for_tests
+
+    s = settings_for_tests()
+    setup_database(target=at_0004, settings=s)
+    copy = tmp_path / "edited"
+    shutil.copytree(migrate_mod.migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert "0005.users-email-key" in file_hashes(copy) and not any(k.startswith("post-apply") for k in file_hashes(copy))
+    path = copy / "0005.users-email-key.py"
+    path.write_text(path.read_text() + "\n# an innocent-looking edit\n")
+    monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: copy)
+    states = {st.id: st for st in migration_status(target=at_0004, settings=s)}
+    assert states["0005.users-email-key"].changed
+    with pytest.raises(MigrationError, match="0005.users-email-key changed since it was applied"):
+        setup_database(target=at_0004, settings=s)

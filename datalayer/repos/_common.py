@@ -7,6 +7,7 @@ never reaches the server as anything but a bound parameter of the right type.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -14,19 +15,25 @@ from typing import Any, TypeVar
 import orjson
 from psycopg.types.json import Jsonb
 
-from datalayer import _jsonb
+from datalayer import _jsonb, text
 from datalayer._pagination import decode_cursor, keyset_page
 from datalayer.errors import IllegalTransition, NotFound, ValidationError
 from datalayer.records import Page
-from datalayer.validation import MAX_JSON_BYTES
 
 T = TypeVar("T")
 
 STATUSES = ("pending", "running", "completed", "failed")
+MAX_JSON_BYTES = 1_000_000
+MAX_IDS = 10_000
 # The status a move to each target starts from.
 TRANSITIONS = {"running": "pending", "completed": "running", "failed": "running"}
 MAX_FILTER_CHARS = 200
 MAX_ID = 2**63 - 1
+# Column limits the validators and the repositories share (the CHECK constraints of migrations/0001
+# are the server-side net under them).
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.-]{3,50}")
+MAX_ANALYSIS_NAME_CHARS = 200
+MAX_TYPE_CHARS = 100
 
 
 def check_id(value: object, name: str) -> int:
@@ -42,19 +49,38 @@ def optional_id(value: object, name: str) -> int | None:
 def check_ids(values: object, name: str = "ids") -> list[int]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise ValidationError({name: "must be a list of integer ids"})
-    if len(values) > 10_000:
-        raise ValidationError({name: "must hold at most 10,000 ids"})
+    if len(values) > MAX_IDS:
+        raise ValidationError({name: f"must hold at most {MAX_IDS:,} ids"})
     return [check_id(v, name) for v in values]
 
 
 def check_text(value: object, name: str, *, max_chars: int = MAX_FILTER_CHARS, min_chars: int = 1) -> str:
-    if not isinstance(value, str):
-        raise ValidationError({name: "must be a string"})
-    if not min_chars <= len(value) <= max_chars:
-        raise ValidationError({name: f"must be {min_chars} to {max_chars} characters long"})
-    if "\x00" in value:
-        raise ValidationError({name: "must not contain NUL characters"})
-    return value
+    """The text rule of ``datalayer.text`` with the repositories' default lengths (1 to 200)."""
+    return text.check_text(value, name, min_chars=min_chars, max_chars=max_chars)
+
+
+def check_username(value: object, name: str = "username") -> str:
+    """A username as stored: 3 to 50 of letters, digits, '_', '.' and '-'."""
+    username = text.check_text(value, name)
+    if not USERNAME_RE.fullmatch(username):
+        raise ValidationError({name: "must be 3 to 50 letters, digits, '_', '.' or '-'"})
+    return username
+
+
+def check_email(value: object) -> tuple[str, str]:
+    """(the address as stored and shown: trimmed, otherwise as typed; its identity key)."""
+    key = text.email_key(value)
+    return str(value).strip(), key
+
+
+def check_analysis_name(value: object) -> str:
+    """An analysis name as stored: trimmed, 1 to 200 characters."""
+    return check_text(value.strip() if isinstance(value, str) else value, "name", max_chars=MAX_ANALYSIS_NAME_CHARS)
+
+
+def check_type(value: object, name: str) -> str:
+    """An analysis_type or tool_type: 1 to 100 characters."""
+    return check_text(value, name, max_chars=MAX_TYPE_CHARS)
 
 
 def optional_text(value: object, name: str, *, max_chars: int = MAX_FILTER_CHARS) -> str | None:
@@ -85,6 +111,12 @@ def check_flag(value: object, name: str) -> bool:
     return value
 
 
+def optional_flag(value: object, name: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValidationError({name: "must be true, false or None"})
+    return value
+
+
 def _dumps(obj: Any) -> str:
     return _jsonb.dumps(obj).decode()
 
@@ -94,23 +126,34 @@ def json_text(value: object, name: str, *, require_object: bool = True) -> str:
     if require_object and not isinstance(value, dict):
         raise ValidationError({name: "must be a JSON object (a dict)"})
     try:
-        text = _dumps(value)
+        encoded = _dumps(value)
     except (TypeError, orjson.JSONEncodeError):
+        if (problem := _text_problem_in(value)) is not None:
+            raise ValidationError({name: problem}) from None
         raise ValidationError(
             {name: "must be JSON-serialisable (str keys; str, int, float, bool, None, list, dict)"}
         ) from None
-    if "null" in text and _has_non_finite(value):  # orjson writes NaN and infinity as null
+    if "null" in encoded and _has_non_finite(value):  # orjson writes NaN and infinity as null
         raise ValidationError({name: "must not contain NaN or infinite numbers (JSON cannot represent them)"})
-    if len(text) > MAX_JSON_BYTES:
+    if len(encoded) > MAX_JSON_BYTES:
         raise ValidationError({name: f"must be at most {MAX_JSON_BYTES:,} bytes as JSON"})
-    if "\\u0000" in text:
+    if "\\u0000" in encoded:
         raise ValidationError({name: "must not contain NUL characters (PostgreSQL's jsonb cannot store them)"})
-    return text
+    return encoded
+
+
+def _text_problem_in(value: object) -> str | None:
+    # Only after orjson refused the value (it refuses lone surrogates), so the walk costs nothing on
+    # the hot path; orjson also refuses nesting deeper than 255 levels, which must not crash the walk.
+    try:
+        return text.nested_text_problem(value)
+    except RecursionError:
+        return None
 
 
 def _has_non_finite(value: object) -> bool:
     try:
-        json.dumps(value, allow_nan=False)
+        json.dumps(value, allow_nan=False, default=str)  # default: orjson's datetimes, UUIDs … are not the question
     except ValueError:
         return True
     return False
@@ -118,8 +161,8 @@ def _has_non_finite(value: object) -> bool:
 
 def json_value(value: object, name: str, *, require_object: bool = True) -> Jsonb:
     """A jsonb parameter, validated as ``json_text`` and encoded once."""
-    text = json_text(value, name, require_object=require_object)
-    return Jsonb(value, dumps=lambda _obj: text)
+    encoded = json_text(value, name, require_object=require_object)
+    return Jsonb(value, dumps=lambda _obj: encoded)
 
 
 def optional_json(value: object, name: str, *, require_object: bool = True) -> Jsonb | None:

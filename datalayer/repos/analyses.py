@@ -20,10 +20,12 @@ from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
 from datalayer.records import AnalysisWithFiles, DataAnalysis, OffsetPage, Page
 from datalayer.repos._common import (
+    check_analysis_name,
     check_id,
     check_ids,
     check_order,
     check_text,
+    check_type,
     json_value,
     optional_id,
     optional_json,
@@ -81,12 +83,15 @@ class AnalysisChanges(TypedDict, total=False):
 def create(
     db: Connection[Any], *, user_id: int, name: str, analysis_type: str, parameters: dict[str, Any] | None = None
 ) -> DataAnalysis:
-    """A new pending analysis for ``user_id``; IntegrityConflict (field user_id) if the user does not exist."""
+    """A new pending analysis for ``user_id``; IntegrityConflict (field user_id) if the user does not exist.
+
+    Takes exactly what ``validate_analysis_data`` returns as ``data`` (the same checks run in both).
+    """
     return _create.one(
         db,
         user_id=check_id(user_id, "user_id"),
-        name=check_text(name.strip() if isinstance(name, str) else name, "name"),
-        analysis_type=check_text(analysis_type, "analysis_type", max_chars=100),
+        name=check_analysis_name(name),
+        analysis_type=check_type(analysis_type, "analysis_type"),
         parameters=json_value({} if parameters is None else parameters, "parameters"),
     )
 
@@ -123,13 +128,13 @@ def update(
     unknown = set(changes) - set(AnalysisChanges.__annotations__)
     if unknown:
         raise ValidationError({k: "is not a column update may change" for k in sorted(unknown)})
-    name = changes.get("name")
+    name, analysis_type = changes.get("name"), changes.get("analysis_type")
     return _update.maybe(
         db,
         analysis_id=check_id(analysis_id, "analysis_id"),
         owner_id=optional_id(user_id, "user_id"),
-        name=optional_text(name.strip() if isinstance(name, str) else name, "name"),
-        analysis_type=optional_text(changes.get("analysis_type"), "analysis_type", max_chars=100),
+        name=None if name is None else check_analysis_name(name),
+        analysis_type=None if analysis_type is None else check_type(analysis_type, "analysis_type"),
         parameters=optional_json(changes.get("parameters"), "parameters"),
     )
 

@@ -14,9 +14,11 @@ from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
 from datalayer.records import OffsetPage, Page, ToolGeneration
 from datalayer.repos._common import (
+    MAX_TYPE_CHARS,
     check_id,
     check_ids,
     check_text,
+    check_type,
     json_value,
     optional_id,
     optional_json,
@@ -71,7 +73,7 @@ def create(db: Connection[Any], *, user_id: int, tool_type: str, spec: dict[str,
     return _create.one(
         db,
         user_id=check_id(user_id, "user_id"),
-        tool_type=check_text(tool_type, "tool_type", max_chars=100),
+        tool_type=check_type(tool_type, "tool_type"),
         spec=json_value({} if spec is None else spec, "spec"),
     )
 
@@ -105,7 +107,7 @@ def update(
         db,
         generation_id=check_id(generation_id, "generation_id"),
         owner_id=optional_id(user_id, "user_id"),
-        tool_type=optional_text(changes.get("tool_type"), "tool_type", max_chars=100),
+        tool_type=optional_text(changes.get("tool_type"), "tool_type", max_chars=MAX_TYPE_CHARS),
         spec=optional_json(changes.get("spec"), "spec"),
     )
 
@@ -173,7 +175,7 @@ def find(
     limit = check_limit(limit)
     listing = f"tool_generations.{'user' if user_id is not None else 'all'}"
     after_created, after_id = time_cursor(listing, after)
-    st, tt = optional_status(status), optional_text(tool_type, "tool_type", max_chars=100)
+    st, tt = optional_status(status), optional_text(tool_type, "tool_type", max_chars=MAX_TYPE_CHARS)
     since, until = optional_time(created_after, "created_after"), optional_time(created_before, "created_before")
     if user_id is not None:
         rows = _find_for_user.many(
@@ -213,7 +215,7 @@ def find_page(
     """A numbered page, newest first, with the total."""
     per, offset = offset_args(page, per_page)
     owner, st = optional_id(user_id, "user_id"), optional_status(status)
-    tt = optional_text(tool_type, "tool_type", max_chars=100)
+    tt = optional_text(tool_type, "tool_type", max_chars=MAX_TYPE_CHARS)
     items = _find_page.many(db, owner_id=owner, status=st, tool_type=tt, per_page=per, offset=offset)
     return offset_page(items, page, per, _count.scalar(db, owner_id=owner, status=st, tool_type=tt))
 
@@ -226,5 +228,5 @@ def count(
         db,
         owner_id=optional_id(user_id, "user_id"),
         status=optional_status(status),
-        tool_type=optional_text(tool_type, "tool_type", max_chars=100),
+        tool_type=optional_text(tool_type, "tool_type", max_chars=MAX_TYPE_CHARS),
     )

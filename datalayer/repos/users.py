@@ -17,7 +17,8 @@ from datalayer._run import Bound, bind
 from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
 from datalayer.records import OffsetPage, Page, User
-from datalayer.validation import check_email, check_username
+from datalayer.repos._common import check_email, check_flag, check_id, check_ids, check_username, optional_flag
+from datalayer.text import check_text, email_key
 
 __all__ = [
     "UserChanges",
@@ -59,33 +60,49 @@ class UserChanges(TypedDict, total=False):
 
 
 def _check_hash(hashed_password: object) -> str:
-    if not isinstance(hashed_password, str) or not hashed_password or "\x00" in hashed_password:
+    hashed = check_text(hashed_password, "hashed_password")
+    if not hashed:
         raise ValidationError({"hashed_password": "must be a non-empty password hash (see hash_password)"})
-    return hashed_password
+    return hashed
 
 
 def _check_id(value: object, name: str = "user_id") -> int:
-    if type(value) is not int or not 0 < value < 2**63:
-        raise ValidationError({name: "must be a positive integer id"})
-    return value
+    return check_id(value, name)
 
 
-def create(db: Connection[Any], *, username: str, email: str, hashed_password: str) -> User:
+def create(db: Connection[Any], *, username: str, email: str, hashed_password: str, is_active: bool = True) -> User:
     """Insert a user; IntegrityConflict (field username or email) when either is taken.
 
-    The e-mail is stored trimmed and lower-cased; lookups by e-mail ignore case anyway.
+    The e-mail is stored as typed (trimmed) and is what ``User.email`` returns; its identity key
+    (``datalayer.text.email_key``) is stored beside it, unique: ``Ann@Example.com`` and
+    ``ann@example.com`` are one account.
     """
-    check_username(username)
-    email = email.strip().lower() if isinstance(email, str) else email
+    username = check_username(username)
+    address, key = check_email(email)
+    return _create.one(
+        db,
+        username=username,
+        email=address,
+        email_key=key,
+        hashed_password=_check_hash(hashed_password),
+        is_active=check_flag(is_active, "is_active"),
+    )
+
+
+def create_with_password(
+    db: Connection[Any], *, username: str, email: str, password: str, is_active: bool = True
+) -> User:
+    """Like ``create``, hashing ``password`` first (argon2); the plain password is never stored.
+
+    Takes exactly what ``validate_user_data`` returns as ``data``; the password policy is the same.
+    """
+    from datalayer.passwords import check_password, hash_password
+
+    username = check_username(username)
     check_email(email)
-    return _create.one(db, username=username, email=email, hashed_password=_check_hash(hashed_password))
-
-
-def create_with_password(db: Connection[Any], *, username: str, email: str, password: str) -> User:
-    """Like ``create``, hashing ``password`` first (argon2); the plain password is never stored."""
-    from datalayer.passwords import hash_password
-
-    return create(db, username=username, email=email, hashed_password=hash_password(password))
+    check_password(password)  # before hashing: argon2 is slow, bad input should not pay for it
+    check_flag(is_active, "is_active")
+    return create(db, username=username, email=email, hashed_password=hash_password(password), is_active=is_active)
 
 
 def get_by_id(db: Connection[Any], user_id: int) -> User | None:
@@ -94,22 +111,30 @@ def get_by_id(db: Connection[Any], user_id: int) -> User | None:
 
 
 def get_by_username(db: Connection[Any], username: str) -> User | None:
-    """One user by exact username, or None."""
-    if not isinstance(username, str) or "\x00" in username:
-        return None
-    return _get_by_username.maybe(db, username=username)
+    """One user by exact username, or None (ValidationError for text PostgreSQL cannot hold)."""
+    return _get_by_username.maybe(db, username=check_text(username, "username"))
 
 
 def get_by_email(db: Connection[Any], email: str) -> User | None:
-    """One user by e-mail, ignoring case, or None."""
-    if not isinstance(email, str) or "\x00" in email:
+    """The user whose address is the same mailbox as ``email`` (same ``email_key``), or None.
+
+    ``ANN@example.com`` finds ``ann@Example.com``; an address that cannot be valid finds nobody.
+    ValidationError for a non-str or text PostgreSQL cannot hold.
+    """
+    check_text(email, "email")
+    try:
+        key = email_key(email)
+    except ValidationError:
         return None
-    return _get_by_email.maybe(db, email=email.strip())
+    return _get_by_email.maybe(db, email_key=key)
 
 
 def get_many(db: Connection[Any], ids: Sequence[int]) -> list[User]:
-    """The users among ``ids``, in id order (missing ids are skipped; an empty list gives [])."""
-    checked = [_check_id(i, "ids") for i in ids]
+    """The users among ``ids``, in id order (missing ids are skipped; an empty list gives []).
+
+    At most 10,000 ids; ValidationError for anything but a list of positive integer ids.
+    """
+    checked = check_ids(ids)
     if not checked:
         return []
     return _get_many.many(db, ids=checked)
@@ -123,25 +148,27 @@ def update(db: Connection[Any], user_id: int, **changes: Unpack[UserChanges]) ->
     unknown = set(changes) - set(UserChanges.__annotations__)
     if unknown:
         raise ValidationError({k: "is not a column update may change" for k in sorted(unknown)})
-    params: dict[str, Any] = {"username": None, "email": None, "hashed_password": None, "is_active": None}
+    params: dict[str, Any] = {
+        "username": None,
+        "email": None,
+        "email_key": None,
+        "hashed_password": None,
+        "is_active": None,
+    }
     if "username" in changes:
-        check_username(changes["username"])
-        params["username"] = changes["username"]
+        params["username"] = check_username(changes["username"])
     if "email" in changes:
-        email = changes["email"].strip().lower() if isinstance(changes["email"], str) else changes["email"]
-        check_email(email)
-        params["email"] = email
+        params["email"], params["email_key"] = check_email(changes["email"])
     if "hashed_password" in changes:
         params["hashed_password"] = _check_hash(changes["hashed_password"])
     if "is_active" in changes:
-        if not isinstance(changes["is_active"], bool):
-            raise ValidationError({"is_active": "must be true or false"})
-        params["is_active"] = changes["is_active"]
+        params["is_active"] = check_flag(changes["is_active"], "is_active")
     return _update.maybe(
         db,
         user_id=_check_id(user_id),
         username=params["username"],
         email=params["email"],
+        email_key=params["email_key"],
         hashed_password=params["hashed_password"],
         is_active=params["is_active"],
     )
@@ -157,8 +184,7 @@ def find(
 ) -> Page[User]:
     """A keyset page of users in id order; pass ``page.next_cursor`` as ``after`` for the next page."""
     limit = check_limit(limit)
-    if is_active is not None and not isinstance(is_active, bool):
-        raise ValidationError({"is_active": "must be true, false or None"})
+    is_active = optional_flag(is_active, "is_active")
     after_id = decode_cursor(_LISTING, after, (int,))[0] if after is not None else None
     rows = _find.many(db, is_active=is_active, after_id=after_id, fetch=limit + 1)
     return keyset_page(rows, limit, _LISTING, lambda u: (u.id,))
@@ -169,12 +195,11 @@ def find_page(
 ) -> OffsetPage[User]:
     """A numbered page of users in id order, with the total count."""
     per, offset = offset_args(page, per_page)
-    if is_active is not None and not isinstance(is_active, bool):
-        raise ValidationError({"is_active": "must be true, false or None"})
+    is_active = optional_flag(is_active, "is_active")
     items = _find_page.many(db, is_active=is_active, per_page=per, offset=offset)
     return offset_page(items, page, per, count(db, is_active=is_active))
 
 
 def count(db: Connection[Any], *, is_active: bool | None = None) -> int:
     """How many users (optionally only active or inactive ones)."""
-    return _count.scalar(db, is_active=is_active)
+    return _count.scalar(db, is_active=optional_flag(is_active, "is_active"))

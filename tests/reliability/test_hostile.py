@@ -53,7 +53,7 @@ def test_user_create(dl_module_pool: DataLayerPool, username: Any, email: Any, h
             return
         try:
             assert (u.username, u.hashed_password) == (username, hashed)
-            assert u.email == email.strip().lower()
+            assert u.email == email.strip()  # kept as typed; the identity is users.email_key
             assert user_repo.get_by_id(db, u.id) == u
             assert user_repo.get_by_email(db, email) == u
         finally:
