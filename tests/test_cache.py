@@ -13,8 +13,9 @@ import attrs
 import pytest
 import redis
 
-from datalayer import User, ValidationError, transaction, user_repo
+from datalayer import User, ValidationError, cache_entry_repo, transaction, user_repo
 from datalayer.cache import CacheManager
+from datalayer.cache._keys import version_key
 from datalayer.config import RedisTarget, Settings
 from datalayer.pool import DataLayerPool, connection
 
@@ -126,6 +127,7 @@ def _loader(pool: DataLayerPool, user_id: int, calls: list[int]) -> Callable[[],
 def test_get_or_load_through_every_layer(make_cache: MakeCache, dl_pool: DataLayerPool) -> None:
     u = _user(dl_pool)
     a = make_cache()
+    assert a.redis.subscribed.wait(5)  # subscribing clears L1 (messages may have been missed before)
     key = a.keys.user(u.id)
     calls: list[int] = []
     assert a.get_or_load(key, _loader(dl_pool, u.id, calls), User, ttl=60) == u
@@ -346,3 +348,165 @@ def test_cli_cache_stats_and_flush(redis_target: RedisTarget, dl_pool: DataLayer
     check = run_py("from datalayer import get_cache_manager\nc = get_cache_manager()\n"
                    "print(c.get_cached_user_data(1), c.get_cached_analysis_result(2))\nc.flush()\nc.close()", env)
     assert check.stdout.strip() == "None [1]", check.stderr
+
+
+# ------------------------------------------------------------------ values, keys and counters
+
+
+BAD_VALUES = [float("nan"), float("inf"), {"x": float("-inf")}, 2**64, [-(2**63) - 1], "\udcff", {"s": "a\udc80"},
+              {"k": "\x00"}, {1: "int key"}, object(), "x" * 1_000_001]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES)
+def test_values_follow_the_json_column_rules(cache: CacheManager, dl_pool: DataLayerPool, value: Any) -> None:
+    key = cache.keys.user(1)
+    with pytest.raises(ValidationError) as e:
+        cache.set(key, value)
+    assert "value" in e.value.errors
+    with pytest.raises(ValidationError):
+        cache.get_or_load(cache.keys.user(2), lambda: value)
+    # no layer holds either: not Redis, not the table, not L1
+    assert cache.redis.client.get(key) is None and cache.redis.client.get(cache.keys.user(2)) is None
+    assert cache.get(key) is None and cache.get(cache.keys.user(2)) is None
+    with connection(dl_pool) as db:
+        assert cache_entry_repo.peek(db, key) is None and cache_entry_repo.peek(db, cache.keys.user(2)) is None
+
+
+def test_a_value_near_the_limit_is_held_by_every_layer(make_cache: MakeCache, dl_pool: DataLayerPool) -> None:
+    cache = make_cache(l1_size=0)
+    value = "y" * (1_000_000 - 40)  # its envelope in the table is over 1 MB: the rule is about the value
+    key = cache.keys.analysis_result("big")
+    cache.set(key, value)
+    cache.redis.client.delete(key)  # Redis lost it: the table has it
+    assert cache.get(key) == value and cache.stats()["table"]["hits"] == 1
+
+
+@pytest.mark.parametrize("key", ["dl:\udcff", "dl:a\x00", "", "k" * 513])
+def test_keys_every_layer_cannot_hold_are_refused(cache: CacheManager, key: str) -> None:
+    for call in (lambda: cache.get(key), lambda: cache.set(key, 1), lambda: cache.delete(key),
+                 lambda: cache.get_or_load(key, lambda: 1)):
+        with pytest.raises(ValidationError) as e:
+            call()
+        assert "key" in e.value.errors
+    with pytest.raises(ValidationError):
+        cache.keys.user("\udcff")
+    with pytest.raises(ValidationError):
+        cache.keys.user("\U0001f600" * 200)  # 200 characters, but 2,400 once escaped
+
+
+def test_api_requests_follow_the_json_rules(cache: CacheManager) -> None:
+    assert cache.cache_api_response("/e", {"q": None}, {"rows": []}, ttl=60)
+    with pytest.raises(ValidationError) as e:
+        cache.get_cached_api_response("/e", {"q": float("nan")})  # was the same key as {"q": None}
+    assert "request" in e.value.errors
+
+
+def test_counters_that_cannot_move_do_not_break_redis(make_cache: MakeCache) -> None:
+    cache = make_cache(l1_size=0)
+    top = str(2**63 - 1)
+    for i, poison in enumerate((top, "garbage")):
+        key = cache.keys.user(i)
+        cache.set(key, {"v": 1})
+        cache.redis.client.set(version_key(key), poison)
+        cache.delete(key)  # INCR would fail here and open the breaker
+        assert cache.get(key) is None and cache.redis.client.get(key) is None
+        cache.set(key, {"v": 2})  # and here
+        assert cache.get(key) == {"v": 2}
+    cache.redis.client.set(cache.keys.api_generation("/e"), top)
+    cache.invalidate_api("/e")
+    cache.redis.client.set(cache.keys.global_generation(), "garbage")
+    fresh = make_cache(l1_size=0)
+    fresh.set(fresh.keys.user(9), {"v": 9})
+    assert fresh.get(fresh.keys.user(9)) == {"v": 9}
+    assert cache.stats()["breaker"]["opened"] == 0 and cache.stats()["redis"]["errors"] == 0
+    assert fresh.stats()["redis"]["errors"] == 0
+
+
+# ------------------------------------------------------------------ invalidations kept in PostgreSQL
+
+
+def _pending(pool: DataLayerPool, prefix: str) -> list[str]:
+    with connection(pool) as db:
+        return [p.key for p in cache_entry_repo.pending_invalidations(db, prefix + ":")]
+
+
+def test_invalidations_are_recorded_in_the_writers_transaction(cache: CacheManager, dl_pool: DataLayerPool) -> None:
+    prefix = cache.keys.prefix
+    with connection(dl_pool) as db:
+        with transaction(db):
+            cache.invalidate_user_cache(1, db=db)
+            inside = [p.key for p in cache_entry_repo.pending_invalidations(db, prefix + ":")]
+            assert sorted(inside) == sorted([cache.keys.user(1), cache.keys.user_analyses(1),
+                                             cache.keys.system_stats()])
+            assert _pending(dl_pool, prefix) == []  # not committed yet: no other process sees them
+        assert _pending(dl_pool, prefix) == []  # Redis took them after COMMIT: forgotten
+        with pytest.raises(RuntimeError), transaction(db):
+            cache.invalidate_api("/e", db=db)
+            raise RuntimeError
+        assert _pending(dl_pool, prefix) == []  # rolled back with the write
+
+
+def test_a_pending_invalidation_is_replayed_before_redis_is_read(make_cache: MakeCache,
+                                                                 dl_pool: DataLayerPool) -> None:
+    writer = make_cache(l1_size=0, l1_max_ttl=0.3)
+    reader = make_cache(l1_size=100, l1_max_ttl=0.3)
+    key = writer.keys.user(5)
+    writer.set(key, {"v": "old"})
+    assert reader.get(key) == {"v": "old"}
+    writer.cache_api_response("/r", {"q": 1}, {"rows": [1]}, ttl=60)
+    assert reader.get_cached_api_response("/r", {"q": 1}) == {"rows": [1]}
+    with connection(dl_pool) as db:  # what a writer that died after its COMMIT leaves behind
+        cache_entry_repo.record_invalidations(db, [key])
+        cache_entry_repo.record_invalidations(db, [writer.keys.api_generation("/r")], kind="api")
+    t0 = time.monotonic()
+    while reader.get(key) is not None:
+        assert time.monotonic() - t0 < 0.3 + 0.5, "served past the bound"
+        time.sleep(0.01)
+    assert reader.get_cached_api_response("/r", {"q": 1}) is None
+    assert writer.redis.client.get(key) is None and _pending(dl_pool, writer.keys.prefix) == []
+    assert reader.stats()["invalidations"]["replayed"] == 2
+    with connection(dl_pool) as db:
+        assert cache_entry_repo.get(db, key) is None  # the table's part too
+
+
+def test_a_cache_hit_looks_for_pending_invalidations_once_per_l1_lifetime(make_cache: MakeCache) -> None:
+    cache = make_cache(l1_size=0, l1_max_ttl=5.0)
+    key = cache.keys.user(3)
+    cache.set(key, {"v": 3})
+    before = cache.stats()["invalidations"]["checks"]
+    for _ in range(500):
+        assert cache.get(key) == {"v": 3}
+    assert cache.stats()["invalidations"]["checks"] - before <= 1
+
+
+def test_values_the_json_rules_accept_come_back_as_json(make_cache: MakeCache) -> None:
+    from datetime import UTC, datetime
+
+    cache = make_cache(l1_size=0)
+    key = cache.keys.analysis_result("dt")
+    cache.set(key, {"at": datetime(2026, 1, 2, tzinfo=UTC), "none": None, "big": 2**63 - 1, "f": 1e300})
+    expected = {"at": "2026-01-02T00:00:00+00:00", "none": None, "big": 2**63 - 1, "f": 1e300}
+    assert cache.get(key) == expected
+    cache.redis.client.delete(key)
+    assert cache.get(key) == expected  # the table gives back the same
+
+
+@pytest.mark.parametrize("bad", [0, -1, 0.01, 10**6, True, "5"])
+def test_l1_lifetime_is_the_staleness_bound_and_must_be_sane(make_cache: MakeCache, bad: Any) -> None:
+    with pytest.raises(ValidationError) as e:
+        make_cache(l1_max_ttl=bad)
+    assert "l1_max_ttl" in e.value.errors
+
+
+def test_a_database_without_the_record_table_never_fails_the_write(make_cache: MakeCache,
+                                                                    dl_pool: DataLayerPool) -> None:
+    cache = make_cache()
+    u = _user(dl_pool, "norecord")
+    with connection(dl_pool) as db:
+        db.execute("DROP TABLE cache_invalidations")  # a schema from before migration 0006
+        cache.cache_user_data(u.id, {"v": "old"})
+        with transaction(db):
+            user_repo.update(db, u.id, email="after@example.com")
+            cache.invalidate_user_cache(u.id, db=db)  # not recorded: the write must still commit
+        assert user_repo.get_by_id(db, u.id).email == "after@example.com"  # type: ignore[union-attr]
+    assert cache.get_cached_user_data(u.id) is None  # Redis took it after COMMIT

@@ -82,3 +82,63 @@ def test_bad_input(db: Any, args: tuple[Any, ...], kwargs: dict[str, Any], field
         repo.set(db, *args, **kwargs)
     assert field in e.value.errors
     assert repo.count(db) == 0
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [float("-inf")], 2**64, -(2**63) - 1, "\udcff",
+                                   {"k": "\x00"}, {1: "int key"}, "x" * 1_000_001])
+def test_values_follow_the_json_column_rules(db: Any, value: Any) -> None:
+    with pytest.raises(ValidationError) as e:
+        repo.set(db, "k", value)
+    assert "value" in e.value.errors
+    with pytest.raises(ValidationError):
+        repo.put(db, "k", value)
+    assert repo.peek(db, "k") is None
+
+
+def test_versions_cannot_overflow(db: Any) -> None:
+    assert repo.set(db, "k", 1, version=repo.MAX_VERSION) is not None
+    with pytest.raises(ValidationError) as e:
+        repo.set(db, "k", 1, version=repo.MAX_VERSION + 1)
+    assert "version" in e.value.errors
+    # a row already at bigint's top (written before the bound existed) can still be replaced and
+    # invalidated; it stays at the top, where no stale writer can beat it
+    top = 2**63 - 1
+    db.execute("INSERT INTO cache_entries (key, value, version) VALUES ('top', '1', %s)", (top,))
+    assert repo.invalidate(db, ["top"]) == 1
+    tomb = repo.peek(db, "top")
+    assert tomb is not None and tomb.value is None and tomb.version == top
+    assert repo.put(db, "top", 2).version == top and repo.get(db, "top").value == 2  # type: ignore[union-attr]
+    assert repo.set(db, "top", "stale", version=repo.MAX_VERSION) is None
+    assert repo.invalidate(db, ["top"]) == 1 and repo.get(db, "top") is None
+
+
+def test_invalidate_takes_repeated_keys(db: Any) -> None:
+    repo.put(db, "a", 1)
+    assert repo.invalidate(db, ["b", "a", "b", "a"]) == 2
+    assert repo.peek(db, "a").version == 2 and repo.peek(db, "b").version == 1  # type: ignore[union-attr]
+    with pytest.raises(ValidationError):
+        repo.invalidate(db, ["ok", "\udcff"])
+    with pytest.raises(ValidationError):
+        repo.invalidate(db, "a")  # type: ignore[arg-type]
+
+
+def test_pending_invalidations_round_trip(db: Any) -> None:
+    assert repo.can_record_invalidations(db) is True
+    repo.put(db, "p:x", 1)
+    ids = repo.record_invalidations(db, ["p:x", "p:y"])
+    other = repo.record_invalidations(db, ["q:x"], kind="api", table_done=True)
+    pending = repo.pending_invalidations(db, "p:")
+    assert [(p.id, p.kind, p.key, p.table_done) for p in pending] == [(ids[0], "key", "p:x", False),
+                                                                       (ids[1], "key", "p:y", False)]
+    repo.apply_invalidations_to_table(db, ids)
+    assert repo.get(db, "p:x") is None and all(p.table_done for p in repo.pending_invalidations(db, "p:"))
+    version = repo.peek(db, "p:x").version  # type: ignore[union-attr]
+    repo.apply_invalidations_to_table(db, ids)  # once only: a second pass tombstones nothing
+    assert repo.peek(db, "p:x").version == version  # type: ignore[union-attr]
+    repo.forget_invalidations(db, ids)
+    assert repo.pending_invalidations(db, "p:") == []
+    assert [p.key for p in repo.pending_invalidations(db, "q:")] == ["q:x"] and other
+    repo.settle_invalidations(db, other, [], redis_done=True)
+    assert repo.pending_invalidations(db, "q:") == []
+    with pytest.raises(ValidationError):
+        repo.record_invalidations(db, ["k"], kind="other")

@@ -14,6 +14,10 @@ generation and sign with one ``startswith`` and parses only the value.
 
 In the table (a jsonb column) the same envelope is a JSON object: ``{"s", "x", "d", "n", "v"}``; the
 table keeps its own versions and needs no generation.
+
+A value is checked once, on its way in, by the JSON-column rules of the repositories (``json_text``:
+JSON-serialisable, finite numbers, 64-bit integers, text PostgreSQL can store, at most 1 MB, no NUL),
+and the same JSON text goes to every layer: what one layer would refuse, none holds.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ import attrs
 import orjson
 
 from datalayer.convert import converter
+from datalayer.repos._common import json_text
 
 __all__ = [
+    "NEGATIVE",
     "PLAIN",
     "Envelope",
     "decode_doc",
     "decode_wire",
     "encode_doc",
+    "encode_value",
     "encode_wire",
     "hit_prefix",
     "read_hit",
@@ -104,10 +111,14 @@ class Envelope:
         return Envelope(value, self.negative, self.generation, self.expires_at, self.load_seconds)
 
 
-def _data(value: Any, negative: bool) -> bytes:
-    if negative:
-        return b"null"
-    return orjson.dumps(converter.unstructure(value) if attrs.has(type(value)) else value)
+NEGATIVE = b"null"  # the data of a cached "not found"
+
+
+def encode_value(value: Any) -> bytes:
+    """The JSON text of ``value`` (a record unstructured first), checked by the JSON-column rules:
+    ValidationError({"value": ...}) for anything one of the layers could not hold or give back."""
+    data = converter.unstructure(value) if attrs.has(type(value)) else value
+    return json_text(data, "value", require_object=False).encode()
 
 
 _hooks: dict[Any, Any] = {}
@@ -128,9 +139,10 @@ def _value(data: Any, record_type: type[Any] | None, schema: str) -> Any:
     return value
 
 
-def encode_wire(value: Any, *, schema: str, generation: int, ttl: float, load_seconds: float, negative: bool) -> bytes:
+def encode_wire(data: bytes, *, schema: str, generation: int, ttl: float, load_seconds: float, negative: bool) -> bytes:
+    """The Redis value: the envelope's head line and ``data`` (from ``encode_value``, or NEGATIVE)."""
     head = f"{_tag(schema)}|{generation}|{int(negative)}|{time.time() + ttl:.3f}|{load_seconds:.4f}\n"
-    return head.encode() + _data(value, negative)
+    return head.encode() + data
 
 
 def decode_wire(raw: Any, *, schema: str, record_type: type[Any] | None, generation: int) -> Envelope | None:
@@ -149,10 +161,10 @@ def decode_wire(raw: Any, *, schema: str, record_type: type[Any] | None, generat
         return None
 
 
-def encode_doc(value: Any, *, schema: str, ttl: float, load_seconds: float) -> dict[str, Any]:
-    """The envelope as a JSON object, for the table."""
-    data = converter.unstructure(value) if attrs.has(type(value)) else value
-    return {"s": schema, "x": time.time() + ttl, "d": load_seconds, "n": False, "v": data}
+def encode_doc(data: bytes, *, schema: str, ttl: float, load_seconds: float) -> bytes:
+    """The envelope as JSON object text for the table, around ``data`` (from ``encode_value``)."""
+    head = orjson.dumps({"s": schema, "x": time.time() + ttl, "d": load_seconds, "n": False})
+    return head[:-1] + b',"v":' + data + b"}"
 
 
 def decode_doc(doc: Any, *, schema: str, record_type: type[Any] | None) -> Envelope | None:

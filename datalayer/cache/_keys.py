@@ -16,21 +16,33 @@ from typing import Any
 import orjson
 
 from datalayer.errors import ValidationError
+from datalayer.repos._common import json_text
+from datalayer.repos.cache_entries import MAX_KEY_CHARS
+from datalayer.text import check_text
 
-__all__ = ["Keys", "escape", "version_key"]
+__all__ = ["MAX_KEY_CHARS", "Keys", "check_key", "escape", "version_key"]
 
 _SAFE = re.compile(r"[A-Za-z0-9_.\-/]")
 MAX_ID_CHARS = 200
+# Every layer holds a key of at most MAX_KEY_CHARS (the cache_entries CHECK): an escaped part of at most
+# MAX_ESCAPED_CHARS, with a CACHE_PREFIX of at most 64 and the longest kind, always fits.
+MAX_ESCAPED_CHARS = 400
+
+
+def check_key(key: object) -> str:
+    """A cache key every layer can hold (the text rule, 1 to MAX_KEY_CHARS), or ValidationError."""
+    return check_text(key, "key", min_chars=1, max_chars=MAX_KEY_CHARS)
 
 
 def escape(part: object, name: str = "id") -> str:
     """An id or endpoint as a key part: safe characters kept, anything else %-encoded (injective)."""
     if isinstance(part, bool) or not isinstance(part, int | str):
         raise ValidationError({name: "must be an int or a string"})
-    text = str(part)
-    if not text or len(text) > MAX_ID_CHARS:
-        raise ValidationError({name: f"must be 1 to {MAX_ID_CHARS} characters"})
-    return "".join(c if _SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
+    text = check_text(str(part), name, min_chars=1, max_chars=MAX_ID_CHARS)
+    escaped = "".join(c if _SAFE.fullmatch(c) else "".join(f"%{b:02X}" for b in c.encode("utf-8")) for c in text)
+    if len(escaped) > MAX_ESCAPED_CHARS:
+        raise ValidationError({name: f"must be at most {MAX_ESCAPED_CHARS} characters once %-escaped"})
+    return escaped
 
 
 def version_key(key: str) -> str:
@@ -64,15 +76,19 @@ class Keys:
     def api(self, endpoint: object, request: Any, generation: int) -> str:
         """``api:{endpoint}:{hash}``; the hash covers the normalised request and the endpoint's generation."""
         ep = escape(endpoint, "endpoint")
-        try:
-            normal = orjson.dumps(request, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-        except (TypeError, orjson.JSONEncodeError):
-            raise ValidationError({"request": "must be JSON-serialisable"}) from None
+        # The JSON-column rules first: orjson alone writes NaN and infinity as null, so that
+        # {"q": nan} and {"q": None} would be one request.
+        json_text(request, "request", require_object=False)
+        normal = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.sha256(ep.encode() + b"\0" + str(generation).encode() + b"\0" + normal).hexdigest()[:32]
         return f"{self.prefix}:api:{ep}:{{{digest}}}"
 
     def api_generation(self, endpoint: object) -> str:
         return f"{self.prefix}:gen:api:{escape(endpoint, 'endpoint')}"
+
+    def api_prefix_of(self, generation_key: str) -> str:
+        """The prefix of every key of the endpoint whose generation counter is ``generation_key``."""
+        return f"{self.prefix}:api:{generation_key.rsplit(':', 1)[-1]}:"
 
     def global_generation(self) -> str:
         return f"{self.prefix}:gen"

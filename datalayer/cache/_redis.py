@@ -37,6 +37,20 @@ class _Skipped:
 
 SKIPPED: Any = _Skipped()
 
+# Counters (versions, generations) move on with INCR. One that cannot move (not an integer, or at the
+# top of Redis's 64-bit range: only a hand-edited or corrupted counter gets there) starts again at
+# ARGV[1]: an error here would open the breaker and turn one bad key into an outage. A writer still
+# holding the old value compares unequal to the new one, which is all a version is for.
+_MOVE_ON = """
+local function move_on(key, restart)
+    local moved = redis.pcall('INCR', key)
+    if type(moved) == 'table' and moved.err then
+        redis.call('SET', key, restart)
+        return tonumber(restart)
+    end
+    return moved
+end
+"""
 # SET key value PX ttl, only if the key's version counter still holds the version the writer read
 # before it loaded the value: a concurrent invalidation (INCR) makes the write lose.
 _CAS_SET = """
@@ -48,15 +62,39 @@ end
 return 0
 """
 # A write of the newest truth: move the version on (so in-flight loaders lose), then store.
-_PUT = """
-redis.call('INCR', KEYS[2])
+_PUT = (
+    _MOVE_ON
+    + """
+move_on(KEYS[2], '1')
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+)
 # Invalidate: move the version on and delete.
-_INVALIDATE = """
-redis.call('INCR', KEYS[2])
+_INVALIDATE = (
+    _MOVE_ON
+    + """
+move_on(KEYS[2], '1')
 return redis.call('DEL', KEYS[1])
+"""
+)
+# Move a generation counter on; a missing one starts from ARGV[1] (the clock, or the global generation).
+_BUMP = (
+    _MOVE_ON
+    + """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return move_on(KEYS[1], ARGV[1])
+"""
+)
+# The global generation; a missing or unusable one (Redis lost its data, or it was overwritten) starts
+# from the clock in ms, never from 0, so that no value written under an earlier life matches.
+_GENERATION = """
+local current = redis.call('GET', KEYS[1])
+if current and string.match(current, '^[1-9][0-9]*$') and string.len(current) <= 18 then
+    return current
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -142,6 +180,8 @@ class RedisLayer:
         self._cas = self.client.register_script(_CAS_SET)
         self._put = self.client.register_script(_PUT)
         self._invalidate = self.client.register_script(_INVALIDATE)
+        self._bump = self.client.register_script(_BUMP)
+        self._generation = self.client.register_script(_GENERATION)
         self._release = self.client.register_script(_RELEASE)
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
@@ -231,18 +271,31 @@ class RedisLayer:
     def put(self, key: str, version_key: str, value: bytes, ttl_ms: int) -> Any:
         return self.call(lambda c: self._put(keys=[key, version_key], args=[value, ttl_ms], client=c))
 
-    def invalidate(self, pairs: list[tuple[str, str]], message: dict[str, Any]) -> bool:
-        """Invalidate (key, version key) pairs and tell the other processes; False if Redis was skipped."""
+    def invalidate(
+        self, pairs: list[tuple[str, str]], message: dict[str, Any], bumps: tuple[tuple[str, int], ...] = ()
+    ) -> bool:
+        """Invalidate (key, version key) pairs, move (counter, start) generations on, and tell the other
+        processes; False if Redis was skipped or failed."""
 
         def run(c: redis.Redis) -> bool:
             pipe = c.pipeline(transaction=False)
             for key, version_key in pairs:
                 self._invalidate(keys=[key, version_key], client=pipe)
+            for counter, start in bumps:
+                self._bump(keys=[counter], args=[start], client=pipe)
             pipe.publish(self.channel, orjson.dumps(message))
             pipe.execute()
             return True
 
         return self.call(run) is True
+
+    def bump(self, counter: str, start: int) -> Any:
+        """Move a generation counter on (a missing one starts from ``start``); its new value, or SKIPPED."""
+        return self.call(lambda c: self._bump(keys=[counter], args=[start], client=c))
+
+    def generation(self, key: str, start: int) -> Any:
+        """The global generation (a missing or unusable one becomes ``start``), or SKIPPED."""
+        return self.call(lambda c: self._generation(keys=[key], args=[start], client=c))
 
     def lock(self, lock_key: str, token: str, ttl_ms: int) -> Any:
         return self.call(lambda c: c.set(lock_key, token, nx=True, px=ttl_ms))

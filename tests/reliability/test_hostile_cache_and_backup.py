@@ -1,4 +1,4 @@
-"""Hostile input against cache keys and the backup reader (hypothesis)."""
+"""Hostile input against cache keys, cache values and the backup reader (hypothesis)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ from datalayer import (
     transaction,
     user_repo,
 )
-from datalayer.cache import Keys
+from datalayer.cache import CacheManager, Keys
+from datalayer.config import RedisTarget, Settings
 from datalayer.pool import DataLayerPool, connection
 
-ids = st.one_of(st.integers(), st.text(max_size=250), st.sampled_from(["}{", "{x}", "a:b", "%7B", "\n", "*", ""]),
+any_text = st.one_of(  # lone surrogates and NUL included, and often
+    st.text(st.characters(codec=None, exclude_categories=()), max_size=30),
+    st.text(st.sampled_from("a\udcff\ud800\x00é"), max_size=5),
+)
+ids = st.one_of(st.integers(), st.text(max_size=250), any_text, st.sampled_from(["}{", "{x}", "a:b", "%7B", "\n", "*", ""]),
                 st.none(), st.floats(), st.booleans(), st.binary(max_size=10))
 
 
@@ -42,6 +47,42 @@ def test_cache_keys_are_escaped_and_injective(a: Any, b: Any) -> None:
     assert (ka == kb) == (str(a) == str(b))  # an int id and its string are one user
     for build in (keys.user_analyses, keys.analysis_result, keys.tool_generation):
         assert build(a).endswith("{" + body + "}")
+
+
+json_like = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+              st.floats(allow_nan=True, allow_infinity=True), any_text),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(any_text, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def value_cache(dl_module_pool: DataLayerPool, redis_target: RedisTarget) -> Any:
+    cache = CacheManager(settings=Settings(cache_prefix=f"hv{os.getpid()}"), redis_target=redis_target,
+                         pool=dl_module_pool, l1_size=0)
+    yield cache
+    cache.flush()
+    cache.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_like)
+def test_cache_values_come_back_as_written_from_every_layer_or_are_refused(value_cache: CacheManager,
+                                                                           value: Any) -> None:
+    key = value_cache.keys.analysis_result("v")
+    value_cache.delete(key)
+    try:
+        value_cache.set(key, value)
+    except ValidationError as e:
+        assert set(e.errors) == {"value"}
+        assert value_cache.redis.client.get(key) is None and value_cache.get(key) is None  # no layer holds it
+        return
+    if value is None:
+        return
+    assert value_cache.get(key) == value  # from Redis
+    value_cache.redis.client.delete(key)
+    assert value_cache.get(key) == value  # from the table
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from datalayer import CacheUnavailable, User, transaction, user_repo
+from datalayer import CacheUnavailable, User, cache_entry_repo, transaction, user_repo
 from datalayer.cache import CacheManager
 from datalayer.config import RedisTarget, Settings
 from datalayer.pool import DataLayerPool, connection
@@ -134,3 +134,151 @@ def test_strict_mode_raises(dl_pool: DataLayerPool, managers: Any, redis_process
         strict.cache_user_data(2, {"v": 2})
     with pytest.raises(CacheUnavailable):
         strict.get_cached_user_data(1)
+
+
+# ------------------------------------------------------- invalidations across processes (two real ones)
+
+L1_LIFE = 1.0  # the reader's l1_max_ttl: the staleness bound under test
+MARGIN = 0.5  # scheduling slack on a loaded machine
+
+_READER = """
+import json, sys, time
+from datalayer import User, user_repo
+from datalayer.cache import CacheManager
+from datalayer.config import Settings
+from datalayer.pool import connection
+
+cache = CacheManager(settings=Settings.from_env(), l1_max_ttl=float(sys.argv[2]))
+uid = int(sys.argv[1])
+key = cache.keys.user(uid)
+
+def load():
+    with connection() as db:
+        return user_repo.get_by_id(db, uid)
+
+print("ready", flush=True)
+for line in sys.stdin:
+    user = cache.get_or_load(key, load, User, ttl=600)
+    print(json.dumps({"t": time.monotonic(), "email": user.email, "loads": cache.stats()["loads"]}), flush=True)
+"""
+
+_WRITER = """
+import os, sys
+from datalayer import transaction, on_commit, user_repo
+from datalayer.cache import CacheManager
+from datalayer.config import Settings
+
+cache = CacheManager(settings=Settings.from_env())
+uid = int(sys.argv[1])
+with transaction() as db:
+    user_repo.update(db, uid, email=sys.argv[2])
+    if sys.argv[3] == "writer-dies-after-commit":
+        on_commit(lambda: os._exit(0))  # runs before the invalidation's own hook: the process is gone
+    cache.invalidate_user_cache(uid, db=db)
+s = cache.stats()
+print(s["breaker"]["opened"], s["redis"]["errors"], flush=True)
+os._exit(0)  # gone at once: no recovery, no generation bump, nothing left to run
+"""
+
+
+class _Reader:
+    def __init__(self, env: dict[str, str], user_id: int) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", _READER, str(user_id), str(L1_LIFE)], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def read(self) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("read\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, "the reader died"
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=10)  # closes the pipes
+
+
+def _env(pool: DataLayerPool, redis_process: RedisProcess) -> dict[str, str]:
+    from helpers import clean_env, url_of
+
+    return clean_env(DATABASE_URL=url_of(pool.target), REDIS_URL=redis_process.url,
+                     CACHE_PREFIX=f"x{os.getpid()}x{next(_n)}", DATALAYER_EMBEDDED="never")
+
+
+def _read_until(reader: _Reader, seconds: float) -> list[dict[str, Any]]:
+    reads = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        reads.append(reader.read())
+        time.sleep(0.05)
+    return reads
+
+
+@pytest.mark.parametrize("fault", ["redis-frozen", "writer-dies-after-commit"])
+def test_an_invalidation_no_redis_took_reaches_every_process(dl_pool: DataLayerPool, redis_process: RedisProcess,
+                                                            fault: str) -> None:
+    """Process A caches a user; process B updates it and invalidates while Redis is frozen (SIGSTOP,
+    it keeps its data), or dies right after its COMMIT, and is gone; A must not serve the old value
+    for longer than its L1 lifetime after Redis answers again."""
+    from helpers import run_py
+
+    u = _user(dl_pool, f"inv_{fault.replace('-', '_')}")
+    env = _env(dl_pool, redis_process)
+    reader = _Reader(env, u.id)
+    try:
+        first = reader.read()
+        assert first["email"] == u.email and reader.read()["loads"] == 1  # cached: the second read is a hit
+        new = f"new_{u.id}@example.com"
+        if fault == "redis-frozen":
+            redis_process.pause()
+        try:
+            code = _WRITER.replace("sys.argv[1]", repr(str(u.id))).replace("sys.argv[2]", repr(new))
+            writer = run_py(code.replace("sys.argv[3]", repr(fault)), env, timeout=60)
+            assert writer.returncode == 0, writer.stderr
+            if fault == "redis-frozen":
+                opened, errors = map(int, writer.stdout.split())
+                assert opened >= 1 and errors >= 1  # B's invalidation did not reach Redis
+            else:
+                assert writer.stdout == ""  # B died before its invalidation ran
+        finally:
+            if fault == "redis-frozen":
+                redis_process.resume()
+        answered = time.monotonic()  # Redis answers again (or never stopped)
+        reads = _read_until(reader, L1_LIFE + 2 * MARGIN + 1.0)
+        stale = [r["t"] - answered for r in reads if r["email"] != new]
+        assert not stale or max(stale) <= L1_LIFE + MARGIN, f"old value served {max(stale):.2f} s after"
+        assert reads[-1]["email"] == new
+        with connection(dl_pool) as db:  # replayed and forgotten
+            assert cache_entry_repo.pending_invalidations(db, env["CACHE_PREFIX"] + ":") == []
+    finally:
+        reader.close()
+
+
+def test_a_set_redis_did_not_take_is_replayed(dl_pool: DataLayerPool, managers: Any,
+                                               redis_process: RedisProcess) -> None:
+    """``set`` is a write of newer truth: when Redis misses it, the older value there must not be served
+    either, even after the process that set it is gone."""
+    reader = managers(l1_size=0, l1_max_ttl=0.5)
+    writer = managers(l1_size=0)
+    key = reader.keys.analysis_result("s")
+    writer.set(key, {"v": "old"})
+    assert reader.get(key) == {"v": "old"}
+    redis_process.pause()
+    try:
+        writer.set(key, {"v": "new"})  # Redis times out; the table takes it
+        assert writer.stats()["breaker"]["opened"] >= 1
+        assert writer.stats()["invalidations"]["left_for_replay"] == 1
+    finally:
+        writer.close()  # gone before Redis answers: it bumps no generation
+        redis_process.resume()
+    answered = time.monotonic()
+    while reader.get(key) != {"v": "new"}:
+        assert time.monotonic() - answered <= 0.5 + 0.5, "the older value was served past the bound"
+        time.sleep(0.02)

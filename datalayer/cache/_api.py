@@ -1,0 +1,110 @@
+"""Cached API responses, grouped by endpoint: one generation counter per endpoint, part of every key,
+so that ``invalidate_api(endpoint)`` retires them all at once without a SCAN."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from datalayer.cache._redis import SKIPPED
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from datalayer.cache._invalidations import Invalidations
+    from datalayer.cache._keys import Keys
+    from datalayer.cache._l1 import L1
+    from datalayer.cache._redis import RedisLayer
+    from datalayer.cache._table import TableLayer
+
+__all__ = ["ApiResponses", "clock_generation"]
+
+
+def clock_generation() -> int:
+    """A generation to start from: the clock in ms (above every earlier life of a lost counter)."""
+    return int(time.time() * 1000)
+
+
+def _counter(raw: Any, default: int) -> int:
+    """A generation counter read from Redis, or ``default`` when it is missing or not a sane integer."""
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return default
+    return value if 0 < value < 10**18 else default
+
+
+class ApiResponses:
+    """Mixed into CacheManager."""
+
+    if TYPE_CHECKING:
+        keys: Keys
+        l1: L1
+        redis: RedisLayer
+        table: TableLayer
+        invalidations: Invalidations
+        _origin: str
+        _api_generations: dict[str, tuple[float, int]]
+
+        def _global_generation(self) -> int | None: ...
+
+        def get(self, key: str) -> Any: ...
+
+        def set(self, key: str, value: Any, ttl: float | None = None) -> None: ...
+
+        def _record(self, db: psycopg.Connection[Any] | None, keys: list[str], kind: str) -> list[int] | None: ...
+
+        def _after_commit(self, db: psycopg.Connection[Any] | None, hook: Callable[[], None]) -> None: ...
+
+    def _api_generation(self, endpoint: Any) -> int | None:
+        gen_key = self.keys.api_generation(endpoint)
+        if not self.invalidations.allowed():
+            return None
+        cached = self._api_generations.get(gen_key)
+        if cached is not None and time.monotonic() - cached[0] < self.l1.max_ttl:
+            return cached[1]
+        base = self._global_generation()
+        if base is None:
+            return None
+        raw = self.redis.call(lambda c: c.get(gen_key))
+        if raw is SKIPPED:
+            return None
+        gen = _counter(raw, base)  # a lost (or unusable) counter restarts above every earlier life
+        self._api_generations[gen_key] = (time.monotonic(), gen)
+        return gen
+
+    def _api_key(self, endpoint: Any, request: Any) -> str | None:
+        gen = self._api_generation(endpoint)
+        return None if gen is None else self.keys.api(endpoint, request, gen)
+
+    def cache_api_response(self, endpoint: str, request: Any, response: Any, ttl: float = 300) -> bool:
+        """Cache ``response`` for ``(endpoint, request)``; False when Redis is unavailable (API entries
+        depend on the endpoint's generation, which lives in Redis)."""
+        key = self._api_key(endpoint, request)
+        if key is None:
+            return False
+        self.set(key, response, ttl)
+        return True
+
+    def get_cached_api_response(self, endpoint: str, request: Any) -> Any:
+        """The cached response for ``(endpoint, request)``, or None."""
+        key = self._api_key(endpoint, request)
+        return None if key is None else self.get(key)
+
+    def invalidate_api(self, endpoint: str, *, db: psycopg.Connection[Any] | None = None) -> None:
+        """Retire every cached response of ``endpoint`` at once (its generation moves; no SCAN)."""
+        gen_key = self.keys.api_generation(endpoint)
+        prefix = self.keys.api_prefix_of(gen_key)
+        ids = self._record(db, [gen_key], "api")
+
+        def run() -> None:
+            self._api_generations.pop(gen_key, None)
+            base = self._global_generation() or clock_generation()
+            message = {"apis": [[gen_key, prefix]], "o": self._origin}
+            redis_done = self.redis.invalidate([], message, ((gen_key, base),))
+            self.l1.delete_prefix(prefix)
+            self.table.delete_prefix(prefix)
+            self.invalidations.settle(ids, [gen_key], redis_done, "api")
+
+        self._after_commit(db, run)
