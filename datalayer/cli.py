@@ -1,330 +1,224 @@
-"""The ``datalayer`` command: mirrors the library, adds nothing the library lacks."""
+"""The ``datalayer`` command: mirrors the library, adds nothing the library lacks.
+
+Every command ends with a one-line message and a non-zero exit code on failure, never a traceback
+(``-v`` shows one for an internal error, with datalayer's DEBUG log).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from datalayer.errors import DataLayerError
+import psycopg
 
-__all__ = ["main"]
+from datalayer import _cli_commands as cmd
+from datalayer.errors import DataLayerError, QueryError
 
+__all__ = ["build_parser", "main"]
 
-def _cmd_migrate(args: argparse.Namespace) -> int:
-    from datalayer.migrate import setup_database
+log = logging.getLogger("datalayer")
 
-    applied = setup_database(partitions_ahead=args.partitions_ahead)
-    print(f"applied: {', '.join(applied)}" if applied else "up to date")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from datalayer.migrate import migration_status
-
-    states = migration_status()
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "id": s.id,
-                        "applied": s.applied,
-                        "applied_at": s.applied_at and s.applied_at.isoformat(),
-                        "changed": s.changed,
-                        "problem": s.problem,
-                    }
-                    for s in states
-                ],
-                indent=2,
-            )
-        )
-    else:
-        for s in states:
-            mark = "CHANGED" if s.changed else ("applied" if s.applied else "pending")
-            when = f" {s.applied_at:%Y-%m-%d %H:%M:%S} UTC" if s.applied_at else ""
-            print(f"{mark:<8} {s.id}{when}")
-            if s.problem:
-                print(f"         {s.problem}")
-    return 1 if any(s.changed for s in states) else 0
+# SQLSTATEs that mean the schema is missing or behind: undefined table, column, function.
+_NOT_MIGRATED = ("42P01", "42703", "42883")
+_MIGRATE_HINT = "is the database migrated? run `datalayer migrate` (or `datalayer status` to see what is applied)"
 
 
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from datalayer.migrate import plan_sql
-
-    print(plan_sql(), end="")
-    return 0
+_JSON_HELP = "print JSON instead of text"
 
 
-def _cmd_health(args: argparse.Namespace) -> int:
-    from datalayer.health import check_database_health
+def _days_ahead(text: str) -> int:
+    # Checked before anything runs: migrate would otherwise apply migrations and only then refuse N.
+    from datalayer.partitions import MAX_AHEAD
 
-    report = check_database_health()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(report["status"])
-        for name, check in report["checks"].items():
-            print(f"  {name:<18} {'ok ' if check['ok'] else 'BAD'} {check['detail']}")
-    return 0 if report["status"] == "healthy" else 1
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from datalayer.demo import run_demo
-
-    return run_demo()
-
-
-def _cmd_reset(args: argparse.Namespace) -> int:
-    from datalayer.migrate import reset_database
-
-    if not args.yes:
-        print("reset drops every table and its data; run it again with --yes to confirm", file=sys.stderr)
-        return 2
-    applied = reset_database(confirm=True)
-    print(f"reset: re-applied {', '.join(applied)}")
-    return 0
-
-
-def _cmd_partitions(args: argparse.Namespace) -> int:
-    from datalayer.partitions import ensure_log_partitions, list_log_partitions
-    from datalayer.pool import connection
-
-    with connection() as db:
-        if args.action == "maintain":
-            created = ensure_log_partitions(db, ahead=args.ahead)
-            print(f"created: {', '.join(created)}" if created else "all partitions present")
-        for p in list_log_partitions(db):
-            print(f"  {p.name:<24} ~{p.estimated_rows:>10,} rows  {p.total_bytes / 1024:>10,.0f} KiB")
-    return 0
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    from datalayer.contracts import check_scratch
-
-    findings = check_scratch()
-    for f in findings:
-        print(f)
-    print(f"{len(findings)} finding(s)" if findings else "every query matches its record", file=sys.stderr)
-    return 1 if findings else 0
-
-
-def _cmd_lint(args: argparse.Namespace) -> int:
-    from datalayer.lint import lint_migrations
-
-    code, report = lint_migrations()
-    if report:
-        print(report)
-    print("migrations pass squawk's rules" if code == 0 else "squawk found problems", file=sys.stderr)
-    return 1 if code else 0
-
-
-class _Progress:
-    """Rows done per table on stderr: one updating line on a terminal, a line per 10% otherwise."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last: tuple[str, int] = ("", 0)
-
-    def __call__(self, table: str, rows: int) -> None:
-        if self.tty:
-            print(f"\r  {table:<18} {rows:>12,} rows", end="", file=sys.stderr, flush=True)
-        elif table != self.last[0] or rows >= self.last[1] + 100_000:
-            print(f"  {table:<18} {rows:>12,} rows", file=sys.stderr, flush=True)
-        self.last = (table, rows)
-
-    def done(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)
-
-
-def _cmd_stats(args: argparse.Namespace) -> int:
-    from datalayer.maintenance import get_database_stats
-    from datalayer.pool import connection
-
-    with connection() as db:
-        stats = get_database_stats(db)
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return 0
-    print(f"users: {stats['users']:,}    analyses in the last 24 h: {stats['recent_analyses']:,}")
-    for key in ("analyses_by_status", "tool_generations_by_status", "log_events_last_hour"):
-        print(f"{key.replace('_', ' ')}: " + ", ".join(f"{k} {v:,}" for k, v in stats[key].items()))
-    print("tables:")
-    for name, t in stats["tables"].items():
-        print(f"  {name:<18} ~{t['estimated_rows']:>12,} rows {t['total_bytes'] / 1024:>12,.0f} KiB")
-    return 0
-
-
-def _cmd_cleanup(args: argparse.Namespace) -> int:
-    from datalayer.maintenance import cleanup_old_data
-    from datalayer.pool import connection
-
-    with connection() as db:
-        result = cleanup_old_data(db, days=args.days, whole_days=args.whole_days)
-    print(
-        f"removed {result['system_logs']:,} log rows ({result['partitions_dropped']} day partitions dropped) "
-        f"older than {result['cutoff']}, and {result['cache_entries']:,} expired cache entries"
-    )
-    return 0
-
-
-def _cmd_backup(args: argparse.Namespace) -> int:
-    from datalayer.backup import backup_database_data
-    from datalayer.pool import connection
-
-    progress = _Progress()
-    with connection() as db:
-        backup_database_data(db, args.file, progress=progress)
-    progress.done()
-    print(f"backup written to {args.file}")
-    return 0
-
-
-def _cmd_restore(args: argparse.Namespace) -> int:
-    from datalayer.backup import restore_database_data
-    from datalayer.pool import connection
-
-    progress = _Progress()
-    with connection() as db:
-        counts = restore_database_data(db, args.file, progress=progress)
-    progress.done()
-    print("restored: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
-    return 0
-
-
-def _cmd_cache(args: argparse.Namespace) -> int:
-    from datalayer.cache import get_cache_manager
-
-    cache = get_cache_manager()
-    if args.action == "flush":
-        deleted = cache.flush(args.prefix)
-        print(f"flushed {deleted} Redis keys under {cache.keys.prefix}:{args.prefix or ''} (and the table)")
-        return 0
-    stats = cache.stats(probe=True)
-    if args.json:
-        print(json.dumps(stats, indent=2, default=str))
-    else:
-        print(
-            f"redis: {stats['redis']['url']} ({'reachable' if stats['redis']['ping'] else 'UNREACHABLE'}), "
-            f"breaker {stats['breaker']['state']}, generation {stats['generation']}"
-        )
-        print(f"table: {stats['table']['entries']} live entries")
-    return 0 if stats["redis"]["ping"] else 1
-
-
-def _cmd_roles(args: argparse.Namespace) -> int:
-    import os
-
-    from datalayer.pool import connection
-    from datalayer.roles import create_roles
-
-    with connection() as db:
-        created = create_roles(
-            db,
-            app_role=args.app_role,
-            readonly_role=args.readonly_role,
-            # from the environment, never argv (visible to every user in ps)
-            app_password=os.environ.get("DATALAYER_APP_PASSWORD") or None,
-            readonly_password=os.environ.get("DATALAYER_READONLY_PASSWORD") or None,
-        )
-    for role, new in created.items():
-        print(f"{role}: {'created' if new else 'exists'}, privileges granted")
-    return 0
+    try:
+        days = int(text)
+    except ValueError:
+        days = -1
+    if not 0 <= days <= MAX_AHEAD:
+        raise argparse.ArgumentTypeError(f"must be a whole number of days from 0 to {MAX_AHEAD}, got {text!r}")
+    return days
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``datalayer`` command (every command and argument with its help)."""
     parser = argparse.ArgumentParser(
         prog="datalayer",
         description="SQL-first data layer: migrations, health and maintenance. Settings come from the "
         "environment (DATABASE_URL, REDIS_URL, POOL_SIZE, … see .env.example); with no database setting "
-        "an embedded PostgreSQL is used.",
+        "an embedded PostgreSQL is used. Errors are one line on stderr and a non-zero exit code.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what datalayer does")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log datalayer's DEBUG messages to stderr (and tracebacks)"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of these; `datalayer COMMAND --help` explains it"
+    )
 
-    p = sub.add_parser("migrate", help="apply pending migrations and create log partitions ahead")
-    p.add_argument("--partitions-ahead", type=int, default=7, metavar="N", help="days of partitions (default 7)")
-    p.set_defaults(func=_cmd_migrate)
+    def command(name: str, text: str, more: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=(text[0].upper() + text[1:] + ". " + more).strip())
 
-    p = sub.add_parser("status", help="list migrations: applied, pending, or changed since applied")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_status)
+    p = command("migrate", "apply pending migrations and create log partitions ahead")
+    p.add_argument(
+        "--partitions-ahead", type=_days_ahead, default=7, metavar="N", help="days of partitions ahead (default 7)"
+    )
+    p.set_defaults(func=cmd.cmd_migrate)
 
-    p = sub.add_parser("plan", help="print the SQL that migrate would run, without running it")
+    p = command("status", "list migrations: applied, pending, or changed since applied", "Exit 1 on a change.")
+    p.add_argument("--json", action="store_true", help=_JSON_HELP)
+    p.set_defaults(func=cmd.cmd_status)
+
+    p = command("plan", "print the SQL that migrate would run, without running it")
     p.add_argument("--sql", action="store_true", help="print SQL (the default and only format)")
-    p.set_defaults(func=_cmd_plan)
+    p.set_defaults(func=cmd.cmd_plan)
 
-    p = sub.add_parser("health", help="check connectivity, migrations, partitions and indexes")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_health)
+    p = command("health", "check connectivity, migrations, partitions and indexes", "Exit 1 when unhealthy.")
+    p.add_argument("--json", action="store_true", help=_JSON_HELP)
+    p.set_defaults(func=cmd.cmd_health)
 
-    p = sub.add_parser("check", help="verify every query against a scratch migrated database (exit 1 on findings)")
-    p.set_defaults(func=_cmd_check)
+    p = command(
+        "check", "verify every query against a scratch migrated database", "Exit 1 on findings; each names its file."
+    )
+    p.set_defaults(func=cmd.cmd_check)
 
-    p = sub.add_parser("lint-migrations", help="run squawk's migration safety rules on migrations/")
-    p.set_defaults(func=_cmd_lint)
+    p = command("lint-migrations", "run squawk's migration safety rules on migrations/", "Exit 1 on problems.")
+    p.set_defaults(func=cmd.cmd_lint)
 
-    p = sub.add_parser("demo", help="run the end-to-end demo (embedded servers when nothing is configured)")
-    p.set_defaults(func=_cmd_demo)
+    p = command("demo", "run the end-to-end demo (embedded servers when nothing is configured)")
+    p.set_defaults(func=cmd.cmd_demo)
 
-    p = sub.add_parser("stats", help="row counts by status and level, table and partition sizes")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_stats)
+    p = command(
+        "stats",
+        "exact counts by status and level, table and partition sizes",
+        "Table row counts are the planner's estimates (labelled ~); counts by status and level are exact.",
+    )
+    p.add_argument("--json", action="store_true", help=_JSON_HELP)
+    p.set_defaults(func=cmd.cmd_stats)
 
-    p = sub.add_parser("cleanup", help="drop log partitions older than N days, purge expired cache entries")
+    p = command("cleanup", "drop log partitions older than N days, purge expired cache entries")
     p.add_argument("--days", type=int, default=30, metavar="N", help="keep the last N days of logs (default 30)")
     p.add_argument(
         "--whole-days",
         action="store_true",
         help="keep the cutoff's whole UTC day (drop partitions only, no row-by-row DELETE)",
     )
-    p.set_defaults(func=_cmd_cleanup)
+    p.set_defaults(func=cmd.cmd_cleanup)
 
-    p = sub.add_parser("backup", help="write every table to FILE (streaming, atomic)")
-    p.add_argument("file")
-    p.set_defaults(func=_cmd_backup)
+    p = command(
+        "backup",
+        "write every table to FILE from one snapshot (streaming, atomic)",
+        "The file is created readable by its owner only (it holds password hashes), written under a random "
+        "temporary name next to FILE and renamed into place; an existing FILE is replaced only once the "
+        "new one is complete. FILE must not be a symbolic link, directory or pipe.",
+    )
+    p.add_argument("file", metavar="FILE", help="the backup file to write (e.g. backup.json)")
+    p.set_defaults(func=cmd.cmd_backup)
 
-    p = sub.add_parser("restore", help="load FILE into an empty, migrated database in one transaction")
-    p.add_argument("file")
-    p.set_defaults(func=_cmd_restore)
+    p = command(
+        "restore",
+        "load FILE into an empty, migrated database in one transaction",
+        "Every section's count and checksum is checked, and compared with the rows PostgreSQL stored; a "
+        "damaged file changes nothing. Run `datalayer migrate` on the new database first.",
+    )
+    p.add_argument("file", metavar="FILE", help="a backup written by `datalayer backup` (a regular file)")
+    p.set_defaults(func=cmd.cmd_restore)
 
-    p = sub.add_parser("cache", help="the cache: stats, or flush keys under a prefix")
-    p.add_argument("action", choices=["stats", "flush"])
+    p = command("cache", "the cache: stats, or flush keys under a prefix")
+    p.add_argument("action", choices=["stats", "flush"], help="stats: reachability and counters; flush: delete keys")
     p.add_argument("--prefix", default=None, help="flush only keys under CACHE_PREFIX:<prefix> (e.g. user:)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_cache)
+    p.add_argument("--json", action="store_true", help=_JSON_HELP + " (stats)")
+    p.set_defaults(func=cmd.cmd_cache)
 
-    p = sub.add_parser("roles", help="create the application (DML only) and read-only roles, idempotently")
-    p.add_argument("action", choices=["create"])
-    p.add_argument("--app-role", default="datalayer_app")
-    p.add_argument("--readonly-role", default="datalayer_readonly")
-    p.set_defaults(func=_cmd_roles)
+    p = command(
+        "roles",
+        "create the application (DML only) and read-only roles, idempotently",
+        "Passwords come from DATALAYER_APP_PASSWORD and DATALAYER_READONLY_PASSWORD, never the command line.",
+    )
+    p.add_argument("action", choices=["create"], help="create the roles, or grant what is missing")
+    p.add_argument("--app-role", default="datalayer_app", help="the application role (default datalayer_app)")
+    p.add_argument(
+        "--readonly-role", default="datalayer_readonly", help="the read-only role (default datalayer_readonly)"
+    )
+    p.set_defaults(func=cmd.cmd_roles)
 
-    p = sub.add_parser("reset", help="roll back every migration and re-apply: ALL DATA IS LOST")
-    p.add_argument("--yes", action="store_true", help="confirm")
-    p.set_defaults(func=_cmd_reset)
+    p = command("reset", "roll back every migration and re-apply: ALL DATA IS LOST")
+    p.add_argument("--yes", action="store_true", help="confirm that every table and its data may be dropped")
+    p.set_defaults(func=cmd.cmd_reset)
 
-    p = sub.add_parser("partitions", help="system_log partitions: list, or create ahead")
-    p.add_argument("action", choices=["list", "maintain"])
-    p.add_argument("--ahead", type=int, default=7, metavar="N", help="days ahead for maintain (default 7)")
-    p.set_defaults(func=_cmd_partitions)
+    p = command("partitions", "system_log partitions: list, or create ahead")
+    p.add_argument(
+        "action", choices=["list", "maintain"], help="list: partitions and sizes; maintain: create missing ones"
+    )
+    p.add_argument("--ahead", type=_days_ahead, default=7, metavar="N", help="days ahead for maintain (default 7)")
+    p.set_defaults(func=cmd.cmd_partitions)
     return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    # datalayer's INFO (e.g. the migrations an embedded server got when it opened) is shown by default,
+    # its DEBUG with -v; other libraries stay at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _describe_settings() -> None:
+    from datalayer.config import Settings
+
+    try:
+        settings = Settings.from_env()
+    except DataLayerError:
+        return  # the command reports it
+    db = settings.database.display if settings.database else f"embedded (DATALAYER_HOME={settings.home})"
+    redis = settings.redis.display if settings.redis else "embedded"
+    log.debug("datalayer: database %s; redis %s", db, redis)
+
+
+def _explain(e: BaseException) -> str:
+    from datalayer._translate import describe_error
+
+    if isinstance(e, DataLayerError):
+        text = f"{type(e).__name__}: {e}"
+        if isinstance(e, QueryError) and e.sqlstate in _NOT_MIGRATED:
+            text += f"; {_MIGRATE_HINT}"
+        return text
+    if isinstance(e, psycopg.OperationalError) and e.sqlstate is None:
+        # libpq's connection failures carry no SQLSTATE
+        return (
+            f"cannot reach the database: {describe_error(e)}; check DATABASE_URL (host, port, database name, user) "
+            "and that the server is running"
+        )
+    if isinstance(e, psycopg.Error):
+        text = f"database error: {describe_error(e)}"
+        return text + (f"; {_MIGRATE_HINT}" if e.sqlstate in _NOT_MIGRATED else "")
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return f"internal error ({type(e).__name__}: {describe_error(e)}); run with -v for the traceback, and report it"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``datalayer`` command."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    _configure_logging(args.verbose)
     try:
+        _describe_settings()
+        log.debug("datalayer: running %s", args.command)
         code: int = args.func(args)
-    except DataLayerError as e:
-        print(f"datalayer: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        sys.stdout.flush()
     except KeyboardInterrupt:
+        print("datalayer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`datalayer status | head`): nothing left to say to it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"datalayer: {_explain(e)}", file=sys.stderr)
+        return 1 if isinstance(e, DataLayerError | psycopg.Error | OSError) else 70
     return code
 
 

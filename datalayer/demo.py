@@ -13,7 +13,7 @@ from datalayer.config import Settings
 from datalayer.health import check_database_health
 from datalayer.migrate import setup_database
 from datalayer.passwords import hash_password, verify_password
-from datalayer.pool import connection, default_pool
+from datalayer.pool import connection, default_pool, default_target
 from datalayer.repos import users as user_repo
 
 __all__ = ["run_demo"]
@@ -22,11 +22,13 @@ __all__ = ["run_demo"]
 def run_demo(echo: Callable[[str], object] = print) -> int:
     """Run the demo; returns a process exit code."""
     settings = Settings.from_env()
-    pool = default_pool()  # starts (and migrates) the embedded server when nothing is configured
+    # Migrate before the default pool opens: opening it on an embedded server migrates too, and the
+    # demo would then report "up to date" after applying everything.
+    applied = setup_database(settings=settings, target=default_target(settings))
+    pool = default_pool()
     target = pool.target
-    applied = setup_database(settings=settings, target=target)
     echo(f"database: {target.display}")
-    echo(f"migrations: {', '.join(applied) if applied else 'up to date'}")
+    echo(f"migrations: applied {', '.join(applied)}" if applied else "migrations: up to date (none pending)")
     name = f"demo_{uuid.uuid4().hex[:8]}"
     password = uuid.uuid4().hex
     with connection(pool) as db:

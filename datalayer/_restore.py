@@ -1,0 +1,316 @@
+"""Restore: every line of a backup file checked, loaded into empty tables in one transaction.
+
+The file is hostile input: each field of the header and of the control lines is checked for type and
+value, each section's row count is compared with the count of rows PostgreSQL itself stored (COPY's
+row count), and anything the writer never produces (an end-of-data line, a carriage return, a
+byte-order mark, bytes after the end marker) is refused, naming the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+import psycopg
+from psycopg import sql
+
+from datalayer._backup_format import (
+    BACKUP_FORMAT_VERSION,
+    BACKUP_TABLES,
+    CONTROL_PREFIX,
+    READABLE_VERSIONS,
+    Progress,
+    columns_of,
+    copy_sql,
+    require_schema,
+)
+from datalayer._restore_stage import create_stage, derived_columns, unstage
+from datalayer._translate import is_connection_lost, translate
+from datalayer.errors import BackupError
+from datalayer.transactions import transaction
+
+log = logging.getLogger("datalayer")
+
+_MAX_CONTROL_BYTES = 1 << 20
+_MAX_ROW_BYTES = 1 << 30  # PostgreSQL refuses a longer COPY line anyway
+_BOM = b"\xef\xbb\xbf"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def restore_from(db: psycopg.Connection[Any], source: Path, progress: Progress | None) -> dict[str, int]:
+    """``restore_database_data`` (see there)."""
+    with _open_regular(source) as f:
+        reader = _Reader(f, source)
+        reader.header()
+        try:
+            with transaction(db):
+                db.execute("SET LOCAL statement_timeout = 0")
+                require_schema(db, "restore into")
+                _check_empty(db)
+                counts = {table: _restore_table(db, reader, table, progress) for table in BACKUP_TABLES}
+                reader.end(counts)
+                _reset_identities(db)
+        except psycopg.Error as e:
+            raise translate(e, conn=db) from e
+    return counts
+
+
+def _open_regular(source: Path) -> BinaryIO:
+    # O_NONBLOCK: opening a FIFO must not hang waiting for a writer before we can refuse it.
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise BackupError(f"cannot read the backup {source}: {e.strerror}") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BackupError(
+                f"{source} is not a regular file (a directory, pipe or device); restore reads a backup "
+                "file: save the stream to a file first"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _Reader:
+    """Lines of a backup file with their numbers, for error messages."""
+
+    def __init__(self, f: BinaryIO, source: Path) -> None:
+        self.f = f
+        self.source = source
+        self.line = 0
+
+    def next_line(self, limit: int) -> bytes:
+        raw = self.f.readline(limit + 1)
+        if raw:
+            self.line += 1
+            if len(raw) > limit:
+                raise BackupError(f"line {self.line} is longer than {limit:,} bytes: not a backup line", line=self.line)
+            if b"\r" in raw:
+                raise BackupError(
+                    f"line {self.line} holds a carriage return, which a backup never does: the file was "
+                    "altered (converted to Windows line endings?); copy backups as binary files",
+                    line=self.line,
+                )
+        return raw
+
+    def control(self, expected: str, raw: bytes | None = None) -> dict[str, Any]:
+        if raw is None:
+            raw = self.next_line(_MAX_CONTROL_BYTES)
+        if not raw.endswith(b"\n"):
+            raise BackupError(
+                f"the backup is truncated: it ends at line {self.line}, where a {expected!r} marker was expected",
+                line=self.line,
+            )
+        if not raw.startswith(CONTROL_PREFIX):
+            raise BackupError(f"line {self.line}: expected a {expected!r} marker", line=self.line)
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackupError(f"line {self.line}: the {expected!r} marker is not valid JSON", line=self.line) from None
+        if not isinstance(doc, dict) or doc.get("__datalayer__") != expected:
+            found = doc.get("__datalayer__") if isinstance(doc, dict) else None
+            raise BackupError(f"line {self.line}: expected a {expected!r} marker, found {_show(found)}", line=self.line)
+        return doc
+
+    def header(self) -> None:
+        raw = self.next_line(_MAX_CONTROL_BYTES)
+        if raw.startswith(_BOM):
+            raise BackupError(
+                f"{self.source} starts with a byte-order mark, which a backup never does: it was re-saved by "
+                "an editor; restore the original file",
+                line=1,
+            )
+        try:
+            doc = self.control("backup", raw)
+        except BackupError as e:
+            raise BackupError(f"{self.source} is not a datalayer backup ({e})", line=1) from None
+        version = doc.get("format_version")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, READABLE_VERSIONS))
+            newer = type(version) is int and version > BACKUP_FORMAT_VERSION
+            raise BackupError(
+                f"{self.source} has backup format {_show(version)}"
+                + ("; it was written by a newer datalayer: upgrade datalayer to restore it" if newer else "")
+                + f" (this datalayer reads formats {readable})",
+                line=1,
+            )
+        tables = doc.get("tables")
+        if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+            raise BackupError("line 1: the header's tables are not a list of table names", line=1)
+        seen: set[str] = set()
+        for t in tables:
+            if t not in BACKUP_TABLES:
+                raise BackupError(
+                    f"line 1: the header names an unknown table {_show(t)} (a backup holds {', '.join(BACKUP_TABLES)})",
+                    line=1,
+                )
+            if t in seen:
+                raise BackupError(f"line 1: the header names table {t} twice", line=1)
+            seen.add(t)
+        if tuple(tables) != BACKUP_TABLES:
+            raise BackupError(
+                f"line 1: the header names the tables {', '.join(tables) or 'none'}; a backup holds "
+                f"{', '.join(BACKUP_TABLES)}, in this order",
+                line=1,
+            )
+
+    def end(self, counts: dict[str, int]) -> None:
+        doc = self.control("end")
+        rows = doc.get("rows")
+        if not isinstance(rows, dict) or any(type(v) is not int for v in rows.values()) or rows != counts:
+            raise BackupError(
+                f"line {self.line}: the end marker's row counts do not match the sections", line=self.line
+            )
+        if self.f.read(1):
+            raise BackupError(
+                f"line {self.line + 1}: data after the end marker; the file was altered or two files were joined",
+                line=self.line + 1,
+            )
+
+
+def _check_empty(db: psycopg.Connection[Any]) -> None:
+    for table in BACKUP_TABLES:
+        row = db.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))).fetchone()
+        if row and row[0]:
+            raise BackupError(
+                f"restore needs empty tables, and {table} has rows; restore into a freshly "
+                "migrated database (datalayer reset --yes empties this one)"
+            )
+
+
+def _restore_table(db: psycopg.Connection[Any], reader: _Reader, table: str, progress: Progress | None) -> int:
+    head = reader.control("table")
+    start = reader.line
+    if head.get("name") != table:
+        raise BackupError(f"line {start}: expected the section of {table}, found {_show(head.get('name'))}", line=start)
+    columns = head.get("columns")
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns):
+        raise BackupError(f"line {start}: the {table} section has no column list", line=start)
+    if len(set(columns)) != len(columns):
+        raise BackupError(f"line {start}: the {table} section names a column twice", line=start)
+    known = columns_of(db, table)
+    missing = [c for c in columns if c not in known]
+    if missing:
+        raise BackupError(
+            f"line {start}: {table} has no column {_show(missing[0])} in this database; migrate it to the "
+            "backup's schema first",
+            line=start,
+        )
+    derived = derived_columns(table, known)
+    stage = f"datalayer_restore_{table}" if derived or table == "system_log" else None
+    if stage:
+        create_stage(db, table, stage, derived)
+    rows = _copy_section(db, reader, table, columns, stage=stage, progress=progress)
+    if stage:
+        try:
+            unstage(db, table, stage, known, derived=derived, rows=rows)
+        except psycopg.Error as e:
+            if is_connection_lost(e, db):
+                raise
+            raise BackupError(
+                f"lines {start + 1}-{reader.line - 1}: {table} rows refused: {e.diag.message_primary or e}"
+            ) from e
+    log.debug("datalayer: restored %d %s rows (lines %d-%d)", rows, table, start + 1, reader.line - 1)
+    if progress:
+        progress(table, rows)
+    return rows
+
+
+def _copy_section(
+    db: psycopg.Connection[Any],
+    reader: _Reader,
+    table: str,
+    columns: list[str],
+    *,
+    stage: str | None,
+    progress: Progress | None,
+) -> int:
+    start = reader.line
+    digest, rows, pending, size = hashlib.sha256(), 0, [], 0
+    cur = db.cursor()
+    try:
+        with cur.copy(copy_sql(table, columns, "FROM", into=stage)) as copy:
+            while True:
+                raw = reader.next_line(_MAX_ROW_BYTES)
+                if not raw or raw.startswith(CONTROL_PREFIX):
+                    break
+                if not raw.endswith(b"\n"):
+                    raise BackupError(f"the backup is truncated inside {table} at line {reader.line}", line=reader.line)
+                if raw.startswith(b"\\."):
+                    # COPY reads \. as the end of its data: the server would stop there while we go on.
+                    raise BackupError(
+                        f"line {reader.line}: an end-of-data line (\\.) inside the {table} section, which a "
+                        "backup never holds: the file was altered",
+                        line=reader.line,
+                    )
+                pending.append(raw)
+                size += len(raw)
+                if size >= 1 << 20:
+                    rows += _feed(copy, digest, pending)
+                    pending, size = [], 0
+                    if progress:
+                        progress(table, rows)
+            rows += _feed(copy, digest, pending)
+    except psycopg.Error as e:
+        if is_connection_lost(e, db):
+            raise
+        where = _copy_line(e)
+        line = start + where if where else None
+        raise BackupError(f"line {line or '?'}: {table} row refused: {e.diag.message_primary or e}", line=line) from e
+    if not raw:
+        raise BackupError(
+            f"the backup is truncated: the {table} section has no end marker (last line {reader.line})",
+            line=reader.line,
+        )
+    end = reader.control("end_table", raw)
+    if end.get("name") != table:
+        raise BackupError(f"line {reader.line}: expected the end marker of {table}", line=reader.line)
+    recorded = end.get("rows")
+    if type(recorded) is not int or recorded != rows or end.get("sha256") != digest.hexdigest():
+        raise BackupError(
+            f"lines {start + 1}-{reader.line - 1}: the {table} rows do not match their recorded count "
+            f"and checksum ({rows} read, {_show(recorded)} recorded): the file is corrupt",
+            line=reader.line,
+        )
+    if cur.rowcount != rows:
+        raise BackupError(
+            f"lines {start + 1}-{reader.line - 1}: PostgreSQL stored {cur.rowcount} {table} rows where the "
+            f"section holds {rows}: the file was altered",
+            line=reader.line,
+        )
+    return rows
+
+
+def _feed(copy: Any, digest: Any, lines: list[bytes]) -> int:
+    data = b"".join(lines)
+    digest.update(data)
+    copy.write(data)
+    return len(lines)
+
+
+def _copy_line(e: psycopg.Error) -> int | None:
+    m = re.search(r"line (\d+)", e.diag.context or "")
+    return int(m.group(1)) if m else None
+
+
+def _reset_identities(db: psycopg.Connection[Any]) -> None:
+    # Rows came with their ids: move each identity sequence past the largest one.
+    for table in BACKUP_TABLES:
+        db.execute(
+            sql.SQL(
+                "SELECT setval(pg_get_serial_sequence({t}, 'id'), coalesce(max(id), 1), max(id) IS NOT NULL) FROM {i}"
+            ).format(t=sql.Literal(table), i=sql.Identifier(table))
+        )
