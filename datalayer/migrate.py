@@ -109,6 +109,17 @@ def _migrations() -> Any:
 
 
 @contextmanager
+def _reading(target: DatabaseTarget, what: str) -> Iterator[psycopg.Connection[Any]]:
+    """A read-only look at ``target``: any failure to reach or read it is a MigrationError."""
+    try:
+        with psycopg.connect(**_connect_params(target), autocommit=True) as conn:
+            conn.read_only = True
+            yield conn
+    except psycopg.Error as e:
+        raise MigrationError(f"cannot {what} {target.display}: {describe_error(e)}") from None
+
+
+@contextmanager
 def _migration_lock(target: DatabaseTarget) -> Iterator[psycopg.Connection[Any]]:
     """Serialise migrators across processes; yields a spare autocommit connection."""
     params = _connect_params(target)
@@ -179,6 +190,9 @@ def setup_database(
     Returns the ids of the migrations applied (empty when up to date). Raises MigrationError, changing
     nothing, when an applied migration's file changed since.
     """
+    from datalayer.partitions import DEFAULT_AHEAD, check_ahead, ensure_log_partitions
+
+    ahead = check_ahead(DEFAULT_AHEAD if partitions_ahead is None else partitions_ahead, "partitions_ahead")
     settings, target = _settings_and_target(settings, target)
     directory = migrations_dir()
     applied: list[str] = []
@@ -201,9 +215,7 @@ def setup_database(
             backend.connection.close()
         with conn.transaction():
             _ledger.record(conn, directory)
-        from datalayer.partitions import DEFAULT_AHEAD, ensure_log_partitions
-
-        ensure_log_partitions(conn, ahead=DEFAULT_AHEAD if partitions_ahead is None else partitions_ahead)
+        ensure_log_partitions(conn, ahead=ahead)
     return applied
 
 
@@ -241,8 +253,7 @@ def reset_database(
 def migration_status(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[MigrationState]:
     """Every known migration: applied or not, when, and whether its file changed since."""
     settings, target = _settings_and_target(settings, target)
-    params = _connect_params(target)
-    with psycopg.connect(**params, autocommit=True) as conn:
+    with _reading(target, "read the migration state of") as conn:
         issues = {i.migration_id: i for i in _ledger.changed(conn, migrations_dir())}
         applied = _ledger._applied(conn)
     ids = [m.id for m in _migrations()]
@@ -265,13 +276,13 @@ def migration_status(*, settings: Settings | None = None, target: DatabaseTarget
 
 
 def plan_sql(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> str:
-    """The SQL ``setup_database`` would run now, in order, without running it."""
+    """The SQL ``setup_database`` would run now, in order, without running it (nothing is written)."""
+    from yoyo.migrations import topological_sort
+
     settings, target = _settings_and_target(settings, target)
-    backend = yoyo_backend(target)
-    try:
-        pending = backend.to_apply(_migrations())
-    finally:
-        backend.connection.close()
+    with _reading(target, "plan the migrations of") as conn:
+        applied = _ledger._applied(conn)
+    pending = list(topological_sort(m for m in _migrations() if m.id not in applied))
     out: list[str] = []
     for m in pending:
         m.load()
@@ -298,6 +309,9 @@ def _step_sql(wrapper: Any) -> Iterator[str]:
     apply = getattr(inner, "_apply", None)
     if isinstance(apply, str):
         yield apply
+    elif callable(apply):  # a Python step: only named, it cannot be printed ahead
+        name = getattr(apply, "__qualname__", "step")
+        yield f"-- python step {name}: its SQL depends on the data; datalayer migrate runs it"
 
 
 def wait_for_server(target: DatabaseTarget, timeout: float = 30.0) -> None:

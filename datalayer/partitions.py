@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_AHEAD",
     "LogPartition",
     "PartitionKeeper",
+    "check_ahead",
     "ensure_log_partitions",
     "keep_ahead",
     "list_log_partitions",
@@ -78,14 +79,20 @@ def partition_days(ahead: int, *, today: date | None = None) -> list[date]:
     return [start + timedelta(days=i) for i in range(ahead + 1)]
 
 
+def check_ahead(ahead: object, name: str = "ahead") -> int:
+    """A number of days ahead to keep partitions for, or ValidationError."""
+    if type(ahead) is not int or not 0 <= ahead <= MAX_AHEAD:
+        raise ValidationError({name: f"must be an integer between 0 and {MAX_AHEAD}"})
+    return ahead
+
+
 def ensure_log_partitions(db: psycopg.Connection[Any], *, ahead: int = DEFAULT_AHEAD, today: date | None = None) -> int:
     """Create the missing day partitions from today (UTC) to ``ahead`` days ahead; returns how many it created.
 
     Rows already waiting in the default partition for those days move into them. ``today`` defaults
     to the current UTC day.
     """
-    if type(ahead) is not int or not 0 <= ahead <= MAX_AHEAD:
-        raise ValidationError({"ahead": f"must be an integer between 0 and {MAX_AHEAD}"})
+    check_ahead(ahead)
     if today is not None and (type(today) is not date):
         raise ValidationError({"today": "must be a date"})
     days = partition_days(ahead, today=today)

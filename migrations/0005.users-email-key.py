@@ -24,7 +24,7 @@ from yoyo import step
 from datalayer.errors import MigrationError, ValidationError
 from datalayer.text import email_key
 
-__depends__ = {"0003.cache-entries"}
+__depends__ = {"0004.harden-definer-functions"}
 
 _LIMITS = ["SET LOCAL lock_timeout = '10s'", "SET LOCAL statement_timeout = '10min'"]
 

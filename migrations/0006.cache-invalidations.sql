@@ -1,4 +1,4 @@
--- depends: 0003.cache-entries
+-- depends: 0005.users-email-key
 --
 -- Cache invalidations that may not have reached Redis. A writer records its invalidations here in
 -- the same transaction as the write, and forgets them once Redis took them; when Redis could not be

@@ -19,6 +19,7 @@ from helpers import MIGRATION_IDS, ROOT, clean_env, url_of
 
 from datalayer import (
     MigrationError,
+    ValidationError,
     check_database_health,
     ensure_log_partitions,
     list_log_partitions,
@@ -186,10 +187,25 @@ def test_plan_prints_pending_sql_without_running(empty_target: DatabaseTarget) -
     assert sql.index("-- migration 0001.core-tables") < sql.index("-- migration 0002.system-log")
     assert "CREATE TABLE users" in sql and "CREATE TABLE cache_entries" in sql
     assert "SELECT datalayer_ensure_log_partition(" in sql
-    assert _tables(empty_target) == set()
+    assert "-- python step" in sql  # a Python migration is named, not silently empty
+    with _conn(empty_target) as c:  # nothing written, not even yoyo's own tables
+        assert c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
     setup_database(target=empty_target, settings=s)
     after = plan_sql(target=empty_target, settings=s)
     assert "-- migration" not in after
+
+
+def test_status_and_plan_of_an_unreachable_database_are_migration_errors(empty_target: DatabaseTarget) -> None:
+    missing = DatabaseTarget(params={**empty_target.params, "dbname": "dl_no_such_db"}, password=empty_target.password)
+    for call in (migrate_mod.migration_status, plan_sql):
+        with pytest.raises(MigrationError, match="dl_no_such_db"):
+            call(target=missing, settings=settings_for_tests())
+
+
+def test_bad_partitions_ahead_is_refused_before_migrating(empty_target: DatabaseTarget) -> None:
+    with pytest.raises(ValidationError, match="partitions_ahead"):
+        setup_database(target=empty_target, settings=settings_for_tests(), partitions_ahead=-1)
+    assert _tables(empty_target) == set()
 
 
 def test_partitions_ahead_and_waiting_rows(db: psycopg.Connection[Any]) -> None:

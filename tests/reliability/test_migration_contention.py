@@ -104,7 +104,7 @@ def test_kill_9_mid_migration_recovers_by_itself(empty: DatabaseTarget, slow_mig
     again = _spawn(slow_migrations, empty)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
-    assert json.loads(out) == ["0004.slow"]
+    assert json.loads(out) == ["0099.slow"]
     assert "cleared a stale migration lock" in err and "no longer exists" in err
     with _conn(empty) as c:
         assert c.execute("SELECT to_regclass('slow_marker') IS NOT NULL").fetchone() == (True,)
@@ -119,4 +119,4 @@ def test_edited_applied_migration_refused_across_processes(empty: DatabaseTarget
     second = _spawn(slow_migrations, empty)
     _, err = second.communicate(timeout=120)
     assert second.returncode != 0
-    assert "0004.slow changed since it was applied" in err
+    assert "0099.slow changed since it was applied" in err
