@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,11 +81,16 @@ def _live(users: list[str]) -> list[str]:
 
 
 def _write_users(home: Path, users: list[str]) -> None:
-    tmp = home / f"{USERS_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(users, f)
-    os.replace(tmp, home / USERS_FILE)
+    # A random name created exclusively (mkstemp: O_EXCL, 0600), so nothing planted there is followed.
+    fd, tmp = tempfile.mkstemp(prefix=f".{USERS_FILE}.", suffix=".tmp", dir=home)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(users, f)
+        os.replace(tmp, home / USERS_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def add_lease(home: Path, user: str) -> None:
