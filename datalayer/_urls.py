@@ -2,7 +2,8 @@
 
 One place decides which libpq keywords exist (the linked libpq's own list), which of them are secret
 (libpq marks them), which values each accepts, which hosts are remote, what datalayer adds for safety
-when the user said nothing, and how a URL is split without ever echoing its user-info.
+when the user said nothing, and how a URL is split without ever echoing its user-info (the Redis
+URL's own rules are in ``_redis_urls``).
 """
 
 from __future__ import annotations
@@ -11,40 +12,17 @@ import functools
 import ipaddress
 import re
 from collections.abc import Mapping
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from datalayer._validators import INT_MAX
+from datalayer._validators import INT_MAX, check_text
 from datalayer.errors import ConfigError
 
 PG_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+psycopg"})
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-# Redis parameters carrying a secret (AUTH password, TLS key passphrase): never shown.
-REDIS_SECRETS = frozenset({"password", "ssl_password"})
-# REDIS_URL query parameters handed to redis-py. redis-py lets URL options override its keyword
-# arguments, so anything else (timeouts, retries, host, username, client name) would silently undo
-# what datalayer sets or point at another server.
-_REDIS_TLS_QUERY = frozenset(
-    {
-        "ssl_cert_reqs",
-        "ssl_ca_certs",
-        "ssl_ca_path",
-        "ssl_certfile",
-        "ssl_keyfile",
-        "ssl_password",
-        "ssl_check_hostname",
-    }
-)
-_REDIS_QUERY = _REDIS_TLS_QUERY | {"db", "password"}
-_REDIS_CHOICES = {
-    "ssl_cert_reqs": ("none", "optional", "required"),
-    "ssl_check_hostname": ("true", "false", "1", "0", "yes", "no"),
-}
-
 # libpq keywords datalayer sets on every connection itself: a value in the URL would be overridden.
 _OWNED = {
     "options": "set STATEMENT_TIMEOUT, LOCK_TIMEOUT and IDLE_IN_TRANSACTION_TIMEOUT instead "
@@ -111,13 +89,16 @@ def is_host(value: str) -> bool:
     return len(value) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
-def _is_socket(value: str) -> bool:
+def is_socket(value: str) -> bool:
     # A unix-socket directory (absolute path) or a Linux abstract socket name.
     return value[:1] in ("/", "@") and len(value) > 1 and value.isprintable()
 
 
 def _is_local(value: str) -> bool:
-    if _is_socket(value) or value.lower().removesuffix(".") == "localhost":
+    # Only what never leaves this machine whatever DNS says: a socket, a loopback address, and exactly
+    # "localhost" (from /etc/hosts). "localhost." or "LOCALHOST" may be looked up in DNS, so whoever
+    # answers DNS would choose the server: remote.
+    if is_socket(value) or value == "localhost":
         return True
     try:
         return ipaddress.ip_address(value).is_loopback
@@ -125,11 +106,11 @@ def _is_local(value: str) -> bool:
         return False
 
 
-def _err(variable: str, message: str) -> ConfigError:
+def config_error(variable: str, message: str) -> ConfigError:
     return ConfigError(f"{variable} {message}", variable=variable)
 
 
-def _shown(value: str) -> str:
+def shown(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:40] + "...")
 
 
@@ -138,8 +119,8 @@ def check_port(raw: str, variable: str, *, echo: bool = True) -> str:
     for part in raw.split(","):
         text = part.strip()
         if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
-            got = f", got {_shown(text)}" if echo else ""
-            raise _err(variable, f"must be a port number between 1 and 65535{got}")
+            got = f", got {shown(text)}" if echo else ""
+            raise config_error(variable, f"must be a port number between 1 and 65535{got}")
     return ",".join(p.strip() for p in raw.split(","))
 
 
@@ -157,13 +138,13 @@ def checked_pg_params(
     for key, value in params.items():
         var = (variables or {}).get(key, default)
         if key not in known:
-            raise _err(var, f"has {key!r}, which is not a libpq connection parameter")
+            raise config_error(var, f"has {key!r}, which is not a libpq connection parameter")
         if key == "password":
-            raise _err(var, "holds the password among the parameters; pass it apart (password=Secret(...))")
+            raise config_error(var, "holds the password among the parameters; pass it apart (password=Secret(...))")
         if key in _OWNED:
-            raise _err(var, f"sets {key}, which datalayer sets on every connection; {_OWNED[key]}")
+            raise config_error(var, f"sets {key}, which datalayer sets on every connection; {_OWNED[key]}")
         if not isinstance(value, str) or "\x00" in value:
-            raise _err(var, f"has a {key} that is not text (or holds a NUL character)")
+            raise config_error(var, f"has a {key} that is not text (or holds a NUL character)")
         _check_value(key, value, var)
         out[key] = value
     _check_lists(out, variables or {}, default)
@@ -193,40 +174,40 @@ def _libpq_accepts(params: Mapping[str, str], variable: str) -> None:
     finally:
         conn.finish()
     if message and not message.startswith(f'connection to server on socket "{_NOWHERE}/'):
-        raise _err(variable, f"is refused by libpq: {message.splitlines()[0]}")
+        raise config_error(variable, f"is refused by libpq: {message.splitlines()[0]}")
 
 
 def _check_value(key: str, value: str, var: str) -> None:
     if key in _CHOICES:
         if value not in _CHOICES[key]:
-            raise _err(var, f"has {key} {_shown(value)}; use one of {', '.join(_CHOICES[key])}")
+            raise config_error(var, f"has {key} {shown(value)}; use one of {', '.join(_CHOICES[key])}")
     elif key in _SECONDS:
         if not (value.isascii() and value.isdigit() and int(value) <= INT_MAX):
-            raise _err(var, f"has {key} {_shown(value)}; use a whole number from 0 to {INT_MAX}")
+            raise config_error(var, f"has {key} {shown(value)}; use a whole number from 0 to {INT_MAX}")
     elif key == "require_auth":
         items = value.split(",")
         negated = {i.startswith("!") for i in items}
         names = [i.removeprefix("!") for i in items]
         if len(negated) != 1 or len(set(names)) != len(names) or not all(n in _AUTH_METHODS for n in names):
-            raise _err(
+            raise config_error(
                 var,
-                f"has require_auth {_shown(value)}; use a comma-separated list of {', '.join(_AUTH_METHODS)}, "
+                f"has require_auth {shown(value)}; use a comma-separated list of {', '.join(_AUTH_METHODS)}, "
                 "all or none prefixed with '!'",
             )
     elif key == "host":
-        if not all(is_host(h) or _is_socket(h) for h in value.split(",")):
-            raise _err(
+        if not all(is_host(h) or is_socket(h) for h in value.split(",")):
+            raise config_error(
                 var,
                 "must be a host name, an IP address or a socket directory (an absolute path), "
                 "or a comma-separated list of them",
             )
     elif key == "hostaddr":
         if not all(_is_ip(h) for h in value.split(",")):
-            raise _err(var, "has a hostaddr that is not an IP address (or a comma-separated list of them)")
+            raise config_error(var, "has a hostaddr that is not an IP address (or a comma-separated list of them)")
     elif key == "port":
         check_port(value, var, echo=False)
     elif not value.isprintable():
-        raise _err(var, f"has a {key} holding control characters")
+        raise config_error(var, f"has a {key} holding control characters")
 
 
 def _is_ip(value: str) -> bool:
@@ -241,9 +222,9 @@ def _check_lists(params: Mapping[str, str], variables: Mapping[str, str], defaul
     # libpq pairs hosts, addresses and ports by position: a count it cannot pair fails only at connect.
     hosts = len(params.get("hostaddr", params.get("host", "")).split(","))
     if "host" in params and "hostaddr" in params and len(params["host"].split(",")) != hosts:
-        raise _err(variables.get("hostaddr", default), "must list as many addresses as there are hosts")
+        raise config_error(variables.get("hostaddr", default), "must list as many addresses as there are hosts")
     if "port" in params and len(params["port"].split(",")) not in (1, hosts):
-        raise _err(variables.get("port", default), "must be one port, or one port per host")
+        raise config_error(variables.get("port", default), "must be one port, or one port per host")
 
 
 def _remote(params: Mapping[str, str]) -> bool:
@@ -263,7 +244,7 @@ def check_userinfo(url: str, variable: str) -> str:
     rest = url.partition("://")[2]
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     if "@" in rest[end:] or rest[:end].count("@") > 1:
-        raise _err(
+        raise config_error(
             variable,
             "has an '@' after the host: percent-encode '/', '?', '#' and '@' in the user name and password "
             "(urllib.parse.quote(password, safe='')), and '@' anywhere else",
@@ -277,97 +258,49 @@ def scheme_of(url: str, schemes: frozenset[str], variable: str, example: str) ->
     if sep and scheme.lower() in schemes:
         return scheme.lower()
     shown = repr(scheme) if sep and _SCHEME.fullmatch(scheme) else "(none)" if not sep else "(invalid)"
-    raise _err(variable, f"has scheme {shown}; use {example}")
+    raise config_error(variable, f"has scheme {shown}; use {example}")
 
 
 def parse_database_url(url: str, variable: str = "DATABASE_URL") -> tuple[dict[str, str], str | None]:
     """libpq parameters and the password from a postgresql:// URL (parameters not yet checked)."""
+    check_text(variable, url)
     scheme_of(url, PG_SCHEMES, variable, "postgresql://user:password@host:port/dbname")
     rest = check_userinfo(url, variable)
-    try:
-        parsed = conninfo_to_dict("postgresql://" + rest)
-    except psycopg.ProgrammingError:
-        parsed = None  # libpq's message may quote the URL, password included: raised below, without it
-    if parsed is None:
-        raise _err(
+    base, _, query = rest.partition("?")
+    parsed, named = _libpq_uri(rest), _libpq_uri(base)
+    if parsed is None or named is None:
+        raise config_error(
             variable,
             "is not a valid PostgreSQL URL; expected postgresql://user:password@host:port/dbname "
             "(percent-encode special characters in the password, and use only libpq's parameter names)",
+        )
+    # libpq keeps the last of a parameter given twice: a later ?sslmode=disable would quietly undo an
+    # earlier verify-full. Names only: libpq has accepted every one of them as its own keyword.
+    keys = [_URI_ALIASES.get(k, k) for k in (unquote(p.partition("=")[0]) for p in query.split("&") if p)]
+    twice = sorted({k for k in keys if keys.count(k) > 1} | (set(keys) & {k for k, v in named.items() if v}))
+    if twice:
+        raise config_error(
+            variable, f"gives {', '.join(twice)} twice (in the query, or in the query and the URL); keep one"
         )
     params = {k: str(v) for k, v in parsed.items() if v is not None}
     return params, params.pop("password", None)
 
 
-def parse_redis_url(url: str, variable: str = "REDIS_URL") -> tuple[str, str | None]:
-    """A clean redis-py URL (no password) and the password, from REDIS_URL; ConfigError when malformed."""
-    scheme = scheme_of(url, REDIS_SCHEMES, variable, "redis://, rediss:// or unix://")
-    check_userinfo(url, variable)
+# libpq's URI query aliases: ?ssl=true means sslmode=require (JDBC's spelling).
+_URI_ALIASES = {"ssl": "sslmode"}
+
+
+def _libpq_uri(rest: str) -> dict[str, object] | None:
     try:
-        parts = urlsplit(url)
-        port, hostname, user, secret = parts.port, parts.hostname, parts.username, parts.password
-    except ValueError:
-        raise _err(variable, "has an invalid host or port (an IPv6 address goes in brackets)") from None
-    if parts.fragment:
-        raise _err(variable, "must not have a '#' fragment (percent-encode '#' in a password as %23)")
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = dict(pairs)
-    if len(query) != len(pairs):
-        raise _err(variable, "names a query parameter twice")
-    for key, value in query.items():
-        if key not in _REDIS_QUERY:
-            raise _err(
-                variable,
-                f"has query parameter {_shown(key)}; datalayer sets timeouts, retries and the client name "
-                f"itself and passes only {', '.join(sorted(_REDIS_QUERY))}",
-            )
-        if key in _REDIS_TLS_QUERY and scheme != "rediss":
-            raise _err(variable, f"has {key}, which applies to rediss:// (TLS) only")
-        if key in _REDIS_CHOICES and value.lower() not in _REDIS_CHOICES[key]:
-            raise _err(variable, f"has {key} {_shown(value)}; use one of {', '.join(_REDIS_CHOICES[key])}")
-    password = unquote(secret) if secret is not None else None
-    if "password" in query:
-        if password is not None:
-            raise _err(variable, "gives a password twice (before the host and as ?password=)")
-        password = query.pop("password")
-    path_db = unquote(parts.path).strip("/") if scheme != "unix" else ""
-    if path_db and "db" in query:
-        raise _err(variable, "gives the database twice (in the path and as ?db=)")
-    if path_db or "db" in query:
-        query["db"] = str(redis_db(path_db or query["db"], variable))
-    if scheme == "unix":
-        if not _is_socket(unquote(parts.path)) or parts.netloc.rpartition("@")[2]:
-            raise _err(variable, "must be unix:///absolute/path/to/redis.sock")
-        location = quote(unquote(parts.path))
-    else:
-        if hostname is None or not is_host(unquote(hostname)):
-            raise _err(variable, "must name a host (a host name or an IP address)")
-        location = netloc(unquote(hostname), port)
-    if user:
-        username = unquote(user)
-        if not username.isprintable() or " " in username:
-            raise _err(variable, "has a user name with spaces or control characters")
-        location = f"{quote(username, safe='')}@{location}"
-    db = query.pop("db", None)
-    path = location if scheme == "unix" else f"{location}/{db}" if db is not None else location
-    if scheme == "unix" and db is not None:
-        query = {"db": db, **query}
-    return f"{scheme}://{path}" + (f"?{urlencode(query)}" if query else ""), password
+        return dict(conninfo_to_dict("postgresql://" + rest))
+    except psycopg.ProgrammingError:
+        return None  # libpq's message may quote the URL, password included: the caller raises without it
 
 
 def netloc(host: str, port: int | str | None) -> str:
     """``host[:port]`` for a URL, an IPv6 address in brackets."""
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}" if port not in (None, "") else shown
-
-
-def redis_db(raw: str, variable: str) -> int:
-    """A Redis database number, 0 to 15."""
-    if not (raw.isascii() and raw.isdigit()):
-        raise _err(variable, f"must name a Redis database number (0 to 15), got {_shown(raw)}")
-    db = int(raw)
-    if not 0 <= db <= 15:
-        raise _err(variable, f"database must be between 0 and 15, got {db}")
-    return db
 
 
 def pg_display(params: Mapping[str, str], has_password: bool) -> str:
@@ -377,7 +310,7 @@ def pg_display(params: Mapping[str, str], has_password: bool) -> str:
     host, port = p.pop("host", ""), p.pop("port", "")
     user, dbname = p.pop("user", ""), p.pop("dbname", "")
     auth = f"{quote(user, safe='')}{':***' if has_password else ''}@" if user or has_password else ""
-    if _is_socket(host) or "," in host:  # socket directories and host lists go in the query, as libpq allows
+    if is_socket(host) or "," in host:  # socket directories and host lists go in the query, as libpq allows
         p["host"] = host
         if port:
             p["port"] = port
@@ -392,17 +325,3 @@ def pg_repr(params: Mapping[str, str]) -> str:
     """repr of libpq parameters with secret values masked."""
     secrets = pg_secret_params()
     return repr({k: ("***" if k in secrets else v) for k, v in params.items()})
-
-
-def redis_display(url: str) -> str:
-    """A Redis URL for humans and logs: password and every secret query parameter masked."""
-    try:
-        parts = urlsplit(url)
-        user, secret = parts.username, parts.password
-        host = parts.netloc.rpartition("@")[2]
-    except ValueError:
-        return "(an unparsable Redis URL)"
-    auth = f"{user or ''}{':***' if secret is not None else ''}@" if user or secret is not None else ""
-    pairs = [(k, "***" if k in REDIS_SECRETS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    query = urlencode(pairs, safe="/*")
-    return f"{parts.scheme}://{auth}{host}{parts.path}" + (f"?{query}" if query else "")

@@ -13,6 +13,28 @@ from datalayer.errors import ConfigError
 _DURATION = re.compile(r"^\s*([0-9]+)\s*(us|ms|s|min|h|d)?\s*$")
 _UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
 INT_MAX = 2**31 - 1
+# C0 and C1 control characters (libpq stops a string at NUL; a line break or an escape changes what a
+# value means) and lone surrogates (undecodable bytes, which no C library can be handed).
+_NOT_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_text(variable: str, value: object) -> str:
+    """``value`` if it is a str without control characters or lone surrogates, else ConfigError.
+
+    The error names the variable and the offending code point, never the value (it may be a secret).
+    """
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"{variable} must be text, as in the environment, got {type(value).__name__}", variable=variable
+        )
+    bad = _NOT_TEXT.search(value)
+    if bad is not None:
+        raise ConfigError(
+            f"{variable} holds a control character or an undecodable byte (U+{ord(bad.group()):04X}), "
+            "which would cut or change the value; remove it",
+            variable=variable,
+        )
+    return value
 
 
 def matches(variable: str, test: Callable[[Any], bool], rule: str) -> Callable[[Any, Any, Any], None]:

@@ -1,4 +1,5 @@
-"""Settings from the environment: the only module that reads ``os.environ`` (and ``.env``).
+"""Settings from the environment. This module and ``_environ`` (which lays the environment over ``.env``)
+are the only ones that read ``os.environ``.
 
 >>> s = Settings.from_env({"DATABASE_URL": "postgresql://app:secret@db:5432/app", "POOL_SIZE": "5"})
 >>> s.pool_size, s.pool_max_size
@@ -16,9 +17,18 @@ from pathlib import Path
 from typing import Literal, cast
 
 import attrs
-from dotenv import dotenv_values
 from psycopg.conninfo import make_conninfo
 
+from datalayer._embedded_pg import check_socket_path, socket_path
+from datalayer._environ import (
+    DATABASE_PARTS,
+    DATABASE_VARIABLES,
+    REDIS_PARTS,
+    REDIS_VARIABLES,
+    environment,
+    variables,
+)
+from datalayer._redis_urls import parse_redis_url, redis_db, redis_display
 from datalayer._urls import (
     SSLMODES,
     check_port,
@@ -26,13 +36,11 @@ from datalayer._urls import (
     is_host,
     netloc,
     parse_database_url,
-    parse_redis_url,
     pg_display,
     pg_repr,
-    redis_db,
-    redis_display,
 )
 from datalayer._validators import (
+    check_text,
     idle_timeout,
     lock_timeout,
     matches,
@@ -43,18 +51,8 @@ from datalayer._validators import (
 )
 from datalayer.errors import ConfigError
 
-__all__ = ["DatabaseTarget", "RedisTarget", "Secret", "Settings"]
+__all__ = ["DATABASE_VARIABLES", "REDIS_VARIABLES", "DatabaseTarget", "RedisTarget", "Secret", "Settings"]
 
-DATABASE_VARIABLES = (
-    "DATABASE_URL",
-    "DATABASE_HOST",
-    "DATABASE_PORT",
-    "DATABASE_NAME",
-    "DATABASE_USER",
-    "DATABASE_PASSWORD",
-    "DATABASE_SSLMODE",
-)
-REDIS_VARIABLES = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 # Connections one process may hold (POOL_SIZE + MAX_OVERFLOW). PostgreSQL's max_connections defaults to
 # 100 for every client together; a pool beyond this is a typo, not a plan.
 MAX_POOL_CONNECTIONS = 1000
@@ -62,8 +60,6 @@ _POOL_NOTE = (
     f" (POOL_SIZE + MAX_OVERFLOW connections per process, at most {MAX_POOL_CONNECTIONS}; "
     "PostgreSQL's max_connections is 100 by default)"
 )
-_OFF = ("0", "false", "no", "off")
-_ON = ("", "1", "true", "yes", "on")
 
 
 def _default_home() -> Path:
@@ -71,15 +67,37 @@ def _default_home() -> Path:
     # keep root's data out of /root.
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib/datalayer")
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "datalayer"
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG base directory spec: a relative XDG_DATA_HOME is invalid and is ignored.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "datalayer"
+
+
+def _home(value: object) -> Path:
+    """DATALAYER_HOME: an absolute path short enough for the embedded servers' unix sockets."""
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"DATALAYER_HOME must be a path, got {type(value).__name__}", variable="DATALAYER_HOME")
+    try:
+        home = Path(value).expanduser()
+        check_text("DATALAYER_HOME", str(home))
+        if not home.is_absolute():
+            raise ConfigError(
+                f"DATALAYER_HOME must be an absolute path (or start with ~), got {str(home)!r}",
+                variable="DATALAYER_HOME",
+            )
+        check_socket_path(home, socket_path(home))
+    except (OSError, RuntimeError, TypeError) as e:  # no home directory for ~, a symlink loop, a bytes path
+        raise ConfigError(
+            f"DATALAYER_HOME cannot be resolved ({type(e).__name__}: {e})", variable="DATALAYER_HOME"
+        ) from None
+    return home
 
 
 @attrs.frozen(repr=False, eq=False)
 class Secret:
     """A string that never shows itself in repr, str or logs."""
 
-    value: str
+    value: str = attrs.field(validator=lambda _, __, v: check_text("password", v))
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -183,7 +201,7 @@ class Settings:
     embedded: Literal["auto", "never"] = attrs.field(
         default="auto", validator=matches("DATALAYER_EMBEDDED", lambda v: v in ("auto", "never"), "'auto' or 'never'")
     )
-    home: Path = attrs.field(factory=_default_home, converter=Path)
+    home: Path = attrs.field(factory=_default_home, converter=_home)
     cache_prefix: str = attrs.field(
         default="dl",
         validator=matches(
@@ -213,9 +231,11 @@ class Settings:
         """Read and validate every setting; a bad value raises ConfigError naming the variable.
 
         Without ``environ``: the process environment over the ``.env`` file of the working directory
-        (the environment wins; ``DATALAYER_DOTENV=0`` ignores the file). A mapping is used as it is.
+        (the environment wins, by group: any DATABASE_* variable in the environment makes the file's
+        DATABASE_* variables ignored, likewise REDIS_*; ``DATALAYER_DOTENV=0`` ignores the file). A
+        mapping is used as it is. Every value must be text without control characters.
         """
-        env = {k: v for k, v in (_environment() if environ is None else environ).items() if v != ""}
+        env = variables(environment() if environ is None else environ)
         pool_size = _int(env, "POOL_SIZE", 20)
         embedded = env.get("DATALAYER_EMBEDDED", "auto").strip().lower()
         return cls(
@@ -232,33 +252,9 @@ class Settings:
             connect_timeout=_int(env, "CONNECT_TIMEOUT", 5),
             application_name=env.get("DATALAYER_APP_NAME", "datalayer"),
             embedded=cast(Literal["auto", "never"], embedded),  # checked by the field's validator
-            home=Path(env["DATALAYER_HOME"]).expanduser() if "DATALAYER_HOME" in env else _default_home(),
+            home=env["DATALAYER_HOME"] if "DATALAYER_HOME" in env else _default_home(),
             cache_prefix=env.get("CACHE_PREFIX", "dl"),
         )
-
-
-def _environment() -> Mapping[str, str]:
-    switch = os.environ.get("DATALAYER_DOTENV", "1").strip().lower()
-    if switch in _OFF:
-        return os.environ
-    if switch not in _ON:
-        raise ConfigError(
-            "DATALAYER_DOTENV must be 1 (read .env in the working directory, the default) or 0 (ignore it)",
-            variable="DATALAYER_DOTENV",
-        )
-    path = Path(".env").absolute()
-    try:
-        if not path.exists():
-            return os.environ
-        if not path.is_file():
-            raise IsADirectoryError(path)
-        values = dotenv_values(path, interpolate=False, encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(
-            f"cannot read {path} ({type(e).__name__}); fix it, or set DATALAYER_DOTENV=0 to ignore it",
-            variable="DATALAYER_DOTENV",
-        ) from None
-    return {**{k: v for k, v in values.items() if v is not None}, **os.environ}
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -289,8 +285,9 @@ def _database_target(env: Mapping[str, str]) -> DatabaseTarget | None:
         raise ConfigError(
             f"DATABASE_SSLMODE must be one of {', '.join(SSLMODES)}, got {sslmode!r}", variable="DATABASE_SSLMODE"
         )
-    variables = {"sslmode": "DATABASE_SSLMODE"} if sslmode is not None else {}
+    names = {"sslmode": "DATABASE_SSLMODE"} if sslmode is not None else {}
     if "DATABASE_URL" in env:
+        _one_or_the_other(env, "DATABASE_URL", DATABASE_PARTS)
         params, password = parse_database_url(env["DATABASE_URL"])
         if sslmode is not None and params.get("sslmode", sslmode) != sslmode:
             raise ConfigError(
@@ -301,7 +298,9 @@ def _database_target(env: Mapping[str, str]) -> DatabaseTarget | None:
     else:
         if "DATABASE_HOST" not in env:
             raise ConfigError(
-                "DATABASE_HOST is required when DATABASE_PORT/NAME/USER/PASSWORD/SSLMODE are set (or set DATABASE_URL)",
+                "DATABASE_HOST is required when DATABASE_PORT/NAME/USER/PASSWORD/SSLMODE are set (or set "
+                "DATABASE_URL); a DATABASE_* variable in the environment makes every DATABASE_* variable in .env "
+                "ignored",
                 variable="DATABASE_HOST",
             )
         host = env["DATABASE_HOST"].strip()
@@ -313,11 +312,11 @@ def _database_target(env: Mapping[str, str]) -> DatabaseTarget | None:
         if "DATABASE_USER" in env:
             params["user"] = env["DATABASE_USER"]
         password = env.get("DATABASE_PASSWORD")
-        variables.update(host="DATABASE_HOST", port="DATABASE_PORT", dbname="DATABASE_NAME", user="DATABASE_USER")
+        names.update(host="DATABASE_HOST", port="DATABASE_PORT", dbname="DATABASE_NAME", user="DATABASE_USER")
         default = "DATABASE_HOST"
     if sslmode is not None:
         params["sslmode"] = sslmode
-    checked = checked_pg_params(params, variables, default)
+    checked = checked_pg_params(params, names, default)
     return DatabaseTarget(params=checked, password=Secret(password) if password is not None else None)
 
 
@@ -326,12 +325,8 @@ def _redis_target(env: Mapping[str, str]) -> RedisTarget | None:
         return None
     password = env.get("REDIS_PASSWORD")
     if "REDIS_URL" in env:
-        url, in_url = parse_redis_url(env["REDIS_URL"])
-        if in_url is not None and password is not None and in_url != password:
-            raise ConfigError(
-                "REDIS_PASSWORD differs from the password in REDIS_URL; set it in one place", variable="REDIS_PASSWORD"
-            )
-        password = in_url if in_url is not None else password
+        _one_or_the_other(env, "REDIS_URL", REDIS_PARTS)
+        url, password = parse_redis_url(env["REDIS_URL"])
     else:
         host = env.get("REDIS_HOST", "localhost").strip()
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -346,3 +341,13 @@ def _redis_target(env: Mapping[str, str]) -> RedisTarget | None:
             raise ConfigError("REDIS_PORT must be a single port number", variable="REDIS_PORT")
         url = f"redis://{netloc(host, port)}/{redis_db(env.get('REDIS_DB', '0').strip(), 'REDIS_DB')}"
     return RedisTarget(url=url, password=Secret(password) if password is not None else None)
+
+
+def _one_or_the_other(env: Mapping[str, str], url: str, parts: tuple[str, ...]) -> None:
+    # A URL beside its parts: one of them would be silently dropped (the password included).
+    both = [name for name in parts if name in env]
+    if both:
+        raise ConfigError(
+            f"{both[0]} is set together with {url}; set {url} or the parts ({', '.join(parts)}), not both",
+            variable=both[0],
+        )

@@ -173,6 +173,10 @@ _CONFIG_FAILURES = (
     "certificate",
     "ssl",
     "authentication method requirement",  # require_auth (e.g. the default !password) refused the server
+    "channel binding",  # channel_binding=require against a server that cannot (no TLS, trust, md5)
+    "gssapi encryption required",  # gssencmode=require without Kerberos credentials or server support
+    "protocol version",  # min_protocol_version above what the server speaks
+    "requirepeer",  # the socket's owner is not the user requirepeer names
 )
 
 
@@ -195,7 +199,8 @@ def _probe(settings: Settings, target: DatabaseTarget) -> None:
         text = str(e).lower()
         if any(m in text for m in _CONFIG_FAILURES) or e.sqlstate in ("28P01", "28000", "3D000"):
             raise ConfigError(
-                f"{msg}; check DATABASE_URL (user, password, database name)", variable="DATABASE_URL"
+                f"{msg}; check DATABASE_URL (user, password, database name, TLS and authentication parameters)",
+                variable="DATABASE_URL",
             ) from None
         raise TransientError(f"{msg}; is the server running and reachable?", sqlstate=e.sqlstate) from None
 

@@ -15,8 +15,10 @@ from helpers import ROOT, clean_env
 from psycopg.conninfo import conninfo_to_dict
 
 from datalayer import ConfigError, Settings
-from datalayer.config import DatabaseTarget, RedisTarget
-from datalayer.pool import resolve_database
+from datalayer._environ import DATABASE_PARTS, REDIS_PARTS, VARIABLES
+from datalayer.config import DatabaseTarget, RedisTarget, Secret
+from datalayer.pool import open_pool, resolve_database
+from datalayer.testing import TestServer
 
 
 def test_defaults_without_any_setting() -> None:
@@ -62,9 +64,15 @@ def test_parts() -> None:
     assert s.database.password is not None and s.database.password.value == "pw"
 
 
-def test_url_wins_over_parts() -> None:
-    s = Settings.from_env({"DATABASE_URL": "postgresql://a@urlhost/x", "DATABASE_HOST": "parthost"})
-    assert s.database is not None and s.database.params["host"] == "urlhost"
+@pytest.mark.parametrize(("url", "part"), [(u, p) for u, parts in (("DATABASE_URL", DATABASE_PARTS),
+                                                                    ("REDIS_URL", REDIS_PARTS)) for p in parts])
+def test_a_url_and_its_parts_together_are_refused(url: str, part: str) -> None:
+    # One of them would be dropped without a word: DATABASE_PASSWORD beside DATABASE_URL used to vanish.
+    value = "postgresql://app@db.internal/app" if url == "DATABASE_URL" else "redis://cache.internal/0"
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({url: value, part: "Zq7part"})
+    assert e.value.variable == part and url in str(e.value) and "not both" in str(e.value)
+    assert "Zq7part" not in str(e.value)  # the part's value (a password, say) is not repeated
 
 
 @pytest.mark.parametrize(
@@ -177,7 +185,7 @@ def test_home_and_embedded(tmp_path: Path) -> None:
         ({"DATABASE_URL": "postgresql://u@127.0.0.1/d?sslnegotiation=direct"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://u@127.0.0.1/d?service=no_such_service_h5"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://u@h/d?min_protocol_version=3.2&max_protocol_version=3.0"}, "DATABASE_URL"),
-        ({"DATABASE_HOST": "h", "DATABASE_SSLMODE": "require", "DATABASE_URL": "postgresql://u@h/d?sslmode=require"
+        ({"DATABASE_SSLMODE": "require", "DATABASE_URL": "postgresql://u@h/d?sslmode=require"
           "&ssl_min_protocol_version=TLSv1.3&ssl_max_protocol_version=TLSv1.2"}, "DATABASE_URL"),
         ({"REDIS_URL": "redis://:p@[::1/0"}, "REDIS_URL"),
         ({"REDIS_URL": "redis://cache/0?socket_timeout=60"}, "REDIS_URL"),
@@ -371,7 +379,7 @@ def test_names_are_escaped_not_interpreted() -> None:
 def dotenv_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DATALAYER_DOTENV", raising=False)
-    for name in ("DATABASE_URL", "DATABASE_HOST", "POOL_SIZE", "MAX_OVERFLOW", "DATALAYER_EMBEDDED", "REDIS_URL"):
+    for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -420,3 +428,189 @@ def test_the_test_plugin_is_not_redirected_by_a_dotenv(tmp_path: Path) -> None:
                        timeout=60, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["None", "20"]
+
+
+# --- review A: one layer names the server; no value is cut, repeated or half-read -----------------------
+
+
+def test_the_environment_wins_over_the_file_by_group(dotenv_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (dotenv_dir / ".env").write_text(
+        "DATABASE_URL=postgresql://u:FileSecret@file-host.example/filedb\nREDIS_URL=redis://file-redis.example/3\n"
+        "POOL_SIZE=3\nMAX_OVERFLOW=4\n"
+    )
+    monkeypatch.setenv("DATABASE_HOST", "env-host.example")
+    monkeypatch.setenv("DATABASE_NAME", "envdb")
+    monkeypatch.setenv("REDIS_HOST", "env-redis.example")
+    monkeypatch.setenv("MAX_OVERFLOW", "9")
+    s = Settings.from_env()
+    assert s.database is not None and s.redis is not None
+    assert (s.database.params["host"], s.database.params["dbname"]) == ("env-host.example", "envdb")
+    assert s.database.password is None  # the file's password does not follow its URL to the environment's host
+    assert s.redis.url == "redis://env-redis.example:6379/0"
+    assert (s.pool_size, s.max_overflow) == (3, 9)  # other variables one by one
+    # A group the environment leaves alone (empty means unset) still comes from the file.
+    monkeypatch.setenv("REDIS_HOST", "")
+    s = Settings.from_env()
+    assert s.redis is not None and s.redis.url == "redis://file-redis.example/3"
+    # A part set in the environment does not borrow the rest of its group from the file.
+    monkeypatch.delenv("DATABASE_HOST")
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env()
+    assert e.value.variable == "DATABASE_HOST" and ".env" in str(e.value)
+
+
+def test_the_file_alone_still_configures_both_groups(dotenv_dir: Path) -> None:
+    (dotenv_dir / ".env").write_text("DATABASE_HOST=db.internal\nDATABASE_PASSWORD=pw\nREDIS_URL=redis://c/1\n")
+    s = Settings.from_env()
+    assert s.database is not None and s.database.params["host"] == "db.internal"
+    assert s.database.password == Secret("pw")
+    assert s.redis is not None and s.redis.url == "redis://c/1"
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u@db.example.com/db?sslmode=verify-full&sslmode=disable",
+    "postgresql://u@db.example.com/db?sslrootcert=/ca.pem&sslmode=verify-full&require_auth=scram-sha-256"
+    "&require_auth=password",
+    "postgresql://u@db.example.com/db?sslmode=verify-full&ssl=true",  # libpq: ssl=true means sslmode=require
+    "postgresql://u@db.example.com/db?sslmode=verify-full&ssl%6dode=disable",  # libpq decodes names too
+    "postgresql://u@db.example.com/db?host=other.example.com",
+    "postgresql://u@db.example.com:5432/db?port=6432",
+    "postgresql://u@db.example.com/db?dbname=other",
+    "postgresql://u@db.example.com/db?user=other",
+    "postgresql://u:Zq7first@db.example.com/db?password=Zq7second",
+])
+def test_a_database_url_parameter_given_twice_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({"DATABASE_URL": url})
+    assert e.value.variable == "DATABASE_URL" and "twice" in str(e.value)
+    assert "Zq7" not in str(e.value) and "disable" not in str(e.value)
+
+
+def test_a_parameter_given_once_is_kept() -> None:
+    socket_dir = Settings.from_env({"DATABASE_URL": "postgresql:///db?host=/var/run/postgresql&port=5433"})
+    assert socket_dir.database is not None and socket_dir.database.params["host"] == "/var/run/postgresql"
+    jdbc = Settings.from_env({"DATABASE_URL": "postgresql://u@db.example.com/db?ssl=true"})
+    assert jdbc.database is not None and jdbc.database.params["sslmode"] == "require"
+
+
+_BAD_CHARACTERS = ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\udcff"]
+
+
+@pytest.mark.parametrize("name", VARIABLES)
+@pytest.mark.parametrize("bad", _BAD_CHARACTERS, ids=[f"U+{ord(c):04X}" for c in _BAD_CHARACTERS])
+def test_a_control_character_in_any_variable_is_refused(name: str, bad: str) -> None:
+    # libpq stops at a NUL: 'postgresql://u@127.0.0.1/db\x00?sslmode=require' used to connect without TLS.
+    value = f"Zq7{bad}secret"
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({name: value})
+    assert e.value.variable == name and name in str(e.value)
+    assert "Zq7" not in str(e.value) and "secret" not in str(e.value)
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres@127.0.0.1:5432/review_a_1\x00_other",
+    "postgresql://post\x00gres@127.0.0.1/db",
+    "postgresql://u@127.0.0.1/db?sslrootcert=/x\x00y&sslmode=verify-full",
+    "postgresql://u@127.0.0.1/db\x00?sslmode=require",
+])
+def test_a_nul_never_cuts_a_url(url: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({"DATABASE_URL": url})
+    assert e.value.variable == "DATABASE_URL" and "U+0000" in str(e.value)
+
+
+def test_targets_built_directly_refuse_control_characters_too() -> None:
+    with pytest.raises(ConfigError):
+        Secret("pw\x00rest")
+    with pytest.raises(ConfigError):
+        RedisTarget(url="redis://cache/0\x00")
+    with pytest.raises(ConfigError):
+        DatabaseTarget(params={"host": "127.0.0.1", "sslrootcert": "/x\x00y"})
+
+
+@pytest.mark.parametrize(("name", "value"), [("POOL_SIZE", 5), ("DATABASE_URL", b"postgresql://h/d"),
+                                             ("DATALAYER_HOME", Path("/tmp")), ("CACHE_PREFIX", None)])
+def test_a_value_that_is_not_text_names_its_variable(name: str, value: object) -> None:
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env({name: value})  # type: ignore[dict-item]
+    assert e.value.variable == name and "text" in str(e.value)
+
+
+@pytest.mark.parametrize("home", [
+    "relative/home", "./home", "/tmp/a\x00b", "/tmp/" + "h" * 100, "/tmp/home\n",
+])
+def test_a_home_the_embedded_servers_cannot_use_is_refused_at_once(home: str) -> None:
+    for build in (lambda: Settings(home=home), lambda: Settings.from_env({"DATALAYER_HOME": home})):
+        with pytest.raises(ConfigError) as e:
+            build()
+        assert e.value.variable == "DATALAYER_HOME"
+
+
+def test_home_limits_come_from_the_embedded_server(tmp_path: Path) -> None:
+    from datalayer._embedded_pg import MAX_SOCKET_PATH
+
+    tail = len("/pgdata/.s.PGSQL.5432")
+    fits = tmp_path / ("h" * (MAX_SOCKET_PATH - tail - len(str(tmp_path)) - 1))
+    assert Settings(home=fits).home == fits
+    with pytest.raises(ConfigError):
+        Settings(home=str(fits) + "h")
+    assert Settings(home="~/dl").home == Path.home() / "dl"
+
+
+def test_a_relative_xdg_data_home_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The XDG base directory spec: a relative path there is invalid and must be ignored.
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/share")
+    assert Settings().home == Path.home() / ".local" / "share" / "datalayer"
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/share")
+    assert Settings().home == Path("/srv/share/datalayer")
+
+
+@pytest.mark.parametrize(("content", "line", "variable"), [
+    ('DATABASE_URL="postgresql://app:Zq7pw@db.internal/prod\n', 1, "DATABASE_URL"),
+    ("# settings\n\nPOOL_SIZE=3\n\n\nexport DATABASE_URL='postgresql://app:Zq7pw@db.internal/prod\n", 6,
+     "DATABASE_URL"),
+    ("POOL_SIZE=3\nOTHER_TOOL='Zq7unterminated\n", 2, "DATALAYER_DOTENV"),
+    ("POOL_SIZE=3\nDATABASE_URL\n", 2, "DATABASE_URL"),
+    ("DATABASE_URL=postgresql://a@h/x\n\nDATABASE_URL=postgresql://a@Zq7other/x\n", 3, "DATABASE_URL"),
+])
+def test_a_malformed_dotenv_is_refused_naming_file_and_line(dotenv_dir: Path, content: str, line: int,
+                                                            variable: str) -> None:
+    (dotenv_dir / ".env").write_text(content)
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env()
+    assert e.value.variable == variable
+    assert str(dotenv_dir / ".env") in str(e.value) and f"line {line}" in str(e.value).replace("lines 1 and", "line")
+    assert "Zq7" not in str(e.value)
+
+
+def test_a_dotenv_with_a_byte_order_mark_and_foreign_bare_names_is_read(dotenv_dir: Path) -> None:
+    (dotenv_dir / ".env").write_text("\ufeffDATABASE_URL=postgresql://a@db.internal/x\nOTHER_TOOL_FLAG\n",
+                                     encoding="utf-8")
+    s = Settings.from_env()
+    assert s.database is not None and s.database.params["host"] == "db.internal"
+
+
+def test_a_nul_in_the_dotenv_is_refused(dotenv_dir: Path) -> None:
+    (dotenv_dir / ".env").write_text("DATABASE_URL=postgresql://u:Zq7pw@127.0.0.1/db\x00x?sslmode=disable\n")
+    with pytest.raises(ConfigError) as e:
+        Settings.from_env()
+    assert e.value.variable == "DATABASE_URL" and "Zq7" not in str(e.value)
+
+
+@pytest.mark.parametrize("query", ["channel_binding=require", "gssencmode=require", "min_protocol_version=3.2"])
+def test_settings_the_server_can_never_accept_are_config_errors(datalayer_server: TestServer, query: str) -> None:
+    # These fail the same way on every attempt: a TransientError would have callers retry them forever.
+    import psycopg
+
+    base = datalayer_server.target
+    key, value = query.split("=")
+    target = DatabaseTarget(params={**base.params, key: value}, password=base.password)
+    with psycopg.connect(base.conninfo()) as conn:
+        version = conn.info.server_version
+    if key == "min_protocol_version" and version >= 180000:
+        open_pool(Settings(connect_timeout=5), target=target, wait=True).close()  # PostgreSQL 18 speaks 3.2
+        return
+    with pytest.raises(ConfigError) as e:
+        open_pool(Settings(connect_timeout=5), target=target, wait=True)
+    assert e.value.variable == "DATABASE_URL"

@@ -117,7 +117,8 @@ SECRET_DSN = "DsnSecret_9xQ"
 SECRET_PLAIN = "Plain-Pa55word!Zz"
 
 
-def test_no_secret_in_logs_errors_or_reprs(dl_pool: DataLayerPool, tmp_path: Path) -> None:
+def test_no_secret_in_logs_errors_or_reprs(dl_pool: DataLayerPool, tmp_path: Path,
+                                           request: pytest.FixtureRequest) -> None:
     seen: list[str] = []
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
@@ -133,8 +134,19 @@ def test_no_secret_in_logs_errors_or_reprs(dl_pool: DataLayerPool, tmp_path: Pat
         lg.setLevel(logging.DEBUG)
     p = dl_pool.target.params
     host = p["host"]
-    url = (f"postgresql://{p['user']}:{SECRET_DSN}@/{p['dbname']}?host={host}&port={p['port']}" if host.startswith("/")
-           else f"postgresql://{p['user']}:{SECRET_DSN}@{host}:{p['port']}/{p['dbname']}")
+    # A role whose password is the secret: the embedded server checks passwords (trust servers ignore it).
+    role = f"dl_secret_{os.getpid()}"
+    with connection(dl_pool) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(SECRET_DSN)))
+
+    def drop_role() -> None:
+        with psycopg.connect(dl_pool.target.conninfo(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+    request.addfinalizer(drop_role)
+    url = (f"postgresql://{role}:{SECRET_DSN}@/{p['dbname']}?host={host}&port={p['port']}" if host.startswith("/")
+           else f"postgresql://{role}:{SECRET_DSN}@{host}:{p['port']}/{p['dbname']}")
     try:
         settings = Settings.from_env({"DATABASE_URL": url, "REDIS_URL": f"redis://:{SECRET_DSN}@127.0.0.1:1/0"})
         seen += [repr(settings), str(settings), repr(settings.database), repr(settings.redis)]

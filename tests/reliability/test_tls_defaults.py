@@ -195,12 +195,23 @@ def test_explicit_sslmode_is_kept_and_a_conflict_is_refused() -> None:
         ("127.0.0.1", False), ("localhost", False), ("::1", False), ("/var/run/postgresql", False),
         ("127.0.0.1,localhost", False), ("db.example.com", True), ("10.0.0.5", True),
         ("localhost,db.example.com", True),
+        # Not exactly "localhost": glibc does not find "localhost." in /etc/hosts and asks DNS, so
+        # whoever answers DNS would choose the server. Only literal loopback, "localhost" and sockets are local.
+        ("localhost.", True), ("LOCALHOST", True), ("localhost.localdomain", True), ("localhost,localhost.", True),
+        ("127.0.0.2", False), ("0:0:0:0:0:0:0:1", False), ("@abstract", False),
     ],
 )
 def test_which_hosts_count_as_remote(host: str, remote: bool) -> None:
     target = DatabaseTarget(params={"host": host, "dbname": "x"})
     assert target.params["require_auth"] == "!password"
     assert target.params.get("sslmode") == ("verify-full" if remote else None)
+
+
+def test_localhost_with_a_dot_gets_verify_full_from_every_variable() -> None:
+    for env in ({"DATABASE_HOST": "localhost."}, {"DATABASE_URL": "postgresql://u@localhost./x"},
+                {"DATABASE_URL": "postgresql://u@LOCALHOST./x"}):
+        s = Settings.from_env(env)
+        assert s.database is not None and s.database.params["sslmode"] == "verify-full", env
 
 
 def test_hostaddr_decides_where_the_connection_goes() -> None:
