@@ -109,6 +109,17 @@ class DataLayerConnection(psycopg.Connection[Any]):
     _dl_cancel_timeout: float = 5.0
     # True once a wait ran out of time: the connection was closed and no answer will come.
     _dl_expired: bool = False
+    # Set when the connection is used other than through the query functions (a raw execute, a cursor
+    # of the caller's): the pool then resets the session before lending it again (see reset_session).
+    _dl_dirty: bool = False
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        self._dl_dirty = True
+        return super().cursor(*args, **kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self._dl_dirty = True
+        return super().execute(*args, **kwargs)
 
     def close(self) -> None:
         self._dl_cursor = None  # breaks the connection <-> cursor reference cycle
@@ -140,3 +151,27 @@ class DataLayerConnection(psycopg.Connection[Any]):
             f"no answer from the server within {limit:g} s (STATEMENT_TIMEOUT + CONNECT_TIMEOUT); "
             "the connection was closed"
         )
+
+
+# What a caller may have changed in a session, undone in one round trip (PgBouncer's DISCARD ALL, less
+# DEALLOCATE ALL: the prepared statements are psycopg's own and stay valid).
+_RESET_SESSION = (
+    "CLOSE ALL; UNLISTEN *; RESET ALL; RESET ROLE; RESET SESSION AUTHORIZATION; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP"
+)
+
+
+def reset_session(conn: DataLayerConnection) -> None:
+    """Give a returned connection back as it was lent: autocommit, default transaction options and, if
+    the caller used it directly, the session's settings, role, temporary tables, cursors and locks."""
+    if not conn.autocommit:
+        conn.autocommit = True
+    if conn.read_only is not None:
+        conn.read_only = None
+    if conn.isolation_level is not None:
+        conn.isolation_level = None
+    if conn.deferrable is not None:
+        conn.deferrable = None
+    if conn._dl_dirty:
+        conn.execute(_RESET_SESSION)
+        conn._dl_dirty = False

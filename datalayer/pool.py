@@ -24,7 +24,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
-from datalayer._connection import DataLayerConnection, alive_idle, network_params, wait_limit
+from datalayer._connection import DataLayerConnection, alive_idle, network_params, reset_session, wait_limit
 from datalayer._lease import Lease
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
@@ -153,6 +153,7 @@ def open_pool(
         kwargs=connect_kwargs(settings),
         connection_class=DataLayerConnection,
         configure=_configure(settings),
+        reset=reset_session,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout,
@@ -183,16 +184,11 @@ _CONFIG_FAILURES = (
 def connect(settings: Settings, target: DatabaseTarget, **overrides: Any) -> DataLayerConnection:
     """One connection outside any pool, with the pool's parameters and deadline (for checks and tools).
 
-    Every wait on it gives up after STATEMENT_TIMEOUT + CONNECT_TIMEOUT, as a pooled one does.
+    Every wait on it gives up after STATEMENT_TIMEOUT + CONNECT_TIMEOUT, as a pooled one does. A
+    failure to connect is a ConfigError (a setting to fix) or a TransientError (try again later).
     """
-    conn = DataLayerConnection.connect(target.conninfo(), **{**connect_kwargs(settings), **overrides})
-    _configure(settings)(conn)
-    return conn
-
-
-def _probe(settings: Settings, target: DatabaseTarget) -> None:
     try:
-        connect(settings, target).close()
+        conn = DataLayerConnection.connect(target.conninfo(), **{**connect_kwargs(settings), **overrides})
     except psycopg.OperationalError as e:
         reason = describe_error(e)
         msg = f"cannot connect to {target.display}: {reason}"
@@ -203,6 +199,12 @@ def _probe(settings: Settings, target: DatabaseTarget) -> None:
                 variable="DATABASE_URL",
             ) from None
         raise TransientError(f"{msg}; is the server running and reachable?", sqlstate=e.sqlstate) from None
+    _configure(settings)(conn)
+    return conn
+
+
+def _probe(settings: Settings, target: DatabaseTarget) -> None:
+    connect(settings, target).close()
 
 
 _default: DataLayerPool | None = None

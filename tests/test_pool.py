@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 import uuid
 from typing import Any
@@ -207,3 +208,39 @@ def test_unreachable_server_is_transient_and_quick() -> None:
 def test_every_error_is_a_datalayer_error(db: Any) -> None:
     with pytest.raises(DataLayerError):
         user_repo.create(db, username="x", email="y", hashed_password="z")
+
+
+def test_a_returned_connection_is_lent_again_as_it_was_first_lent(dl_pool: DataLayerPool) -> None:
+    # One connection, so the second caller gets exactly what the first left behind.
+    pool = open_pool(settings_for_tests(pool_size=1, pool_min_size=1, max_overflow=0), target=dl_pool.target, wait=True)
+    try:
+        with connection(pool) as db:
+            before = db.execute("SELECT current_user, current_setting('search_path'), "
+                                "current_setting('statement_timeout')").fetchone()
+            db.autocommit = False  # careless: switched off and returned
+            db.read_only = True
+        with connection(pool) as db:
+            assert db.autocommit is True and db.read_only is None
+            user = user_repo.create(db, username="kept", email="kept@example.com", hashed_password="h")
+        with connection(pool) as db:  # the write was committed, not rolled back at the return
+            assert user_repo.get_by_id(db, user.id) == user
+            db.execute(f"CREATE ROLE dl_reset_probe_{os.getpid()} NOLOGIN")
+        try:
+            with connection(pool) as db:
+                db.execute(f"SET ROLE dl_reset_probe_{os.getpid()}")
+                db.execute("SET search_path = pg_temp, public")
+                db.execute("SET statement_timeout = 0")
+                db.execute("CREATE TEMP TABLE users (id int)")
+                db.execute("SELECT pg_advisory_lock(4242)")
+            with connection(pool) as db:
+                after = db.execute("SELECT current_user, current_setting('search_path'), "
+                                   "current_setting('statement_timeout')").fetchone()
+                assert after == before
+                assert user_repo.count(db) == 1  # the real table, not the caller's temporary one
+                assert db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND pid = pg_backend_pid()").fetchone() == (0,)
+        finally:
+            with connection(pool) as db:
+                db.execute(f"DROP ROLE dl_reset_probe_{os.getpid()}")
+    finally:
+        pool.close()
