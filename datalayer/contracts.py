@@ -609,7 +609,9 @@ def check_contracts(conn: psycopg.Connection[Any], bound: Sequence[Binding], que
     try:
         import pglast  # noqa: F401
     except ImportError:
-        raise ConfigError("datalayer check needs pglast: pip install 'datalayer[check]'") from None
+        raise ConfigError(
+            "datalayer check needs pglast: pip install 'sqlfirst-datalayer[check]' (or '.[check]' from a checkout)"
+        ) from None
     catalog = _Catalog(conn)
     findings: list[Finding] = []
     seen: set[tuple[str, str]] = set()
@@ -656,21 +658,22 @@ def check(db: psycopg.Connection[Any]) -> list[Finding]:
 def check_scratch(settings: Settings | None = None) -> list[Finding]:
     """What ``datalayer check`` runs: migrate a scratch database on the configured server, check, drop it."""
     from datalayer.migrate import setup_database
-    from datalayer.pool import resolve_database
+    from datalayer.pool import connect, resolve_database
 
     settings = settings or Settings.from_env()
     target = resolve_database(settings)
     scratch = f"datalayer_check_{os.getpid()}"
     create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch))
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
-    with psycopg.connect(target.conninfo(), autocommit=True) as admin:
+    # Bounded connections (CONNECT_TIMEOUT, keepalives, a deadline per wait): a mute server cannot hang CI.
+    with connect(settings, target) as admin:
         admin.execute(drop)
         admin.execute(create)
     try:
         scratch_target = DatabaseTarget(params={**target.params, "dbname": scratch}, password=target.password)
         setup_database(settings=settings, target=scratch_target, partitions_ahead=2)
-        with psycopg.connect(scratch_target.conninfo(), autocommit=True) as conn:
+        with connect(settings, scratch_target) as conn:
             return check(conn)
     finally:
-        with psycopg.connect(target.conninfo(), autocommit=True) as admin:
+        with connect(settings, target) as admin:
             admin.execute(drop)

@@ -65,8 +65,17 @@ def _settings_and_target(settings: Settings | None, target: DatabaseTarget | Non
     return settings, target
 
 
-def _connect_params(target: DatabaseTarget) -> dict[str, Any]:
-    params: dict[str, Any] = dict(target.params)
+def _connect_params(target: DatabaseTarget, settings: Settings | None = None) -> dict[str, Any]:
+    from datalayer._connection import network_params
+
+    settings = settings or Settings()
+    # A server that accepts the connection and never answers, or a dead network, must not hang a
+    # deploy: bounded like every other connection (the statements themselves may run long).
+    params: dict[str, Any] = {
+        **network_params(settings),
+        "connect_timeout": str(settings.connect_timeout),
+        **target.params,
+    }
     if target.password is not None:
         params["password"] = target.password.value
     params["application_name"] = "datalayer-migrate"
@@ -79,12 +88,12 @@ def _connect_params(target: DatabaseTarget) -> dict[str, Any]:
     return params
 
 
-def yoyo_backend(target: DatabaseTarget) -> Any:
+def yoyo_backend(target: DatabaseTarget, settings: Settings | None = None) -> Any:
     """A yoyo backend (psycopg 3) for ``target``."""
     from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
     from yoyo.connections import DatabaseURI
 
-    params = _connect_params(target)
+    params = _connect_params(target, settings)
     dbname = params.pop("dbname", None)
     user = params.pop("user", None)
     password = params.pop("password", None)
@@ -109,10 +118,10 @@ def _migrations() -> Any:
 
 
 @contextmanager
-def _reading(target: DatabaseTarget, what: str) -> Iterator[psycopg.Connection[Any]]:
+def _reading(target: DatabaseTarget, settings: Settings, what: str) -> Iterator[psycopg.Connection[Any]]:
     """A read-only look at ``target``: any failure to reach or read it is a MigrationError."""
     try:
-        with psycopg.connect(**_connect_params(target), autocommit=True) as conn:
+        with psycopg.connect(**_connect_params(target, settings), autocommit=True) as conn:
             conn.read_only = True
             yield conn
     except psycopg.Error as e:
@@ -120,9 +129,9 @@ def _reading(target: DatabaseTarget, what: str) -> Iterator[psycopg.Connection[A
 
 
 @contextmanager
-def _migration_lock(target: DatabaseTarget) -> Iterator[psycopg.Connection[Any]]:
+def _migration_lock(target: DatabaseTarget, settings: Settings) -> Iterator[psycopg.Connection[Any]]:
     """Serialise migrators across processes; yields a spare autocommit connection."""
-    params = _connect_params(target)
+    params = _connect_params(target, settings)
     params["options"] = (
         f"-c lock_timeout={LOCK_WAIT_SECONDS}s -c statement_timeout=0 -c TimeZone=UTC "
         "-c client_connection_check_interval=1000"
@@ -196,10 +205,10 @@ def setup_database(
     settings, target = _settings_and_target(settings, target)
     directory = migrations_dir()
     applied: list[str] = []
-    with _migration_lock(target) as conn:
+    with _migration_lock(target, settings) as conn:
         _clear_stale_yoyo_lock(conn)
         _ledger.verify(conn, directory)
-        backend = yoyo_backend(target)
+        backend = yoyo_backend(target, settings)
         try:
             with backend.lock(timeout=LOCK_WAIT_SECONDS):
                 pending = backend.to_apply(_migrations())
@@ -222,9 +231,9 @@ def setup_database(
 def rollback_all(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[str]:
     """Roll back every applied migration (newest first); returns their ids."""
     settings, target = _settings_and_target(settings, target)
-    with _migration_lock(target) as conn:
+    with _migration_lock(target, settings) as conn:
         _clear_stale_yoyo_lock(conn)
-        backend = yoyo_backend(target)
+        backend = yoyo_backend(target, settings)
         try:
             with backend.lock(timeout=LOCK_WAIT_SECONDS):
                 to_roll = backend.to_rollback(_migrations())
@@ -253,7 +262,7 @@ def reset_database(
 def migration_status(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[MigrationState]:
     """Every known migration: applied or not, when, and whether its file changed since."""
     settings, target = _settings_and_target(settings, target)
-    with _reading(target, "read the migration state of") as conn:
+    with _reading(target, settings, "read the migration state of") as conn:
         issues = {i.migration_id: i for i in _ledger.changed(conn, migrations_dir())}
         applied = _ledger._applied(conn)
     ids = [m.id for m in _migrations()]
@@ -280,7 +289,7 @@ def plan_sql(*, settings: Settings | None = None, target: DatabaseTarget | None 
     from yoyo.migrations import topological_sort
 
     settings, target = _settings_and_target(settings, target)
-    with _reading(target, "plan the migrations of") as conn:
+    with _reading(target, settings, "plan the migrations of") as conn:
         applied = _ledger._applied(conn)
     pending = list(topological_sort(m for m in _migrations() if m.id not in applied))
     out: list[str] = []
@@ -317,10 +326,10 @@ def _step_sql(wrapper: Any) -> Iterator[str]:
 def wait_for_server(target: DatabaseTarget, timeout: float = 30.0) -> None:
     """Block until ``target`` accepts connections (or MigrationError after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
-    params = _connect_params(target)
+    params = {**_connect_params(target), "connect_timeout": "2"}
     while True:
         try:
-            psycopg.connect(**params, connect_timeout=2).close()
+            psycopg.connect(**params).close()
             return
         except psycopg.OperationalError as e:
             if time.monotonic() > deadline:

@@ -269,3 +269,31 @@ def test_on_delete_cascade_from_users(db: psycopg.Connection[Any]) -> None:
     counts = db.execute("SELECT (SELECT count(*) FROM data_analyses), (SELECT count(*) FROM analysis_files), "
                         "(SELECT count(*) FROM tool_generations), (SELECT count(*) FROM system_log)").fetchone()
     assert counts == (0, 0, 0, 1)  # owned rows go with the user; log lines stay
+
+
+def test_a_server_that_never_answers_cannot_hang_a_migration() -> None:
+    # It accepts the TCP connection and says nothing: a deploy must fail within CONNECT_TIMEOUT, not hang.
+    import socket
+    import time
+
+    from datalayer.contracts import check_scratch
+    from datalayer.errors import DataLayerError
+
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        port = mute.getsockname()[1]
+        target = DatabaseTarget(params={"host": "127.0.0.1", "port": str(port), "dbname": "x", "user": "u"})
+        s = settings_for_tests(connect_timeout=1)
+        calls = [
+            lambda: setup_database(target=target, settings=s),
+            lambda: migration_status(target=target, settings=s),
+            lambda: plan_sql(target=target, settings=s),
+        ]
+        for call in calls:
+            t0 = time.monotonic()
+            with pytest.raises(MigrationError):
+                call()
+            assert time.monotonic() - t0 < 5
+        t0 = time.monotonic()
+        with pytest.raises(DataLayerError):
+            check_scratch(settings_for_tests(connect_timeout=1, database=target))
+        assert time.monotonic() - t0 < 5
