@@ -64,7 +64,34 @@ _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 def _role(name: object, field: str) -> str:
     if not isinstance(name, str) or not _ROLE.fullmatch(name):
         raise ValidationError({field: "must be a lower-case identifier of at most 63 characters"})
+    if name.startswith("pg_"):
+        raise ValidationError({field: "must not start with pg_ (PostgreSQL's own roles)"})
     return name
+
+
+def _refuse_privileged(db: psycopg.Connection[Any], name: str, field: str) -> None:
+    """An existing role may become a datalayer role only if it holds nothing more than it would be given:
+    granting to a superuser, the tables' owner or the caller would cut their rights or hand them on."""
+    row = db.execute(
+        "SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolreplication OR r.rolbypassrls, "
+        "r.rolname = current_user OR r.rolname = session_user "
+        "OR pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER') "
+        "OR pg_catalog.pg_has_role(r.oid, n.nspowner, 'MEMBER') "
+        "FROM pg_catalog.pg_roles r, pg_catalog.pg_class c, pg_catalog.pg_namespace n "
+        "WHERE r.rolname = %s AND n.oid = c.relnamespace AND c.oid = pg_catalog.to_regclass("
+        "pg_catalog.format('%%I.system_log', pg_catalog.current_schema()))",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return
+    powerful, owner = row
+    if powerful or owner:
+        what = (
+            "is a superuser or may create roles, databases or replicate"
+            if powerful
+            else ("is (or is a member of) the owner of the schema or its tables, or the role running this")
+        )
+        raise ValidationError({field: f"role {name} already exists and {what}; choose another role name"})
 
 
 def _ensure_role(db: psycopg.Connection[Any], name: str, password: str | None) -> bool:
@@ -235,6 +262,8 @@ def create_roles(
     try:
         with db.transaction():
             schema = _schema(db)
+            _refuse_privileged(db, app, "app_role")
+            _refuse_privileged(db, ro, "readonly_role")
             created = {app: _ensure_role(db, app, app_password), ro: _ensure_role(db, ro, readonly_password)}
             _revoke_create(db, schema, sql.SQL(", ").join([sql.Identifier(app), sql.Identifier(ro)]))
             _grant(db, schema, app, ro)

@@ -27,7 +27,7 @@ from datalayer import (
     user_repo,
 )
 from datalayer.config import DatabaseTarget, Secret
-from datalayer.errors import ConfigError
+from datalayer.errors import ConfigError, ValidationError
 from datalayer.pool import DataLayerPool, connection
 from datalayer.repos.system_log import LogEvent
 from datalayer.roles import create_roles
@@ -435,3 +435,22 @@ def test_roles_create_before_migrate_says_so(names: dict[str, str], datalayer_se
         with pytest.raises(MigrationError, match="run datalayer migrate first"):
             create_roles(c, app_role=names["app"], readonly_role=names["ro"])
         assert c.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (names["app"],)).fetchone() == (0,)
+
+
+def test_roles_create_refuses_roles_that_hold_more_than_it_grants(names: dict[str, str],
+                                                                  dl_pool: DataLayerPool) -> None:
+    """Naming the owner, the caller, a superuser or PostgreSQL's own roles would cut or hand on rights."""
+    app, ro, other = names["app"], names["ro"], names["other"]
+    with connection(dl_pool) as db:
+        owner = db.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+        _login_role(db, other)
+        db.execute(sql.SQL("ALTER ROLE {} SUPERUSER").format(sql.Identifier(other)))
+        grants_before = db.execute("SELECT relacl::text FROM pg_class WHERE relname = 'users'").fetchone()
+        for bad in (owner, other, "pg_monitor"):
+            with pytest.raises(ValidationError, match="app_role"):
+                create_roles(db, app_role=bad, readonly_role=ro, app_password=PASSWORD)
+            with pytest.raises(ValidationError, match="readonly_role"):
+                create_roles(db, app_role=app, readonly_role=bad)
+        # nothing was changed: no role made, no grant cut, no password set
+        assert db.execute("SELECT count(*) FROM pg_roles WHERE rolname IN (%s, %s)", (app, ro)).fetchone() == (0,)
+        assert db.execute("SELECT relacl::text FROM pg_class WHERE relname = 'users'").fetchone() == grants_before
