@@ -11,7 +11,10 @@ Here:
   socket is a ConfigError naming DATALAYER_HOME;
 * started as root, the server runs as the system user ``embedded_postgres`` with that user's own
   group; the parents of the data directory and of the binaries get the search bit for others where
-  that user could not pass (o+x, never read or write), and the directories changed are logged.
+  that user could not pass (o+x, never read or write), and the directories changed are logged;
+* DATALAYER_HOME must be this user's and writable by nobody else (or sticky), and nothing datalayer
+  creates, changes or chowns in it is reached through a symbolic link (``check_home``,
+  ``private_dir``): root would otherwise hand a directory another user pointed at to the server.
 """
 
 from __future__ import annotations
@@ -34,13 +37,12 @@ from typing import Any
 import psycopg
 
 from datalayer import _watchdog
+from datalayer._embedded_home import PASSWORD_FILE, SERVER_USER, check_home, private_dir
 from datalayer.errors import ConfigError
 
 log = logging.getLogger("datalayer")
 
-SERVER_USER = "embedded_postgres"  # the name embedded-postgres uses: data directories it made stay usable
 SUPERUSER = "postgres"
-PASSWORD_FILE = "postgres.password"  # noqa: S105 - a file name
 SOCKET_PORT = "5432"  # only names the socket file (.s.PGSQL.5432): the server listens on no TCP port
 MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103  # sun_path: 108 or 104 bytes with the NUL
 HBA = (
@@ -194,12 +196,13 @@ def _initdb(pgdata: Path, user: pwd.struct_passwd | None, password: str, bindir:
     tmp = Path(tempfile.mkdtemp(prefix=".initdb-", dir=pgdata.parent))
     try:
         pwfile = tmp / "pw"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
+            if user is not None:  # through the descriptors: nothing swapped in is followed
+                os.fchown(f.fileno(), user.pw_uid, user.pw_gid)
         if user is not None:
-            os.chown(tmp, user.pw_uid, user.pw_gid)
-            os.chown(pwfile, user.pw_uid, user.pw_gid)
+            private_dir(tmp, user)
         _run(
             user,
             [
@@ -222,8 +225,8 @@ def _write_hba(pgdata: Path, user: pwd.struct_passwd | None) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(HBA)
-    if user is not None:
-        os.chown(tmp, user.pw_uid, user.pw_gid)
+        if user is not None:  # through the descriptor: a link swapped in for tmp is never followed
+            os.fchown(f.fileno(), user.pw_uid, user.pw_gid)
     os.replace(tmp, pgdata / "pg_hba.conf")
 
 
@@ -262,6 +265,7 @@ def start(home: Path) -> str:
     home = home.resolve()
     pgdata = home / "pgdata"
     check_socket_path(home, socket_path(home))
+    check_home(home)
     bindir = bin_dir()
     user = _server_user()
     if user is not None:
@@ -278,15 +282,13 @@ def start(home: Path) -> str:
     # A missing password is generated for a new or a trust (older datalayer) data directory only.
     password = read_password(home, create=fresh or not hba.exists() or hba.read_text() != HBA)
     if fresh:
-        if pgdata.exists() and any(pgdata.iterdir()):
+        private_dir(pgdata, user)
+        if any(pgdata.iterdir()):
             raise ConfigError(
                 f"{pgdata} is not empty and holds no PostgreSQL data directory; "
                 "remove it or set DATALAYER_HOME to another directory",
                 variable="DATALAYER_HOME",
             )
-        pgdata.mkdir(mode=0o700, exist_ok=True)
-        if user is not None:
-            os.chown(pgdata, user.pw_uid, user.pw_gid)
         _initdb(pgdata, user, password, bindir)
         _write_hba(pgdata, user)  # initdb's own also has TCP lines: ours is the one rule
     running = _watchdog.postmaster_pid(pgdata)
@@ -297,7 +299,7 @@ def start(home: Path) -> str:
         running = None
     upgraded = hba.read_text() == HBA
     if running is None:
-        os.chmod(pgdata, 0o700)
+        private_dir(pgdata, user)
         options = f"-h '' -k {shlex.quote(str(pgdata))} -c unix_socket_permissions=0700"
         _run(
             user,

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 from psycopg import errors as pg_errors
 
-from datalayer import _embedded_pg, _embedded_redis, _watchdog
+from datalayer import _embedded_home, _embedded_pg, _embedded_redis, _watchdog
 from datalayer.config import DatabaseTarget, RedisTarget, Secret, Settings
 from datalayer.errors import ConfigError
 
@@ -162,9 +162,13 @@ def _start(settings: Settings, server: str, start: Callable[[Path], object]) -> 
                 variable="DATABASE_URL" if server == "postgres" else "REDIS_URL",
             )
         home = settings.home.resolve()
-        home.mkdir(parents=True, exist_ok=True)
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Before the lock file is opened in it: a home others can write to is refused first.
+        _embedded_home.check_home(home)
         watcher = _this_process_watcher()
         with _watchdog.locked(home):
+            if server == "redis":  # its socket directory, made here so no link planted there is followed
+                _embedded_home.private_dir(home / _watchdog.REDIS_PID.parent)
             result = start(home)
             watcher.hold(home, server)
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 from helpers import ROOT, clean_env, run_py
 
-from datalayer import ConfigError, Settings, _watchdog
+from datalayer import ConfigError, Settings, _embedded_home, _watchdog
 from datalayer.embedded import embedded_postgres_bin, start_embedded_postgres, start_embedded_redis
 
 SERVE = textwrap.dedent("""
@@ -190,3 +191,79 @@ def _upgrade_and_check(home: Path) -> None:
     while (home / "pgdata" / "postmaster.pid").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not (home / "pgdata" / "postmaster.pid").exists()
+
+
+def _untouched(target: Path) -> None:
+    st = target.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o755) and not any(target.iterdir()), (
+        f"{target} was changed through a link: uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}, "
+        f"{sorted(p.name for p in target.iterdir())}"
+    )
+
+
+def _refused(home: Path, start: object, *words: str) -> None:
+    try:
+        with pytest.raises(ConfigError, match="DATALAYER_HOME") as e:
+            start(Settings(home=home))  # type: ignore[operator]
+    finally:
+        _watchdog.stop_servers(home)  # whatever happened, nothing of this test keeps running
+    assert e.value.variable == "DATALAYER_HOME"
+    for word in words:
+        assert word in str(e.value), str(e.value)
+
+
+@needs_root
+@pytest.mark.parametrize("start", [start_embedded_postgres, start_embedded_redis])
+def test_a_home_another_user_owns_is_refused_and_no_link_in_it_is_followed(dl_home: Path, start: object) -> None:
+    # What the reviewer did: nobody owns the home, plants pgdata (and run) -> an empty root-owned directory.
+    home, target = dl_home / "home", dl_home / "rootdir"
+    dl_home.chmod(0o711)  # nobody passes through to the home
+    home.mkdir()
+    target.mkdir(mode=0o755)
+    os.chown(home, pwd.getpwnam("nobody").pw_uid, -1)
+    for name in ("pgdata", "run"):
+        r = _as_nobody("ln", "-s", str(target), str(home / name))
+        assert r.returncode == 0, r.stderr
+    _refused(home, start, "belongs to uid", "chown")
+    _untouched(target)
+
+
+@needs_root
+def test_a_home_others_can_write_to_is_refused(dl_home: Path) -> None:
+    dl_home.chmod(0o777)
+    _refused(dl_home, start_embedded_postgres, "writable by other users", "chmod go-w")
+    dl_home.chmod(0o775)
+    _refused(dl_home, start_embedded_redis, "writable by other users")
+    assert not (dl_home / "pgdata").exists() and not (dl_home / "run").exists()
+
+
+@needs_root
+@pytest.mark.parametrize(("start", "name"), [(start_embedded_postgres, "pgdata"), (start_embedded_redis, "run")])
+def test_a_link_planted_in_a_sticky_home_is_never_followed(dl_home: Path, start: object, name: str) -> None:
+    # A sticky home others may write to (like /tmp): what they plant there is refused, never followed.
+    home, target = dl_home / "home", dl_home / "rootdir"
+    dl_home.chmod(0o711)  # nobody passes through to the home
+    home.mkdir()
+    home.chmod(0o1777)
+    target.mkdir(mode=0o755)
+    r = _as_nobody("ln", "-s", str(target), str(home / name))
+    assert r.returncode == 0, r.stderr
+    _refused(home, start, f"holds {name} as a symbolic link", f"remove {home / name}")
+    _untouched(target)
+    (home / name).unlink()
+    r = _as_nobody("mkdir", str(home / name))  # nobody's own directory: the server's files would be theirs
+    assert r.returncode == 0, r.stderr
+    _refused(home, start, f"holds {name} owned by uid")
+
+
+def test_a_directory_made_private_is_never_reached_through_a_link(dl_home: Path) -> None:
+    # A link swapped in after the home was checked: private_dir neither chmods nor chowns its target.
+    target = dl_home / "target"
+    target.mkdir(mode=0o755)
+    (dl_home / "pgdata").symlink_to(target)
+    with pytest.raises(ConfigError, match="DATALAYER_HOME") as e:
+        _embedded_home.private_dir(dl_home / "pgdata")
+    assert "not a directory" in str(e.value) and "remove" in str(e.value)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    _embedded_home.private_dir(dl_home / "fresh")
+    assert stat.S_IMODE((dl_home / "fresh").stat().st_mode) == 0o700
