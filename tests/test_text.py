@@ -97,6 +97,21 @@ def test_key_values() -> None:
     ("ann@exa_mple.com", "invalid domain"), ("ann@a..com", "invalid domain"), ("ann@example.com..", "invalid domain"),
     ("x" * 250 + "@example.com", "at most 254"), (SURROGATE + "@example.com", "surrogate"),
     ("a\x00@example.com", "NUL"), (None, "string"),
+    # default ignorables outside category C*, and blanks
+    ("an\u034fn@example.com", "invisible"), ("an\ufe00n@example.com", "invisible"),
+    ("ann\ufe0f@example.com", "invisible"), ("an\U000e0100n@example.com", "invisible"),
+    ("an\U000e01efn@example.com", "invisible"), ("an\u115fn@example.com", "invisible"),
+    ("an\u1160n@example.com", "invisible"), ("an\u3164n@example.com", "invisible"),
+    ("an\uffa0n@example.com", "invisible"), ("an\u17b4n@example.com", "invisible"),
+    ("an\u17b5n@example.com", "invisible"), ("an\u180bn@example.com", "invisible"),
+    ("an\u180fn@example.com", "invisible"), ("an\u2800n@example.com", "invisible"),
+    ("a\u02dcb@example.com", "normalises"), ("a\u00a8b@example.com", "normalises"),  # NFKC: a space and a mark
+    # RFC 5322 forms naming ann's mailbox, and what dot-atom text cannot hold
+    ('"ann"@example.com', "quote"), ('""@example.com', "quote"), ('"a b"@example.com', "valid e-mail"),
+    ("(c)ann@example.com", "comments"), ("a(comment)@example.com", "comments"), ("ann()@example.com", "comments"),
+    (".ann@example.com", "single dots"), ("ann.@example.com", "single dots"), ("a..nn@example.com", "single dots"),
+    ("a,b@example.com", "single dots"), ("a\\b@example.com", "single dots"), ("a[b]@example.com", "single dots"),
+    ("a\uff0e\uff0eb@example.com", "normalises"), ("a\uff02b\uff02@example.com", "normalises"),
 ])
 def test_refused_addresses(address: object, word: str) -> None:
     with pytest.raises(ValidationError) as e:
@@ -119,3 +134,19 @@ def test_key_is_stable(address: str) -> None:
         return
     assert email_key(key) == key  # a key is its own key: stored keys never drift
     assert text_problem(key) is None and key.count("@") == 1 and len(key) <= 254
+
+
+def test_every_default_ignorable_range_is_refused() -> None:
+    # Both ends of each DerivedCoreProperties range, whatever its general category.
+    from datalayer.text import _DEFAULT_IGNORABLE
+
+    for lo, hi in _DEFAULT_IGNORABLE:
+        for cp in (lo, hi):
+            with pytest.raises(ValidationError, match="invisible"):
+                email_key(f"an{chr(cp)}n@example.com")
+
+
+@pytest.mark.parametrize("address", ["ann+tag@example.com", "o'brien@example.com", "a.b.c@example.com",
+                                     "!#$%&'*+-/=?^_`{|}~@example.com", "jos\u00e9@example.com", "用户@例え.jp"])
+def test_dot_atom_addresses_are_accepted(address: str) -> None:
+    assert email_key(address) == email_key(email_key(address))

@@ -333,7 +333,8 @@ def test_look_alikes_are_one_account(db: psycopg.Connection, first: str, look_al
     assert e.value.field == "email"
 
 
-@pytest.mark.parametrize("invisible", ["\u200b", "\u00ad", "\u200d", "\ufeff", "\u2060"])
+@pytest.mark.parametrize("invisible", ["\u200b", "\u00ad", "\u200d", "\ufeff", "\u2060", "\u034f", "\ufe0f",
+                                       "\U000e0100", "\u3164", "\uffa0", "\u115f", "\u17b4", "\u180b", "\u2800"])
 def test_invisible_characters_are_refused(db: psycopg.Connection, invisible: str) -> None:
     with pytest.raises(ValidationError) as e:
         user_repo.create(db, username="inv", email=f"an{invisible}n@example.com", hashed_password="h")
@@ -477,3 +478,17 @@ def test_an_edited_python_migration_is_refused(at_0004: Any, tmp_path: Any, monk
     assert states["0005.users-email-key"].changed
     with pytest.raises(MigrationError, match="0005.users-email-key changed since it was applied"):
         setup_database(target=at_0004, settings=s)
+
+
+@pytest.mark.parametrize("other_spelling", ['"ann"@example.com', "(c)ann@example.com", "ann(c)@example.com",
+                                            '""@example.com', "a\u034fnn@example.com", "ann\ufe0f@example.com"])
+def test_other_spellings_of_a_mailbox_are_no_second_account(db: psycopg.Connection, other_spelling: str) -> None:
+    # RFC 5322 quoting and comments, or an invisible character, would name ann's mailbox (or read as it).
+    victim = user_repo.create(db, username="victim", email="Ann@Example.com", hashed_password="h")
+    with pytest.raises(ValidationError) as e:
+        user_repo.create(db, username="second", email=other_spelling, hashed_password="h")
+    assert list(e.value.errors) == ["email"]
+    with pytest.raises(ValidationError):
+        user_repo.update(db, victim.id, email=other_spelling)
+    rows = db.execute("SELECT username, email FROM users ORDER BY id").fetchall()
+    assert rows == [("victim", "Ann@Example.com")], "nothing half-written"
