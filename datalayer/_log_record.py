@@ -16,7 +16,7 @@ from typing import Any, cast
 import orjson
 
 from datalayer import _jsonb
-from datalayer.repos._common import MAX_JSON_BYTES
+from datalayer.repos._common import MAX_JSON_BYTES, has_non_finite
 from datalayer.repos.system_log import MAX_MESSAGE_CHARS, MAX_SERVICE_CHARS
 from datalayer.text import clean_text
 
@@ -76,9 +76,14 @@ def _details_json(details: dict[str, Any], standard_count: int) -> str:
     caller's extras must be dropped)."""
     try:
         encoded = _jsonb.dumps(details)
-        if b"\\u0000" not in encoded and len(encoded) <= MAX_JSON_BYTES:
+        # orjson writes NaN and infinity as null: those go through _storable too, which keeps their repr.
+        if (
+            b"\\u0000" not in encoded
+            and len(encoded) <= MAX_JSON_BYTES
+            and not (b"null" in encoded and has_non_finite(details))
+        ):
             return encoded.decode()
-    except (TypeError, orjson.JSONEncodeError):
+    except (TypeError, orjson.JSONEncodeError, RecursionError):
         pass  # a lone surrogate, a non-str key, an object: clean below
     try:
         encoded = _jsonb.dumps(_storable(details))

@@ -32,7 +32,7 @@ from datalayer.rows import attrs_row
 from datalayer.text import nested_text_problem
 from datalayer.transactions import in_transaction
 
-__all__ = ["Binding", "Bound", "bind", "bindings"]
+__all__ = ["Binding", "Bound", "bind", "bindings", "check_connection"]
 
 T = TypeVar("T")
 
@@ -60,9 +60,15 @@ def bindings() -> list[Binding]:
     return list(_bindings)
 
 
-def _new_cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    # Checked where a cursor is made, not per call: an AsyncConnection would hand back coroutines
-    # (and a RuntimeWarning) instead of rows, anything else an AttributeError.
+def check_connection(db: object, *, open_: bool = False) -> None:
+    """ValidationError naming ``db`` unless it is a sync psycopg.Connection (and, with ``open_``, open).
+
+    Called where a cursor is made, and first by functions that do other work before their query
+    (system_log's writers keep partitions ahead, which logs rather than raises its own failures), so a
+    wrong or closed ``db`` is refused before anything else.
+    """
+    # Not per call: an AsyncConnection would hand back coroutines (and a RuntimeWarning) instead of
+    # rows, anything else an AttributeError.
     if not isinstance(db, psycopg.Connection):
         what = "a psycopg.AsyncConnection" if isinstance(db, psycopg.AsyncConnection) else type(db).__name__
         raise ValidationError(
@@ -72,7 +78,28 @@ def _new_cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
                 "call them in a worker thread, e.g. anyio.to_thread.run_sync)"
             }
         )
-    return db.cursor()
+    if open_ and db.closed and (closed := _closed(db)) is not None:
+        raise closed
+
+
+def _new_cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    check_connection(db)
+    try:
+        return db.cursor()
+    except psycopg.OperationalError as e:
+        raise _closed(db) or translate(e, conn=db) from None
+
+
+def _closed(db: psycopg.Connection[Any]) -> ValidationError | None:
+    """The error for a connection its owner closed (one the server dropped is a TransientError).
+
+    Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
+    """
+    if db.closed and not db.broken:
+        return ValidationError(
+            {"db": "is closed; pass an open connection (use it inside `with datalayer.connection() as db:`)"}
+        )
+    return None
 
 
 def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
@@ -169,6 +196,8 @@ class Bound(Generic[T]):
                 raise bad from None
             if not isinstance(e, psycopg.Error):
                 raise
+            if (closed := _closed(db)) is not None:  # a pooled connection's kept cursor outlives a close()
+                raise closed from None
             outside = db.autocommit and not in_transaction(db)
             # A read past its deadline is not run again: the caller gets its error on time.
             if self.query.read_only and outside and is_connection_lost(e, db) and not _expired(db):
@@ -284,6 +313,8 @@ class Bound(Generic[T]):
                     raise bad from None
             if not isinstance(e, psycopg.Error):
                 raise
+            if (closed := _closed(db)) is not None:
+                raise closed from None
             write = not in_transaction(db) and db.autocommit
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
         return count

@@ -243,3 +243,20 @@ def test_emit_never_blocks_on_a_writer_that_waits(dl_pool: DataLayerPool) -> Non
         handler.close()
     assert elapsed < 2.0, f"emit blocked: {elapsed:.2f}s for 2000 records"
     assert handler.written == 2000
+
+
+def test_non_finite_floats_in_extra_are_stored_as_their_repr(dl_pool: DataLayerPool) -> None:
+    # JSON has no NaN or infinity; orjson would write null. Alone in extra= (nothing else forcing the
+    # cleaning path) they are stored as their repr, as the README says, and finite floats stay numbers.
+    handler = SystemLogHandler(service="floats", pool=dl_pool, flush_interval=0.02)
+    log = _logger("floats", handler)
+    try:
+        log.info("flat", extra={"a": float("inf"), "b": float("nan"), "c": -0.0, "d": 1.5, "e": None})
+        log.info("nested", extra={"nested": {"x": float("nan"), "y": [float("-inf"), 2.5]}})
+        assert handler.drain(15), f"stuck with {handler.pending()} pending"
+    finally:
+        handler.close()
+    rows = {r.message: r.details for r in _messages(dl_pool, "floats")}
+    assert (rows["flat"]["a"], rows["flat"]["b"], rows["flat"]["c"]) == ("inf", "nan", -0.0)
+    assert rows["flat"]["d"] == 1.5 and rows["flat"]["e"] is None
+    assert rows["nested"]["nested"] == {"x": "nan", "y": ["-inf", 2.5]}

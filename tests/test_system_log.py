@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import psycopg
@@ -276,3 +276,81 @@ def test_record_landed_finds_only_the_tagged_event_in_its_span(db: Any) -> None:
     assert repo.record_landed(db, record_id="r-1", service="other", **span) is False
     later = {"first": e.created_at + timedelta(seconds=1), "last": e.created_at + timedelta(seconds=2)}
     assert repo.record_landed(db, record_id="r-1", service="svc", **later) is False
+
+
+# --- only DataLayerError leaves: what is not a list of events, a closed connection, a tzinfo that fails ---
+
+@pytest.mark.parametrize("events", [None, 5, 1.5, "abc", {"service": "s", "level": "INFO", "message": "m"}])
+def test_bulk_insert_refuses_what_is_not_a_list_of_events(db: Any, events: Any) -> None:
+    with pytest.raises(ValidationError) as e:
+        repo.bulk_insert(db, events)
+    assert list(e.value.errors) == ["events"] and type(events).__name__ in e.value.errors["events"]
+    with pytest.raises(ValidationError) as e:
+        repo.copy_rows(db, events)
+    assert list(e.value.errors) == ["rows"]
+    assert db.execute("SELECT count(*) FROM system_log").fetchone() == (0,)
+
+
+def _closed_calls(conn: Any) -> list[Any]:
+    return [
+        lambda: repo.get_by_id(conn, 1),
+        lambda: repo.find(conn, since=NOW - timedelta(hours=1), until=NOW),
+        lambda: repo.create(conn, service="s", level="INFO", message="m"),
+        lambda: repo.bulk_insert(conn, [{"service": "s", "level": "INFO", "message": "m"}]),
+        lambda: log_system_event(conn, service="s", level="INFO", message="m"),
+    ]
+
+
+def test_a_closed_connection_is_a_validation_error_naming_db(dl_pool: DataLayerPool,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    with connection(dl_pool) as db:
+        raw = psycopg.connect(**db.info.get_parameters(), password=db.info.password)  # the caller's own
+    raw.close()
+    with connection(dl_pool) as pooled:  # a pooled one keeps its cursor across calls: closed after a first query
+        repo.get_by_id(pooled, 1)
+        pooled.close()
+        for conn in (raw, pooled):
+            for call in _closed_calls(conn):
+                with pytest.raises(ValidationError) as e:
+                    call()
+                assert list(e.value.errors) == ["db"] and "is closed" in e.value.errors["db"]
+    assert "partitions ahead failed" not in caplog.text  # refused before any other work
+
+
+def test_a_wrong_db_is_refused_before_partitions_are_kept_ahead(caplog: pytest.LogCaptureFixture) -> None:
+    for call in (lambda: log_system_event(None, service="s", level="INFO", message="m"),  # type: ignore[arg-type]
+                 lambda: repo.bulk_insert(None, [])):  # type: ignore[arg-type]
+        with pytest.raises(ValidationError) as e:
+            call()
+        assert list(e.value.errors) == ["db"] and "NoneType" in e.value.errors["db"]
+    assert "partitions ahead failed" not in caplog.text
+
+
+class _Offset(tzinfo):
+    """A caller's tzinfo: Python checks what utcoffset answers only when it is asked."""
+
+    def __init__(self, offset: Any) -> None:
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime | None) -> Any:
+        return self.offset
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+@pytest.mark.parametrize("offset", [timedelta(hours=30), timedelta(hours=-24), "+01:00", None])
+def test_a_tzinfo_with_a_bad_offset_is_a_validation_error_naming_the_field(db: Any, offset: Any) -> None:
+    bad = NOW.replace(tzinfo=_Offset(offset))
+    calls = {
+        "since": lambda: repo.find(db, since=bad - timedelta(hours=1), until=NOW),
+        "until": lambda: repo.count_by_level(db, since=NOW - timedelta(hours=1), until=bad),
+        "events[1].created_at": lambda: repo.bulk_insert(db, [
+            {"service": "s", "level": "INFO", "message": "m"},
+            {"service": "s", "level": "INFO", "message": "m", "created_at": bad}]),
+    }
+    for field, call in calls.items():
+        with pytest.raises(ValidationError) as e:
+            call()
+        assert list(e.value.errors) == [field] and "timezone-aware" in e.value.errors[field]
+    assert db.execute("SELECT count(*) FROM system_log").fetchone() == (0,)

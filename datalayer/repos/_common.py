@@ -97,12 +97,29 @@ def optional_status(value: object) -> str | None:
     return None if value is None else check_status(value)
 
 
-def optional_time(value: object, name: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValidationError({name: "must be a timezone-aware datetime"})
+def check_time(value: object, name: str) -> datetime:
+    """``value`` if it is a timezone-aware datetime whose offset Python accepts, else ValidationError.
+
+    A tzinfo is the caller's code: its ``utcoffset`` may answer None (naive after all), 24 hours or
+    more (a ValueError from Python), a non-timedelta or raise; asked once here, so comparisons and
+    arithmetic later cannot raise it.
+    """
+    aware = "must be a timezone-aware datetime"
+    if not isinstance(value, datetime):
+        raise ValidationError({name: aware})
+    try:
+        offset = value.utcoffset()
+    except (ValueError, TypeError, ArithmeticError) as e:
+        raise ValidationError(
+            {name: f"{aware} with a valid utc offset; its tzinfo failed ({str(e).lower()})"[:300]}
+        ) from None
+    if offset is None:
+        raise ValidationError({name: aware})
     return value
+
+
+def optional_time(value: object, name: str) -> datetime | None:
+    return None if value is None else check_time(value, name)
 
 
 def check_flag(value: object, name: str) -> bool:
@@ -133,7 +150,7 @@ def json_text(value: object, name: str, *, require_object: bool = True) -> str:
         raise ValidationError(
             {name: "must be JSON-serialisable (str keys; str, int, float, bool, None, list, dict)"}
         ) from None
-    if "null" in encoded and _has_non_finite(value):  # orjson writes NaN and infinity as null
+    if "null" in encoded and has_non_finite(value):  # orjson writes NaN and infinity as null
         raise ValidationError({name: "must not contain NaN or infinite numbers (JSON cannot represent them)"})
     if len(encoded) > MAX_JSON_BYTES:
         raise ValidationError({name: f"must be at most {MAX_JSON_BYTES:,} bytes as JSON"})
@@ -151,7 +168,8 @@ def _text_problem_in(value: object) -> str | None:
         return None
 
 
-def _has_non_finite(value: object) -> bool:
+def has_non_finite(value: object) -> bool:
+    """Whether ``value`` holds NaN or an infinity (orjson writes them as null without a word)."""
     try:
         json.dumps(value, allow_nan=False, default=str)  # default: orjson's datetimes, UUIDs … are not the question
     except ValueError:

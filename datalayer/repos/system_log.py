@@ -13,7 +13,7 @@ import attrs
 from psycopg import Connection
 
 from datalayer._pagination import check_limit
-from datalayer._run import Bound, bind
+from datalayer._run import Bound, bind, check_connection
 from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
 from datalayer.partitions import keep_ahead
@@ -21,6 +21,7 @@ from datalayer.records import LevelCount, Page, SystemLogEntry
 from datalayer.repos._common import (
     check_id,
     check_text,
+    check_time,
     json_text,
     json_value,
     optional_id,
@@ -89,6 +90,7 @@ def create(
     user_id: int | None = None,
 ) -> SystemLogEntry:
     """Insert one event and return it."""
+    check_connection(db, open_=True)  # before keep_ahead, which would log its own failure on a wrong db
     service = check_text(service, "service", max_chars=MAX_SERVICE_CHARS)
     level = check_level(level)
     message = _message(message)
@@ -103,14 +105,8 @@ def get_by_id(db: Connection[Any], log_id: int) -> SystemLogEntry | None:
     return _get_by_id.maybe(db, log_id=check_id(log_id, "log_id"))
 
 
-def _aware(value: object, name: str) -> datetime:
-    if not isinstance(value, datetime) or value.tzinfo is None:
-        raise ValidationError({name: "must be a timezone-aware datetime"})
-    return value
-
-
 def _range(since_: object, until_: object) -> tuple[datetime, datetime]:
-    since, until = _aware(since_, "since"), _aware(until_, "until")
+    since, until = check_time(since_, "since"), check_time(until_, "until")
     if since >= until:
         raise ValidationError({"until": "must be after since"})
     if until - since > MAX_RANGE:
@@ -176,7 +172,7 @@ def _row(event: LogEvent | Mapping[str, Any], now: datetime) -> tuple[Any, ...]:
     else:
         raise ValidationError({"events": f"each event must be a LogEvent or a dict, got {type(event).__name__}"})
     return (
-        now if created_at is None else _aware(created_at, "created_at"),
+        now if created_at is None else check_time(created_at, "created_at"),
         check_text(service, "service", max_chars=MAX_SERVICE_CHARS),
         check_level(level),
         _message(message),
@@ -185,12 +181,20 @@ def _row(event: LogEvent | Mapping[str, Any], now: datetime) -> tuple[Any, ...]:
     )
 
 
+def _check_iterable(value: object, name: str, of: str) -> None:
+    # A str, bytes or dict iterates too, but as characters or keys: one event passed for a list of them.
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise ValidationError({name: f"must be an iterable (a list) of {of}, got {type(value).__name__}"})
+
+
 def bulk_insert(db: Connection[Any], events: Iterable[LogEvent | Mapping[str, Any]]) -> int:
     """Insert many events through COPY; returns how many. All or nothing: a bad event (ValidationError
     naming the field and the event's position) or a failed COPY inserts none of them.
     """
     from datalayer.transactions import transaction
 
+    check_connection(db, open_=True)
+    _check_iterable(events, "events", "LogEvent or dict")
     now = datetime.now(UTC)
     position = 0
 
@@ -212,6 +216,7 @@ def copy_rows(db: Connection[Any], rows: Iterable[tuple[Any, ...]]) -> int:
 
     For writers that build rows themselves (the log handler); callers own the transaction.
     """
+    _check_iterable(rows, "rows", "tuples")
     return _copy_in.copy_in(db, rows)
 
 
