@@ -31,6 +31,8 @@ from datalayer.transactions import transaction
 
 __all__ = [
     "DEFAULT_AHEAD",
+    "EARLIEST_DAY",
+    "MAX_AHEAD",
     "LogPartition",
     "PartitionKeeper",
     "check_ahead",
@@ -45,6 +47,8 @@ __all__ = [
 log = logging.getLogger("datalayer")
 
 MAX_AHEAD = 366
+# The first day a partition may be made for (datalayer_ensure_log_partition refuses earlier ones).
+EARLIEST_DAY = date(1970, 1, 1)
 # Days of partitions kept ahead of today (UTC) by setup_database, yoyo's post-apply and the writers.
 DEFAULT_AHEAD = 7
 # The writers top partitions up when fewer days than this are known to exist ahead of today.

@@ -16,7 +16,7 @@ from datalayer._pagination import check_limit
 from datalayer._run import Bound, bind, check_connection
 from datalayer._sql import load_queries
 from datalayer.errors import ValidationError
-from datalayer.partitions import keep_ahead
+from datalayer.partitions import EARLIEST_DAY, MAX_AHEAD, keep_ahead
 from datalayer.records import LevelCount, Page, SystemLogEntry
 from datalayer.repos._common import (
     check_id,
@@ -172,13 +172,25 @@ def _row(event: LogEvent | Mapping[str, Any], now: datetime) -> tuple[Any, ...]:
     else:
         raise ValidationError({"events": f"each event must be a LogEvent or a dict, got {type(event).__name__}"})
     return (
-        now if created_at is None else check_time(created_at, "created_at"),
+        now if created_at is None else _log_time(created_at, now),
         check_text(service, "service", max_chars=MAX_SERVICE_CHARS),
         check_level(level),
         _message(message),
         json_text(details, "details"),
         optional_id(user_id, "user_id"),
     )
+
+
+def _log_time(value: object, now: datetime) -> datetime:
+    # Only days a partition can exist for: a row outside them would wait in the default partition for
+    # good (no maintenance can move it, and health would stay red).
+    at = check_time(value, "created_at")
+    day = at.astimezone(UTC).date()
+    if not EARLIEST_DAY <= day <= now.date() + timedelta(days=MAX_AHEAD):
+        raise ValidationError(
+            {"created_at": f"must be a time from {EARLIEST_DAY} to {MAX_AHEAD} days ahead (UTC), got {day}"}
+        )
+    return at
 
 
 def _check_iterable(value: object, name: str, of: str) -> None:
