@@ -9,13 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from datalayer.config import DatabaseTarget
+from datalayer.config import DATABASE_VARIABLES, REDIS_VARIABLES, DatabaseTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DATABASE_VARS = ("DATABASE_URL", "DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "DATABASE_USER",
-                 "DATABASE_PASSWORD", "DATABASE_SSLMODE")
-REDIS_VARS = ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
+DATABASE_VARS = DATABASE_VARIABLES
+REDIS_VARS = REDIS_VARIABLES
 # The built-in migrations in the order they apply (ids sort in dependency order), read from the folder.
 MIGRATION_IDS = sorted(
     p.name.removesuffix(p.suffix) for p in (ROOT / "migrations").iterdir()

@@ -33,7 +33,7 @@ def test_wheel_installed_outside_the_tree_runs_a_query(tmp_path: Path, datalayer
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
                            capture_output=True, text=True, timeout=600, check=False)
     assert build.returncode == 0, build.stderr
-    (wheel,) = dist.glob("datalayer-*.whl")
+    (wheel,) = dist.glob("sqlfirst_datalayer-*.whl")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     site = next((env_dir / "lib").glob("python3*/site-packages"))
