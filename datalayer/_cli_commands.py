@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "cmd_backup",
@@ -113,8 +113,16 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     days = [p.day for p in partitions if p.day is not None]
     if args.action == "maintain":
         today = datetime.now(UTC).date()
-        ahead = [d for d in days if d >= today]
-        horizon = f"day partitions run through {max(ahead)}" if ahead else "no day partition from today on"
+        have, through = set(days), today - timedelta(days=1)
+        while through + timedelta(days=1) in have:  # the unbroken run from today on
+            through += timedelta(days=1)
+        horizon = (
+            f"every day from today through {through} has its partition"
+            if through >= today
+            else ("today has no partition")
+        )
+        if (missing := (today + timedelta(days=args.ahead)) - through) > timedelta(0):
+            horizon += f"; {missing.days} day(s) of the {args.ahead} asked for could not be created (see the log)"
         print(f"created {created} day partition(s); {horizon} ({args.ahead} day(s) ahead were asked for)")
     for p in partitions:
         print(f"  {p.name:<24} ~{p.estimated_rows:>10,} rows (estimate)  {p.total_bytes / 1024:>10,.0f} KiB")

@@ -16,7 +16,7 @@ import pytest
 from helpers import clean_env, run_py, url_of
 
 from datalayer.cli import build_parser
-from datalayer.partitions import MAX_AHEAD
+from datalayer.partitions import MAX_AHEAD, partition_name
 from datalayer.pool import DataLayerPool
 from datalayer.testing import TestServer
 
@@ -52,10 +52,15 @@ def test_partitions_maintain_reports_what_it_did(dl_pool: DataLayerPool) -> None
     first = _cli(["partitions", "maintain", "--ahead", str(ahead)], env)
     assert first.returncode == 0, first.stderr
     horizon = today + timedelta(days=ahead)
-    assert f"created 2 day partition(s); day partitions run through {horizon}" in first.stdout
+    assert f"created 2 day partition(s); every day from today through {horizon} has its partition" in first.stdout
     assert "system_log_default" in first.stdout and "(estimate)" in first.stdout
     again = _cli(["partitions", "maintain", "--ahead", str(ahead)], env)
-    assert again.returncode == 0 and f"created 0 day partition(s); day partitions run through {horizon}" in again.stdout
+    assert again.returncode == 0 and f"created 0 day partition(s); every day from today through {horizon}" in again.stdout
+    # a gap is not hidden by the partitions further ahead
+    with dl_pool.connection() as db:
+        db.execute(f"DROP TABLE {partition_name(today + timedelta(days=1))}")
+    gap = _cli(["partitions", "maintain", "--ahead", "0"], env)
+    assert f"created 0 day partition(s); every day from today through {today} has its partition" in gap.stdout
 
 
 def _partition_days(pool: DataLayerPool) -> list[Any]:
