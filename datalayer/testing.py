@@ -182,6 +182,16 @@ def fresh_database(server: TestServer, **settings: Any) -> Iterator[DataLayerPoo
 
 
 @pytest.fixture
+def dl_empty_target(datalayer_server: TestServer) -> Iterator[DatabaseTarget]:
+    """An empty database (not migrated), dropped after the test: for tests of migrations themselves."""
+    name = f"dl_e{os.getpid()}_{next(_counter)}"
+    janitor = datalayer_server.janitor(name)
+    janitor.drop()
+    with janitor:
+        yield datalayer_server.target_for(name)
+
+
+@pytest.fixture
 def dl_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
     """A pool on a fresh migrated database (also the default pool during the test)."""
     with fresh_database(datalayer_server) as pool:

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,20 +30,9 @@ from datalayer import (
 from datalayer import health as health_mod
 from datalayer import migrate as migrate_mod
 from datalayer.config import DatabaseTarget, Secret
-from datalayer.testing import TestServer, settings_for_tests
+from datalayer.testing import settings_for_tests
 
 TABLES = {"users", "data_analyses", "analysis_files", "tool_generations", "system_log", "cache_entries"}
-_n = iter(range(10**6))
-
-
-@pytest.fixture
-def empty_target(datalayer_server: TestServer) -> Iterator[DatabaseTarget]:
-    """An empty (unmigrated) database."""
-    name = f"dl_empty_{os.getpid()}_{next(_n)}"
-    janitor = datalayer_server.janitor(name)
-    janitor.drop()
-    with janitor:
-        yield datalayer_server.target_for(name)
 
 
 def _conn(target: DatabaseTarget) -> psycopg.Connection[Any]:
@@ -57,33 +45,33 @@ def _tables(target: DatabaseTarget) -> set[str]:
     return {r[0] for r in rows} & TABLES
 
 
-def test_up_down_up(empty_target: DatabaseTarget) -> None:
+def test_up_down_up(dl_empty_target: DatabaseTarget) -> None:
     s = settings_for_tests()
-    applied = setup_database(target=empty_target, settings=s)
+    applied = setup_database(target=dl_empty_target, settings=s)
     assert applied == MIGRATION_IDS
-    assert _tables(empty_target) == TABLES
-    assert setup_database(target=empty_target, settings=s) == []  # idempotent
-    assert migrate_mod.rollback_all(target=empty_target, settings=s) == MIGRATION_IDS[::-1]
-    assert _tables(empty_target) == set()
-    with _conn(empty_target) as c:
+    assert _tables(dl_empty_target) == TABLES
+    assert setup_database(target=dl_empty_target, settings=s) == []  # idempotent
+    assert migrate_mod.rollback_all(target=dl_empty_target, settings=s) == MIGRATION_IDS[::-1]
+    assert _tables(dl_empty_target) == set()
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT count(*) FROM datalayer_migration_ledger").fetchone() == (0,)
-    assert len(setup_database(target=empty_target, settings=s)) == len(MIGRATION_IDS)
-    assert _tables(empty_target) == TABLES
-    assert all(st.applied and not st.changed for st in migration_status(target=empty_target, settings=s))
+    assert len(setup_database(target=dl_empty_target, settings=s)) == len(MIGRATION_IDS)
+    assert _tables(dl_empty_target) == TABLES
+    assert all(st.applied and not st.changed for st in migration_status(target=dl_empty_target, settings=s))
 
 
-def test_reset_requires_confirm(empty_target: DatabaseTarget) -> None:
+def test_reset_requires_confirm(dl_empty_target: DatabaseTarget) -> None:
     s = settings_for_tests()
-    setup_database(target=empty_target, settings=s)
-    with _conn(empty_target) as c:
+    setup_database(target=dl_empty_target, settings=s)
+    with _conn(dl_empty_target) as c:
         c.execute("INSERT INTO users (username, email, email_key, hashed_password) "
                   "VALUES ('keep', 'k@example.com', 'k@example.com', 'h')")
     with pytest.raises(MigrationError, match="confirm=True"):
-        reset_database(target=empty_target, settings=s)
-    with _conn(empty_target) as c:
+        reset_database(target=dl_empty_target, settings=s)
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT count(*) FROM users").fetchone() == (1,)
-    reset_database(confirm=True, target=empty_target, settings=s)
-    with _conn(empty_target) as c:
+    reset_database(confirm=True, target=dl_empty_target, settings=s)
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT count(*) FROM users").fetchone() == (0,)
 
 
@@ -96,116 +84,116 @@ def migrations_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return copy
 
 
-def test_edited_applied_migration_is_refused(empty_target: DatabaseTarget, migrations_copy: Path) -> None:
+def test_edited_applied_migration_is_refused(dl_empty_target: DatabaseTarget, migrations_copy: Path) -> None:
     s = settings_for_tests()
-    setup_database(target=empty_target, settings=s)
+    setup_database(target=dl_empty_target, settings=s)
     path = migrations_copy / "0003.cache-entries.sql"
     path.write_text(path.read_text() + "\n-- an innocent-looking edit\n")
     (migrations_copy / "0004.more.sql").write_text("CREATE TABLE should_not_appear (id int);\n")
     (migrations_copy / "0004.more.rollback.sql").write_text("DROP TABLE should_not_appear;\n")
-    states = {st.id: st for st in migration_status(target=empty_target, settings=s)}
+    states = {st.id: st for st in migration_status(target=dl_empty_target, settings=s)}
     assert states["0003.cache-entries"].changed
     assert "0003.cache-entries changed since it was applied" in str(states["0003.cache-entries"].problem)
     assert not states["0004.more"].applied
     with pytest.raises(MigrationError, match="0003.cache-entries changed since it was applied"):
-        setup_database(target=empty_target, settings=s)
-    with _conn(empty_target) as c:
+        setup_database(target=dl_empty_target, settings=s)
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT to_regclass('should_not_appear')").fetchone() == (None,)
-    health = check_database_health(target=empty_target, settings=s)
+    health = check_database_health(target=dl_empty_target, settings=s)
     assert health["status"] == "unhealthy" and not health["checks"]["migrations"]["ok"]
     # restoring the file resolves it
     path.write_text(path.read_text().replace("\n-- an innocent-looking edit\n", ""))
-    assert setup_database(target=empty_target, settings=s) == ["0004.more"]
+    assert setup_database(target=dl_empty_target, settings=s) == ["0004.more"]
 
 
-def test_crlf_checkout_is_not_a_change(empty_target: DatabaseTarget, migrations_copy: Path) -> None:
+def test_crlf_checkout_is_not_a_change(dl_empty_target: DatabaseTarget, migrations_copy: Path) -> None:
     s = settings_for_tests()
-    setup_database(target=empty_target, settings=s)
+    setup_database(target=dl_empty_target, settings=s)
     path = migrations_copy / "0001.core-tables.sql"
     path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
-    assert not any(st.changed for st in migration_status(target=empty_target, settings=s))
+    assert not any(st.changed for st in migration_status(target=dl_empty_target, settings=s))
 
 
 def test_stale_lock_from_dead_process_is_cleared(
-    empty_target: DatabaseTarget, caplog: pytest.LogCaptureFixture
+    dl_empty_target: DatabaseTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     s = settings_for_tests()
-    setup_database(target=empty_target, settings=s)
+    setup_database(target=dl_empty_target, settings=s)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
-    with _conn(empty_target) as c:
+    with _conn(dl_empty_target) as c:
         c.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', %s)",
                   (int(dead.stdout),))
-    setup_database(target=empty_target, settings=s)
+    setup_database(target=dl_empty_target, settings=s)
     assert "cleared a stale migration lock" in caplog.text and "no longer exists" in caplog.text
-    with _conn(empty_target) as c:
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT count(*) FROM yoyo_lock").fetchone() == (0,)
 
 
-def test_old_lock_is_cleared(empty_target: DatabaseTarget, caplog: pytest.LogCaptureFixture) -> None:
+def test_old_lock_is_cleared(dl_empty_target: DatabaseTarget, caplog: pytest.LogCaptureFixture) -> None:
     s = settings_for_tests()
-    setup_database(target=empty_target, settings=s)
-    with _conn(empty_target) as c:
+    setup_database(target=dl_empty_target, settings=s)
+    with _conn(dl_empty_target) as c:
         c.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC' - interval '1 hour', %s)",
                   (os.getpid(),))
-    setup_database(target=empty_target, settings=s)
+    setup_database(target=dl_empty_target, settings=s)
     assert "60 minutes old" in caplog.text
 
 
-def test_concurrent_setup_from_two_processes(empty_target: DatabaseTarget) -> None:
+def test_concurrent_setup_from_two_processes(dl_empty_target: DatabaseTarget) -> None:
     code = textwrap.dedent("""
         import json
         from datalayer import setup_database
         print(json.dumps(setup_database()))
     """)
-    env = clean_env(DATABASE_URL=url_of(empty_target))
+    env = clean_env(DATABASE_URL=url_of(dl_empty_target))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     applied = sorted((json.loads(out) for out, _ in outs), key=len)
     assert applied == [[], MIGRATION_IDS]
-    with _conn(empty_target) as c:
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT count(*) FROM _yoyo_migration").fetchone() == (len(MIGRATION_IDS),)
 
 
-def test_plain_yoyo_apply_with_repo_ini_runs_the_checksum_hook(empty_target: DatabaseTarget) -> None:
+def test_plain_yoyo_apply_with_repo_ini_runs_the_checksum_hook(dl_empty_target: DatabaseTarget) -> None:
     yoyo = Path(sys.executable).parent / "yoyo"
-    url = url_of(empty_target).replace("postgresql://", "postgresql+psycopg://", 1)
+    url = url_of(dl_empty_target).replace("postgresql://", "postgresql+psycopg://", 1)
     r = subprocess.run([str(yoyo), "apply", "--database", url], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, check=False)
     assert r.returncode == 0, r.stderr
-    assert _tables(empty_target) == TABLES
-    with _conn(empty_target) as c:
+    assert _tables(dl_empty_target) == TABLES
+    with _conn(dl_empty_target) as c:
         ids = [row[0] for row in c.execute("SELECT migration_id FROM datalayer_migration_ledger ORDER BY 1")]
     assert ids == MIGRATION_IDS
 
 
-def test_plan_prints_pending_sql_without_running(empty_target: DatabaseTarget) -> None:
+def test_plan_prints_pending_sql_without_running(dl_empty_target: DatabaseTarget) -> None:
     s = settings_for_tests()
-    sql = plan_sql(target=empty_target, settings=s)
+    sql = plan_sql(target=dl_empty_target, settings=s)
     assert sql.index("-- migration 0001.core-tables") < sql.index("-- migration 0002.system-log")
     assert "CREATE TABLE users" in sql and "CREATE TABLE cache_entries" in sql
     assert "SELECT datalayer_ensure_log_partition(" in sql
     assert "-- python step" in sql  # a Python migration is named, not silently empty
-    with _conn(empty_target) as c:  # nothing written, not even yoyo's own tables
+    with _conn(dl_empty_target) as c:  # nothing written, not even yoyo's own tables
         assert c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
-    setup_database(target=empty_target, settings=s)
-    after = plan_sql(target=empty_target, settings=s)
+    setup_database(target=dl_empty_target, settings=s)
+    after = plan_sql(target=dl_empty_target, settings=s)
     assert "-- migration" not in after
 
 
-def test_status_and_plan_of_an_unreachable_database_are_migration_errors(empty_target: DatabaseTarget) -> None:
-    missing = DatabaseTarget(params={**empty_target.params, "dbname": "dl_no_such_db"}, password=empty_target.password)
+def test_status_and_plan_of_an_unreachable_database_are_migration_errors(dl_empty_target: DatabaseTarget) -> None:
+    missing = DatabaseTarget(params={**dl_empty_target.params, "dbname": "dl_no_such_db"}, password=dl_empty_target.password)
     for call in (migrate_mod.migration_status, plan_sql):
         with pytest.raises(MigrationError, match="dl_no_such_db"):
             call(target=missing, settings=settings_for_tests())
 
 
-def test_bad_partitions_ahead_is_refused_before_migrating(empty_target: DatabaseTarget) -> None:
+def test_bad_partitions_ahead_is_refused_before_migrating(dl_empty_target: DatabaseTarget) -> None:
     with pytest.raises(ValidationError, match="partitions_ahead"):
-        setup_database(target=empty_target, settings=settings_for_tests(), partitions_ahead=-1)
-    assert _tables(empty_target) == set()
+        setup_database(target=dl_empty_target, settings=settings_for_tests(), partitions_ahead=-1)
+    assert _tables(dl_empty_target) == set()
 
 
 def test_partitions_ahead_and_waiting_rows(db: psycopg.Connection[Any]) -> None:

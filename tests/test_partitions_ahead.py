@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,6 @@ from datalayer.config import DatabaseTarget
 from datalayer.partitions import DEFAULT_AHEAD, PartitionKeeper, partition_name, set_keeper
 from datalayer.pool import DataLayerPool, connection
 from datalayer.repos.system_log import LogEvent
-from datalayer.testing import TestServer
-
-_n = iter(range(10**6))
 
 
 class Clock:
@@ -145,24 +141,14 @@ def test_ensure_log_partitions_returns_how_many_it_created(db: Any) -> None:
     assert {far + timedelta(days=i) for i in range(5)} <= _days(db)
 
 
-@pytest.fixture
-def empty_target(datalayer_server: TestServer) -> Iterator[DatabaseTarget]:
-    """An empty (unmigrated) database."""
-    name = f"dl_h3_empty_{os.getpid()}_{next(_n)}"
-    janitor = datalayer_server.janitor(name)
-    janitor.drop()
-    with janitor:
-        yield datalayer_server.target_for(name)
-
-
-def test_plain_yoyo_apply_leaves_partitions_ahead(empty_target: DatabaseTarget) -> None:
+def test_plain_yoyo_apply_leaves_partitions_ahead(dl_empty_target: DatabaseTarget) -> None:
     yoyo = Path(sys.executable).parent / "yoyo"
-    url = url_of(empty_target).replace("postgresql://", "postgresql+psycopg://", 1)
+    url = url_of(dl_empty_target).replace("postgresql://", "postgresql+psycopg://", 1)
     r = subprocess.run([str(yoyo), "apply", "--database", url], cwd=ROOT, capture_output=True, text=True,
                        timeout=180, check=False)
     assert r.returncode == 0, r.stderr
     assert "could not create" not in r.stderr
-    with psycopg.connect(empty_target.conninfo(), autocommit=True) as c:
+    with psycopg.connect(dl_empty_target.conninfo(), autocommit=True) as c:
         have = _days(c)
         ledger = c.execute("SELECT count(*) FROM datalayer_migration_ledger").fetchone()
     today = datetime.now(UTC).date()

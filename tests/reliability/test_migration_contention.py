@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -18,7 +17,6 @@ import pytest
 from helpers import MIGRATION_IDS, ROOT, clean_env, url_of
 
 from datalayer.config import DatabaseTarget
-from datalayer.testing import TestServer
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +27,6 @@ MIGRATE = textwrap.dedent("""
     m.migrations_dir = lambda: Path(sys.argv[1])
     print(json.dumps(m.setup_database()), flush=True)
 """)
-
-
-@pytest.fixture
-def empty(datalayer_server: TestServer) -> Iterator[DatabaseTarget]:
-    name = f"dl_contend_{os.getpid()}"
-    janitor = datalayer_server.janitor(name)
-    janitor.drop()
-    with janitor:
-        yield datalayer_server.target_for(name)
 
 
 @pytest.fixture
@@ -62,24 +51,24 @@ def _conn(target: DatabaseTarget) -> psycopg.Connection[object]:
     return psycopg.connect(target.conninfo(), autocommit=True)
 
 
-def test_three_concurrent_migrators_apply_each_migration_once(empty: DatabaseTarget) -> None:
+def test_three_concurrent_migrators_apply_each_migration_once(dl_empty_target: DatabaseTarget) -> None:
     from datalayer._paths import migrations_dir
 
-    procs = [_spawn(migrations_dir(), empty) for _ in range(3)]
+    procs = [_spawn(migrations_dir(), dl_empty_target) for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     applied = [json.loads(out) for out, _ in outs]
     assert sorted(map(len, applied)) == [0, 0, len(MIGRATION_IDS)]
-    with _conn(empty) as c:
+    with _conn(dl_empty_target) as c:
         rows = c.execute("SELECT migration_id, count(*) FROM _yoyo_log WHERE operation = 'apply' AND migration_id ~ '^[0-9]' "
                          "GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [(m, 1) for m in MIGRATION_IDS]
 
 
-def test_kill_9_mid_migration_recovers_by_itself(empty: DatabaseTarget, slow_migrations: Path) -> None:
-    proc = _spawn(slow_migrations, empty)
+def test_kill_9_mid_migration_recovers_by_itself(dl_empty_target: DatabaseTarget, slow_migrations: Path) -> None:
+    proc = _spawn(slow_migrations, dl_empty_target)
     deadline = time.monotonic() + 60
-    with _conn(empty) as c:
+    with _conn(dl_empty_target) as c:
         while time.monotonic() < deadline:  # wait until 0004 is running (its pg_sleep is in flight)
             busy = c.execute("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
                              "AND pid <> pg_backend_pid()").fetchone()
@@ -101,22 +90,22 @@ def test_kill_9_mid_migration_recovers_by_itself(empty: DatabaseTarget, slow_mig
         assert c.execute("SELECT to_regclass('slow_marker')").fetchone() == (None,)
     # the next migrate clears the stale lock (its pid is gone) and applies 0004, here without the sleep
     (slow_migrations / "0099.slow.sql").write_text("-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id int);\n")
-    again = _spawn(slow_migrations, empty)
+    again = _spawn(slow_migrations, dl_empty_target)
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert json.loads(out) == ["0099.slow"]
     assert "cleared a stale migration lock" in err and "no longer exists" in err
-    with _conn(empty) as c:
+    with _conn(dl_empty_target) as c:
         assert c.execute("SELECT to_regclass('slow_marker') IS NOT NULL").fetchone() == (True,)
         assert c.execute("SELECT count(*) FROM yoyo_lock").fetchone() == (0,)
 
 
-def test_edited_applied_migration_refused_across_processes(empty: DatabaseTarget, slow_migrations: Path) -> None:
+def test_edited_applied_migration_refused_across_processes(dl_empty_target: DatabaseTarget, slow_migrations: Path) -> None:
     (slow_migrations / "0099.slow.sql").write_text("-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id int);\n")
-    first = _spawn(slow_migrations, empty)
+    first = _spawn(slow_migrations, dl_empty_target)
     assert first.communicate(timeout=120)[0] and first.returncode == 0
     (slow_migrations / "0099.slow.sql").write_text("-- depends: " + MIGRATION_IDS[-1] + "\nCREATE TABLE slow_marker (id bigint);\n")
-    second = _spawn(slow_migrations, empty)
+    second = _spawn(slow_migrations, dl_empty_target)
     _, err = second.communicate(timeout=120)
     assert second.returncode != 0
     assert "0099.slow changed since it was applied" in err
