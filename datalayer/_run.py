@@ -95,7 +95,7 @@ def _closed(db: psycopg.Connection[Any]) -> ValidationError | None:
 
     Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
     """
-    if db.closed and not db.broken:
+    if db.closed and not db.broken and not _expired(db):  # closed by its deadline: the server never answered
         return ValidationError(
             {"db": "is closed; pass an open connection (use it inside `with datalayer.connection() as db:`)"}
         )

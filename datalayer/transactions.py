@@ -36,6 +36,8 @@ __all__ = [
     "run_in_transaction",
     "transaction",
 ]
+# Our own generator: jitter never moves the global random state a service (or its tests) may seed.
+_rng = random.Random()  # noqa: S311 - jitter, not secrets
 
 # Serialization failure and deadlock: PostgreSQL rolled the whole transaction back; running it
 # again from the start is the documented remedy.
@@ -213,7 +215,7 @@ def run_in_transaction(
             if e.sqlstate not in RETRYABLE_STATES or attempt >= retries:
                 raise
             attempt += 1
-            delay = backoff * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
+            delay = backoff * (2 ** (attempt - 1)) * _rng.uniform(0.5, 1.5)
             log.info(
                 "datalayer: %s; retrying the transaction (%d/%d) in %.0f ms", e.sqlstate, attempt, retries, delay * 1000
             )

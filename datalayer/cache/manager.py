@@ -68,6 +68,8 @@ from datalayer.config import RedisTarget, Settings
 from datalayer.errors import CacheUnavailable, ValidationError
 
 __all__ = ["CacheManager", "close_cache_manager", "get_cache_manager", "set_cache_manager"]
+# Our own generator: jitter never moves the global random state a service (or its tests) may seed.
+_rng = random.Random()  # noqa: S311 - jitter, not secrets
 
 T = TypeVar("T")
 
@@ -222,7 +224,7 @@ class CacheManager(Loading, ApiResponses, Operations, SeedAPI):
         base = self.default_ttl if ttl is None else ttl
         if isinstance(base, bool) or not isinstance(base, int | float) or not 0 < base <= 10**8:
             raise ValidationError({"ttl": "must be a positive number of seconds"})
-        return float(base) * random.uniform(0.9, 1.0)  # jitter: keys cached together do not expire together  # noqa: S311
+        return float(base) * _rng.uniform(0.9, 1.0)  # jitter: keys cached together do not expire together
 
     def get(self, key: str, record_type: type[T] | None = None) -> T | None:
         """The cached value of ``key`` from the fastest layer that has it, or None."""
@@ -301,7 +303,7 @@ class CacheManager(Loading, ApiResponses, Operations, SeedAPI):
         # weighted by how long the value takes to load, so one caller refreshes a hot key in time.
         if env.load_seconds <= 0:
             return False
-        gap = -env.load_seconds * self.xfetch_beta * math.log(max(random.random(), 1e-12))  # noqa: S311
+        gap = -env.load_seconds * self.xfetch_beta * math.log(max(_rng.random(), 1e-12))
         return time.time() + gap >= env.expires_at
 
     def _fill_l1(
