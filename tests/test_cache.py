@@ -17,6 +17,7 @@ from datalayer import User, ValidationError, cache_entry_repo, transaction, user
 from datalayer.cache import CacheManager
 from datalayer.cache._keys import version_key
 from datalayer.config import RedisTarget, Settings
+from datalayer.errors import CacheUnavailable
 from datalayer.pool import DataLayerPool, connection
 
 _n = itertools.count(1)
@@ -510,3 +511,70 @@ def test_a_database_without_the_record_table_never_fails_the_write(make_cache: M
             cache.invalidate_user_cache(u.id, db=db)  # not recorded: the write must still commit
         assert user_repo.get_by_id(db, u.id).email == "after@example.com"  # type: ignore[union-attr]
     assert cache.get_cached_user_data(u.id) is None  # Redis took it after COMMIT
+
+
+@pytest.mark.parametrize("in_transaction", [True, False])
+def test_the_table_is_tombstoned_before_redis_is_cleared(cache: CacheManager, dl_pool: DataLayerPool,
+                                                         in_transaction: bool) -> None:
+    # A reader that finds Redis cleared refills it from cache_entries: at that moment the table must
+    # already hold the tombstone, or the old value goes back into Redis for its whole TTL.
+    key = cache.keys.user(77)
+    cache.set(key, {"v": "old"}, ttl=600)
+    seen: list[Any] = []
+    clear = cache.redis.invalidate
+
+    def observing(*args: Any, **kwargs: Any) -> bool:
+        with connection(dl_pool) as db:
+            seen.append(cache_entry_repo.get(db, key))
+        return clear(*args, **kwargs)
+
+    cache.redis.invalidate = observing  # type: ignore[method-assign]
+    try:
+        if in_transaction:
+            with connection(dl_pool) as db, transaction(db):
+                cache.delete(key, db=db)
+        else:
+            cache.delete(key)
+    finally:
+        del cache.redis.invalidate
+    assert len(seen) == 1 and seen[0] is None, seen  # a tombstone reads as a miss, never {"v": "old"}
+    assert cache.get(key) is None
+
+
+def _refused_redis() -> RedisTarget:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: Redis refuses at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return RedisTarget(url=f"redis://127.0.0.1:{port}/0")
+
+
+def test_a_strict_invalidation_redis_refused_raises_and_is_left_for_replay(make_cache: MakeCache,
+                                                                          dl_pool: DataLayerPool) -> None:
+    cache = make_cache(redis_target=_refused_redis(), strict=True)
+    key = cache.keys.user(81)
+    with pytest.raises(CacheUnavailable):
+        cache.delete(key)
+    with connection(dl_pool) as db:
+        pending = [p.key for p in cache_entry_repo.pending_invalidations(db, cache.keys.prefix + ":")]
+    assert pending == [key]  # the replay sends it to Redis once Redis answers
+
+
+def test_a_flush_redis_refused_changes_nothing(make_cache: MakeCache, dl_pool: DataLayerPool) -> None:
+    cache = make_cache(redis_target=_refused_redis())
+    key = cache.keys.user(82)
+    with connection(dl_pool) as db:
+        cache_entry_repo.set(db, key, {"v": 1}, ttl=600)
+    with pytest.raises(CacheUnavailable, match="nothing was flushed"):
+        cache.flush()
+    with connection(dl_pool) as db:  # the table still agrees with what Redis may serve
+        assert cache_entry_repo.get(db, key) is not None
+
+
+def test_a_record_whose_fields_do_not_match_their_types_is_a_validation_error(cache: CacheManager) -> None:
+    odd = User(id=1, username="u", email="u@example.com", hashed_password="h", is_active=True,
+               created_at="2024-01-01", updated_at="2024-01-01")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="value"):
+        cache.set(cache.keys.user(1), odd, ttl=60)
+    assert cache.get(cache.keys.user(1), User) is None

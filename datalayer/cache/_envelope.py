@@ -30,6 +30,7 @@ import attrs
 import orjson
 
 from datalayer.convert import converter
+from datalayer.errors import ValidationError
 from datalayer.repos._common import json_text
 
 __all__ = [
@@ -117,7 +118,14 @@ NEGATIVE = b"null"  # the data of a cached "not found"
 def encode_value(value: Any) -> bytes:
     """The JSON text of ``value`` (a record unstructured first), checked by the JSON-column rules:
     ValidationError({"value": ...}) for anything one of the layers could not hold or give back."""
-    data = converter.unstructure(value) if attrs.has(type(value)) else value
+    data = value
+    if attrs.has(type(value)):
+        try:
+            data = converter.unstructure(value)
+        except (AttributeError, TypeError, ValueError) as e:  # a field not of its declared type
+            raise ValidationError(
+                {"value": f"a {type(value).__name__} whose fields do not match their types ({type(e).__name__}: {e})"}
+            ) from None
     return json_text(data, "value", require_object=False).encode()
 
 

@@ -114,6 +114,27 @@ class Invalidations:
         if not redis_done:
             self.lost(keys, kind, table_done=True)
 
+    def tombstone_first(self, ids: list[int] | None, keys: list[str]) -> None:
+        """After COMMIT, before Redis: tombstone ``keys`` in cache_entries (marking the records' table
+        part done). In this order a reader that refills Redis from the table once Redis is cleared finds
+        the tombstone, never the old value."""
+        if ids:
+            self.table.call(lambda db: cache_entries.settle_invalidations(db, ids, keys, redis_done=False))
+        elif keys:
+            self.table.invalidate(keys)
+
+    def after_redis(self, ids: list[int] | None, keys: list[str], redis_done: bool) -> None:
+        """After ``tombstone_first`` and the Redis part: forget the records Redis took, else leave them
+        (or record the keys) for the replay."""
+        if redis_done:
+            if ids:
+                self.table.call(lambda db: cache_entries.forget_invalidations(db, ids))
+            return
+        if ids:
+            self.counters["invalidations_left"] += 1
+        else:
+            self.lost(keys, "key", table_done=True)
+
     def lost(self, keys: list[str], kind: str, *, table_done: bool) -> None:
         """Redis did not take an invalidation that no transaction recorded: record it now."""
         if keys and self.table.enabled:

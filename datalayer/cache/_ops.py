@@ -100,11 +100,15 @@ class Operations:
             return n
 
         deleted = self.redis.call(run)
+        if deleted is SKIPPED:
+            # Flushing only the table would leave Redis serving what the operator meant to remove.
+            raise CacheUnavailable(
+                f"Redis at {self.redis.target.display} is unavailable; nothing was flushed (run it again once "
+                "Redis answers)"
+            )
         self.l1.delete_prefix(full)
         self._epoch += 1
         self.table.delete_prefix(full)
-        if deleted is SKIPPED:
-            raise CacheUnavailable(f"Redis at {self.redis.target.display} is unavailable; nothing was flushed there")
         return int(deleted)
 
     def close(self) -> None:

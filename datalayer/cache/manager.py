@@ -373,16 +373,25 @@ class CacheManager(Loading, ApiResponses, Operations, SeedAPI):
         return self.invalidations.record(tx, keys, kind)
 
     def _after_commit(self, db: psycopg.Connection[Any] | None, hook: Callable[[], None]) -> None:
-        from datalayer.transactions import on_commit
+        from datalayer.transactions import current_transaction, in_transaction, on_commit
 
-        on_commit(hook, db, also_if_unknown=True)
+        tx = db if db is not None else current_transaction()
+        if tx is None or not in_transaction(tx):
+            hook()  # no transaction: now, and a strict cache's CacheUnavailable reaches the caller
+            return
+        on_commit(hook, tx, also_if_unknown=True)
 
     def _invalidate_now(self, keys: list[str], ids: list[int] | None) -> None:
         self._epoch += 1
         self.l1.delete(*keys)
+        self.invalidations.tombstone_first(ids, keys)
         message: dict[str, Any] = {"k": keys, "o": self._origin}
-        redis_done = self.redis.invalidate([(k, version_key(k)) for k in keys], message)
-        self.invalidations.settle(ids, keys, redis_done, "key")
+        try:
+            redis_done = self.redis.invalidate([(k, version_key(k)) for k in keys], message)
+        except CacheUnavailable:  # strict: the caller hears of it, and the replay still happens
+            self.invalidations.after_redis(ids, keys, False)
+            raise
+        self.invalidations.after_redis(ids, keys, redis_done)
 
 
 # ---------------------------------------------------------------------------------- helpers
