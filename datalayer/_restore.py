@@ -210,6 +210,15 @@ def _restore_table(db: psycopg.Connection[Any], reader: _Reader, table: str, pro
             line=start,
         )
     derived = derived_columns(table, known)
+    # Every column a backup holds must be there: one left out would quietly take its default (now(),
+    # a new id) instead of what was backed up. Derived columns are computed, whatever the file says.
+    absent = [c for c in known if c not in columns and c not in derived]
+    if absent:
+        raise BackupError(
+            f"line {start}: the {table} section has no column {_show(absent[0])}; the file was altered or "
+            "comes from another schema",
+            line=start,
+        )
     stage = f"datalayer_restore_{table}" if derived or table == "system_log" else None
     if stage:
         create_stage(db, table, stage, derived)

@@ -178,6 +178,8 @@ HOSTILE = {
     "no columns": (lambda d: d.replace(b'"columns":["id",', b'"cols":["id",', 1), "no column list"),
     "unknown column": (lambda d: d.replace(b'"columns":["id",', b'"columns":["id","is_admin",', 1),
                        "no column 'is_admin'"),
+    # a column left out would silently take its default (a new id, now()) instead of the backed-up value
+    "column left out": (lambda d: d.replace(b'"columns":["id",', b'"columns":[', 1), "has no column 'id'"),
 }
 
 

@@ -578,3 +578,8 @@ def test_a_record_whose_fields_do_not_match_their_types_is_a_validation_error(ca
     with pytest.raises(ValidationError, match="value"):
         cache.set(cache.keys.user(1), odd, ttl=60)
     assert cache.get(cache.keys.user(1), User) is None
+
+
+def test_probed_stats_show_the_breaker_the_probe_opened(make_cache: MakeCache) -> None:
+    stats = make_cache(redis_target=_refused_redis()).stats(probe=True)
+    assert stats["redis"]["ping"] is False and stats["breaker"]["state"] == "open"

@@ -46,7 +46,8 @@ class Operations:
         ``probe=True`` also pings Redis (``redis.ping``) and counts the table's live entries.
         """
         c = self.stats_counters
-        b = self.redis.breaker
+        ping = self.redis.call(lambda r: bool(r.ping())) is True if probe else None
+        b = self.redis.breaker  # after the ping: its failure opens the breaker
         out: dict[str, Any] = {
             "l1": {"hits": c["l1_hits"], "misses": c["l1_misses"], "size": len(self.l1)},
             "redis": {**self.redis.stats, "url": self.redis.target.display},
@@ -70,7 +71,7 @@ class Operations:
             "subscribed": self.redis.subscribed.is_set(),
         }
         if probe:
-            out["redis"]["ping"] = self.redis.call(lambda r: bool(r.ping())) is True
+            out["redis"]["ping"] = ping
             entries = self.table.count()
             out["table"]["entries"] = None if entries is MISSING else entries
         return out
