@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, from: {', '.join(GROUPS)}")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
     parser.add_argument("--json", type=Path, help="write the results as JSON to this file")
+    parser.add_argument(
+        "--rounds", type=int, help="timed rounds per group (default 11, 3 with --quick): more on a noisy machine"
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin client and servers to CPUs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown groups: {', '.join(unknown)}")
     sizes = Sizes.for_run(args.quick)
+    if args.rounds:
+        sizes.rounds = args.rounds
     started = time.monotonic()
     env = bench_env.start()
     report: list[str] = []

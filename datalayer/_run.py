@@ -2,43 +2,43 @@
 
 A query is bound once, at import, to the record type its function returns::
 
-    _get_by_id = bind(_q, "get_by_id", User)
+    _get_by_id = sql.load(SQL / "users.sql").bind("get_by_id", User)
 
     def get_by_id(db: Connection, user_id: int) -> User | None:
         return _get_by_id.maybe(db, user_id=user_id)
 
 Binding records the pair for ``datalayer check``, which compares the query's result columns with the
-record's fields. Every psycopg error leaves as a datalayer error naming ``sql/<file>.sql:<line>``.
+record's fields, and resolves once what each call needs: the cardinality, the row maker and the exact
+parameter names every call must pass. Every psycopg error leaves as a datalayer error naming
+``sql/<file>.sql:<line>``.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 import attrs
 import psycopg
-from psycopg.rows import RowFactory, RowMaker, tuple_row
-from psycopg.types.json import Json, Jsonb
+from psycopg.rows import RowFactory, tuple_row
 
-from datalayer._connection import known_dead
+from datalayer._connection import DataLayerConnection, known_dead
+from datalayer._run_failure import Rows, is_unsendable, shown, unstorable
 from datalayer._sql import Query, QueryFile
 from datalayer._translate import is_connection_lost, lost_before_sending, translate
 from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError, ValidationError
 from datalayer.pool import DataLayerPool, checkout, give_back
-from datalayer.rows import attrs_row
-from datalayer.text import nested_text_problem
+from datalayer.rows import attrs_row, value_row
 from datalayer.transactions import in_transaction
 
-__all__ = ["Binding", "Bound", "bind", "bindings", "check_connection"]
+__all__ = ["Binding", "Bound", "BoundQuery", "bind", "bindings", "check_connection", "strict_records"]
 
 T = TypeVar("T")
 
 # How long an idempotent read may keep trying fresh connections after its own connection died.
 READ_RETRY_SECONDS = 2.0
-_SECRET_PARAMS = frozenset({"hashed_password", "password", "token", "secret", "value"})
 
 
 @attrs.frozen
@@ -82,10 +82,16 @@ def check_connection(db: object, *, open_: bool = False) -> None:
         raise closed
 
 
-def _new_cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+def _new_cursor(db: psycopg.Connection[Any], factory: RowFactory[Any] | None = None) -> psycopg.Cursor[Any]:
     check_connection(db)
     try:
-        return db.cursor()
+        if not isinstance(db, DataLayerConnection):
+            return db.cursor() if factory is None else db.cursor(row_factory=factory)
+        # Our own cursor leaves the session as it was: no reset round trip when the connection goes back.
+        dirty = db._dl_dirty
+        cur: psycopg.Cursor[Any] = db.cursor() if factory is None else db.cursor(row_factory=factory)
+        db._dl_dirty = dirty
+        return cur
     except psycopg.OperationalError as e:
         raise _closed(db) or translate(e, conn=db) from None
 
@@ -115,84 +121,95 @@ def _expired(db: psycopg.Connection[Any]) -> bool:
     return bool(getattr(db, "_dl_expired", False))
 
 
-class _Rows:
-    """The rows of a read that was retried on another connection, read like a cursor."""
-
-    __slots__ = ("_rows", "rowcount")
-
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
-        self._rows = rows
-        self.rowcount = rowcount
-
-    def fetchone(self) -> Any:
-        return self._rows.pop(0) if self._rows else None
-
-    def fetchall(self) -> list[Any]:
-        rows, self._rows = self._rows, []
-        return rows
+# strict_records(): when set, the checker every record is passed through (None: off, the default).
+_strict: Callable[[object, type], str | None] | None = None
 
 
-def _shown(params: dict[str, Any]) -> str:
-    parts = []
-    for k, v in params.items():
-        shown = "***" if k in _SECRET_PARAMS else repr(v)
-        parts.append(f"{k}={shown[:60]}")
-    return ", ".join(parts)
+def strict_records(enabled: bool) -> bool:
+    """Check every record a bound query builds against its field types; returns the previous setting.
 
-
-def _bad_text(value: Any) -> str | None:
-    """What is wrong with the first unstorable text inside a parameter value (lists and dicts too)."""
-    # psycopg's Json/Jsonb wrappers keep the value in .obj
-    return nested_text_problem(value.obj if isinstance(value, Json | Jsonb) else value)
-
-
-def _unstorable(query: Query, params: Iterable[tuple[str, Any]], e: Exception) -> Exception:
-    """The ValidationError naming the parameter psycopg could not send (lone surrogate, NUL), or ``e``.
-
-    A backstop: the repositories check their text first. Runs on the failure path only.
+    A mismatch (None in a field not typed Optional, a wrong type, a wrong list element, a bad nested
+    record) raises QueryError naming the query, the field and the value's type. For tests: it costs a
+    walk over every record built.
     """
-    for name, value in params:
-        if (problem := _bad_text(value)) is not None:
-            return ValidationError({name: f"{problem} (sent to {query.location})"})
-    return e
+    global _strict
+    previous = _strict is not None
+    if enabled:
+        from datalayer._record_check import check_record  # only when asked for
+
+        _strict = check_record
+    else:
+        _strict = None
+    return previous
 
 
-def _is_unsendable(e: Exception) -> bool:
-    # psycopg refuses NUL in text client-side, as a DataError without a SQLSTATE.
-    return isinstance(e, UnicodeEncodeError) or (isinstance(e, psycopg.DataError) and e.sqlstate is None)
+_MISSING = "missing"  # the cardinality of a name its file does not define
 
 
-def _first_column(cursor: Any) -> RowMaker[Any]:
-    def make(values: Sequence[Any]) -> Any:
-        return values[0]
+class BoundQuery(Generic[T]):
+    """A named query bound to its result type ``T``: call the method of its declared cardinality.
 
-    return make
+    Every call passes exactly the query's parameters, by keyword (``**dict`` too): a missing or extra
+    one is a QueryError naming both sets.
+    """
 
-
-class Bound(Generic[T]):
-    """A named query bound to its result type ``T``; the methods check the declared cardinality."""
-
-    __slots__ = ("_factory", "_sql", "query")
+    __slots__ = ("_card", "_checked", "_factory", "_params", "_read_only", "_sql", "query", "result")
 
     def __init__(self, query: Query, result: type[T] | None) -> None:
         self.query = query
+        self.result = result
+        self._card = query.cardinality
+        self._params = frozenset(query.params)
+        self._read_only = query.read_only
+        # Kept as str: psycopg checks a bytes query against an ABC (Composable) first, which costs more
+        # than the encode a str gets (measured: ~+250 ns per call).
         self._sql = query.sql
+        # What strict_records() checks each result against: the record class, or the single value's type.
+        self._checked: type[Any] | None = result
         self._factory: RowFactory[Any] = tuple_row
         if result is not None:
-            self._factory = attrs_row(result) if attrs.has(result) else _first_column
+            self._factory = attrs_row(cast(Any, result)) if attrs.has(result) else value_row(cast(Any, result))
 
     def __repr__(self) -> str:
-        return f"<Bound {self.query.location}>"
+        return f"<BoundQuery {self.query.location}>"
 
-    def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any] | _Rows:
-        cur = _cursor(db)  # first: it refuses what is not a sync connection (see _new_cursor)
-        if not self.query.read_only and db.autocommit and not in_transaction(db) and known_dead(db):
+    def _refuse(self, method: str) -> None:
+        q = self.query
+        if self._card == _MISSING:
+            raise QueryError(
+                f"{q.file} has no query named {q.name!r}; add a '-- name: {q.name}' block there or fix the name "
+                "(datalayer check lists every such binding)",
+                location=q.file,
+            )
+        raise QueryError(
+            f"{q.location} is declared :{self._card}; call it with .{self._card}(), not .{method}()",
+            location=q.location,
+        )
+
+    def _bad_params(self, params: dict[str, Any]) -> None:
+        given = set(params)
+        missing, extra = sorted(self._params - given), sorted(given - self._params)
+        parts = [f"missing {', '.join(missing)}" if missing else "", f"extra {', '.join(extra)}" if extra else ""]
+        takes = ", ".join(self.query.params) or "no parameters"
+        raise QueryError(
+            f"{self.query.location}: {'; '.join(p for p in parts if p)}; it takes exactly: {takes}",
+            location=self.query.location,
+        )
+
+    def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any] | Rows:
+        if params.keys() != self._params:
+            self._bad_params(params)
+        cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)  # the kept cursor, inlined
+        if cur is None or cur.closed:
+            cur = _cursor(db)  # first: it refuses what is not a sync connection (see _new_cursor)
+        if not self._read_only and db.autocommit and not in_transaction(db) and known_dead(db):
             raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
-        cur.row_factory = self._factory
+        if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
+            cur.row_factory = self._factory
         try:
             cur.execute(self._sql, params)
         except (psycopg.Error, UnicodeEncodeError) as e:
-            if _is_unsendable(e) and (bad := _unstorable(self.query, params.items(), e)) is not e:
+            if is_unsendable(e) and (bad := unstorable(self.query, params.items(), e)) is not e:
                 raise bad from None
             if not isinstance(e, psycopg.Error):
                 raise
@@ -200,20 +217,15 @@ class Bound(Generic[T]):
                 raise closed from None
             outside = db.autocommit and not in_transaction(db)
             # A read past its deadline is not run again: the caller gets its error on time.
-            if self.query.read_only and outside and is_connection_lost(e, db) and not _expired(db):
+            if self._read_only and outside and is_connection_lost(e, db) and not _expired(db):
                 pool = getattr(db, "_pool", None)
                 if isinstance(pool, DataLayerPool):
                     return self._retry_read(pool, params, e)
-            write = not self.query.read_only and outside
+            write = not self._read_only and outside
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
-        except KeyError as e:
-            raise QueryError(
-                f"missing parameter {e} for {self.query.location}; it takes {', '.join(self.query.params)}",
-                location=self.query.location,
-            ) from None
         return cur
 
-    def _retry_read(self, pool: DataLayerPool, params: dict[str, Any], first: psycopg.Error) -> _Rows:
+    def _retry_read(self, pool: DataLayerPool, params: dict[str, Any], first: psycopg.Error) -> Rows:
         """Run an idempotent read again on fresh pooled connections, within READ_RETRY_SECONDS.
 
         Only reads outside a transaction get here: running them twice cannot change anything.
@@ -229,9 +241,9 @@ class Bound(Generic[T]):
             except PoolExhausted:
                 break
             try:
-                with conn.cursor(row_factory=self._factory) as cur:
+                with _new_cursor(conn, self._factory) as cur:
                     cur.execute(self._sql, params)
-                    return _Rows(cur.fetchall(), cur.rowcount)
+                    return Rows(cur.fetchall(), cur.rowcount)
             except psycopg.Error as e:
                 if not is_connection_lost(e, conn) or _expired(conn):
                     raise translate(e, self.query, conn=conn) from e
@@ -241,60 +253,78 @@ class Bound(Generic[T]):
             time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
         raise translate(last, self.query) from last
 
-    def _expect(self, *cards: str) -> None:
-        if self.query.cardinality == "missing":
-            raise QueryError(
-                f"{self.query.file} has no query named {self.query.name!r}; add it or fix the name",
-                location=self.query.file,
-            )
-        if self.query.cardinality not in cards:
-            raise QueryError(
-                f"{self.query.location} is declared :{self.query.cardinality}; "
-                f"call it with .{self.query.cardinality}()",
-                location=self.query.location,
-            )
+    def _mismatch(self, value: object, problem: str) -> QueryError:
+        # Names the value's type only: the value itself may be a secret.
+        where = self.query.location
+        return QueryError(
+            f"{where}: strict records: {problem} (a {type(value).__name__} built from this query); fix the "
+            f"query (e.g. COALESCE, a join that cannot miss) or the field's type",
+            location=where,
+        )
 
-    def _only_row(self, cur: psycopg.Cursor[Any] | _Rows, params: dict[str, Any]) -> T:
+    def _only_row(self, cur: psycopg.Cursor[Any] | Rows, params: dict[str, Any]) -> T:
         if cur.rowcount != 1:
             if cur.rowcount == 0:
-                raise NotFound(f"no row for {self.query.location} ({_shown(params)})")
-            raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({_shown(params)})")
-        return cast(T, cur.fetchone())
+                raise NotFound(f"no row for {self.query.location} ({shown(params)})")
+            raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({shown(params)})")
+        row = cur.fetchone()
+        if _strict is not None and self._checked is not None and (problem := _strict(row, self._checked)):
+            raise self._mismatch(row, problem)
+        return cast(T, row)
 
     def one(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
         """Exactly one row: NotFound on none, MultipleRowsFound on more."""
-        self._expect("one")
+        if self._card != "one":
+            self._refuse("one")
         return self._only_row(self._execute(db, params), params)
 
     def maybe(self, db: psycopg.Connection[Any], /, **params: Any) -> T | None:
         """One row or None: MultipleRowsFound on more than one."""
-        self._expect("maybe")
+        if self._card != "maybe":
+            self._refuse("maybe")
         cur = self._execute(db, params)
         if cur.rowcount > 1:
             raise MultipleRowsFound(
-                f"{cur.rowcount} rows for {self.query.location}, expected at most one ({_shown(params)})"
+                f"{cur.rowcount} rows for {self.query.location}, expected at most one ({shown(params)})"
             )
-        return cast("T | None", cur.fetchone())
+        row: T | None = cur.fetchone()  # annotated, not cast(): no call on the hot path
+        if (
+            _strict is not None
+            and row is not None
+            and self._checked is not None
+            and (problem := _strict(row, self._checked))
+        ):
+            raise self._mismatch(row, problem)
+        return row
 
     def many(self, db: psycopg.Connection[Any], /, **params: Any) -> list[T]:
         """Every row."""
-        self._expect("many")
-        return cast("list[T]", self._execute(db, params).fetchall())
+        if self._card != "many":
+            self._refuse("many")
+        rows: list[T] = self._execute(db, params).fetchall()
+        if _strict is not None and self._checked is not None:
+            for i, row in enumerate(rows):
+                if problem := _strict(row, self._checked):
+                    raise self._mismatch(row, f"row {i + 1}: {problem}")
+        return rows
 
     def scalar(self, db: psycopg.Connection[Any], /, **params: Any) -> T:
         """The first column of the only row (NotFound on no row)."""
-        self._expect("scalar")
+        if self._card != "scalar":
+            self._refuse("scalar")
         return self._only_row(self._execute(db, params), params)
 
     def exec(self, db: psycopg.Connection[Any], /, **params: Any) -> int:
         """Run a statement without a result; returns the number of rows it touched."""
-        self._expect("exec")
+        if self._card != "exec":
+            self._refuse("exec")
         rowcount: int = self._execute(db, params).rowcount
         return rowcount
 
-    def copy_in(self, db: psycopg.Connection[Any], rows: Iterable[Sequence[Any]]) -> int:
+    def copy(self, db: psycopg.Connection[Any], rows: Iterable[Sequence[Any]]) -> int:
         """Stream ``rows`` through ``COPY … FROM STDIN``; returns how many were sent."""
-        self._expect("copy")
+        if self._card != "copy":
+            self._refuse("copy")
         count = 0
         row: Sequence[Any] = ()
         cur = _new_cursor(db)  # first: it refuses what is not a sync connection
@@ -302,14 +332,14 @@ class Bound(Generic[T]):
             cur.close()
             raise lost_before_sending(self.query)
         try:
-            with cur, cur.copy(self._sql.replace("%%", "%")) as copy:
+            with cur, cur.copy(self.query.sql.replace("%%", "%")) as copy:
                 for row in rows:
                     copy.write_row(row)
                     count += 1
         except (psycopg.Error, UnicodeEncodeError) as e:
-            if _is_unsendable(e):
+            if is_unsendable(e):
                 named = ((f"row {count + 1} column {i + 1}", v) for i, v in enumerate(row))
-                if (bad := _unstorable(self.query, named, e)) is not e:
+                if (bad := unstorable(self.query, named, e)) is not e:
                     raise bad from None
             if not isinstance(e, psycopg.Error):
                 raise
@@ -319,31 +349,39 @@ class Bound(Generic[T]):
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
         return count
 
+    copy_in = copy  # the name the built-in system_log repository still calls
 
-def bind(queries: QueryFile, name: str, result: type[T] | None) -> Bound[T]:
-    """Bind ``queries[name]`` to the type its function returns (``None`` for :exec and :copy).
 
-    A missing query does not break the import: it is reported by ``datalayer check`` and raises
-    QueryError when called.
+Bound = BoundQuery  # the name the built-in repositories annotate with
+
+
+def bind_query(queries: QueryFile, name: str, result: type[T] | None, *, module: str) -> BoundQuery[T]:
+    """Bind ``queries`` name to ``result``, recorded for ``datalayer check`` as bound in ``module``.
+
+    A missing name does not break the import: ``check`` reports it with its file, and a call raises
+    QueryError naming it.
     """
     query = queries.queries.get(name)
-    frame = sys._getframe(1)
-    module = str(frame.f_globals.get("__name__", "?"))
     _bindings.append(Binding(query=query, domain=queries.domain, name=name, result=result, module=module))
     if query is None:
-        file = f"sql/{queries.domain}.sql"
         query = Query(
             name=name,
             domain=queries.domain,
-            cardinality="missing",
+            cardinality=_MISSING,
             text="",
             sql="",
             params=(),
-            file=file,
+            file=queries.where,
             line=0,
             sql_line=0,
             doc="",
             annotations={},
             statement="",
         )
-    return Bound(query, result)
+    return BoundQuery(query, result)
+
+
+def bind(queries: QueryFile, name: str, result: type[T] | None) -> BoundQuery[T]:
+    """Bind ``queries[name]`` to the type its function returns (``None`` for :exec and :copy)."""
+    module = str(sys._getframe(1).f_globals.get("__name__", "?"))
+    return bind_query(queries, name, result, module=module)

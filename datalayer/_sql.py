@@ -126,9 +126,16 @@ class Query:
 
 @attrs.frozen
 class QueryFile:
+    """The named queries of one file or folder (``datalayer.sql.load`` gives one that can bind)."""
+
     domain: str
     path: Path
     queries: Mapping[str, Query]
+    location: str = ""  # how errors name the file or folder: "sql/users.sql"; "" means sql/<domain>.sql
+
+    @property
+    def where(self) -> str:
+        return self.location or f"sql/{self.domain}.sql"
 
 
 def _to_dollar(sql: str) -> str:
@@ -376,15 +383,23 @@ def parse_sql(source: str, *, domain: str, file: str) -> dict[str, Query]:
     return queries
 
 
-def load_file(path: Path) -> QueryFile:
-    """Load one SQL file; errors name it as ``sql/<name>.sql``."""
+def load_file(path: Path, file: str | None = None) -> QueryFile:
+    """Load one SQL file; errors name it as ``file`` (default ``sql/<name>.sql``)."""
     domain = path.stem
-    file = f"sql/{path.name}"
-    return QueryFile(domain=domain, path=path, queries=parse_sql(path.read_text("utf-8"), domain=domain, file=file))
+    file = file or f"sql/{path.name}"
+    try:
+        source = path.read_text("utf-8")
+    except UnicodeDecodeError as e:
+        raise QueryError(
+            f"{file}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8", location=file
+        ) from None
+    except OSError as e:
+        raise QueryError(f"{file}: cannot be read ({e.strerror})", location=file) from None
+    return QueryFile(domain=domain, path=path, queries=parse_sql(source, domain=domain, file=file), location=file)
 
 
 def load_queries(domain: str) -> QueryFile:
-    """Load ``sql/<domain>.sql`` from the installed package (or the source checkout)."""
+    """Load the built-in ``sql/<domain>.sql`` (wheel or source checkout); ``datalayer.sql.load`` is public."""
     path = sql_dir() / f"{domain}.sql"
     if not path.is_file():
         raise QueryError(f"sql/{domain}.sql does not exist; add it next to the other query files")

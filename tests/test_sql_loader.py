@@ -53,7 +53,7 @@ def test_header_doc_and_lines() -> None:
         ("-- name: q :exec\nSET statement_timeout = :t\n", "SET", 1),
         ("-- name: q :copy\nCOPY t FROM STDIN WITH (DELIMITER :'d')\n", "COPY", 1),
         ("-- name: q :many\nSELECT 1\nWHERE now() - interval :'w' < x\n", "write :'w'::interval", 3),
-        ("-- name: q :many\nSELECT * FROM :\"tbl\"\n", "identifier", 2),
+        ('-- name: q :many\nSELECT * FROM :"tbl"\n', "identifier", 2),
         ("-- name: q :many\nSELECT 1;\nSELECT 2\n", "more than one statement", 3),
         ("-- name: q :sometimes\nSELECT 1\n", "cardinality", 1),
         ("-- name: q :many\n-- only comments\n", "no SQL", 1),
@@ -100,3 +100,15 @@ def test_every_shipped_file_loads() -> None:
 def test_missing_file() -> None:
     with pytest.raises(QueryError, match="sql/nope.sql does not exist"):
         load_queries("nope")
+
+
+def test_load_file_names_errors_as_told(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from datalayer._sql import load_file
+
+    path = tmp_path / "notes.sql"
+    path.write_text("-- name: q :many\nSELECT 1\n")
+    assert load_file(path).queries["q"].location == "sql/notes.sql:1 notes.q"
+    assert load_file(path, "svc/sql/notes.sql").where == "svc/sql/notes.sql"
+    path.write_bytes(b"-- name: q :many\nSELECT '\xff'\n")
+    with pytest.raises(QueryError, match=r"svc/sql/notes\.sql: not UTF-8 text"):
+        load_file(path, "svc/sql/notes.sql")

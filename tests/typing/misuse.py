@@ -45,3 +45,18 @@ def repository_misuse() -> None:
         print(a.parameters)  # E: union-attr
         system_log_repo.find(db, since="yesterday", until=None)  # E: arg-type
 
+
+def sql_results_misused() -> None:
+    from pathlib import Path
+
+    from datalayer import sql
+    from datalayer.records import User as Record
+
+    notes = sql.load(Path(__file__).parent / "sql" / "notes.sql")
+    get = notes.bind("get", Record)
+    count = notes.bind("count", int)
+    with connection() as db:
+        record: Record = get.maybe(db, note_id=1)  # E: assignment
+        title: str = count.scalar(db)  # E: assignment
+        rows: list[str] = notes.bind("every", Record).many(db)  # E: assignment
+        print(record, title, rows)
