@@ -17,6 +17,7 @@ import psycopg
 
 from datalayer import _cli_commands as cmd
 from datalayer.errors import DataLayerError, QueryError
+from datalayer.project import find_project, load_project
 
 __all__ = ["build_parser", "main"]
 
@@ -28,6 +29,10 @@ _MIGRATE_HINT = "is the database migrated? run `datalayer migrate` (or `datalaye
 
 
 _JSON_HELP = "print JSON instead of text"
+_PROJECT_HELP = (
+    "the service's folder (holding its pyproject.toml with [tool.datalayer]); default: DATALAYER_PROJECT, "
+    "else the nearest pyproject.toml from the working directory up"
+)
 
 
 def _days_ahead(text: str) -> int:
@@ -49,17 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="datalayer",
         description="SQL-first data layer: migrations, health and maintenance. Settings come from the "
         "environment (DATABASE_URL, REDIS_URL, POOL_SIZE, … see .env.example); with no database setting "
-        "an embedded PostgreSQL is used. Errors are one line on stderr and a non-zero exit code.",
+        "an embedded PostgreSQL is used. The project (its SQL and migration folders) comes from "
+        "[tool.datalayer] in pyproject.toml: --project DIR, DATALAYER_PROJECT, or the nearest one up from "
+        "the working directory. Errors are one line on stderr and a non-zero exit code.",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log datalayer's DEBUG messages to stderr (and tracebacks)"
     )
+    parser.add_argument("--project", default=None, metavar="DIR", help=_PROJECT_HELP)
+    # The same option after the command (`datalayer migrate --project DIR`); SUPPRESS keeps a value given
+    # before the command when none is given after it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--project", default=argparse.SUPPRESS, metavar="DIR", help=_PROJECT_HELP)
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help="one of these; `datalayer COMMAND --help` explains it"
     )
 
     def command(name: str, text: str, more: str = "") -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=(text[0].upper() + text[1:] + ". " + more).strip())
+        description = (text[0].upper() + text[1:] + ". " + more).strip()
+        return sub.add_parser(name, help=text, description=description, parents=[common])
 
     p = command("migrate", "apply pending migrations and create log partitions ahead")
     p.add_argument(
@@ -84,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd.cmd_check)
 
-    p = command("lint-migrations", "run squawk's migration safety rules on migrations/", "Exit 1 on problems.")
+    p = command(
+        "lint-migrations",
+        "run squawk's migration safety rules on the project's migration folders",
+        "Exit 1 on problems.",
+    )
     p.set_defaults(func=cmd.cmd_lint)
 
     p = command("demo", "run the end-to-end demo (embedded servers when nothing is configured)")
@@ -154,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ahead", type=_days_ahead, default=7, metavar="N", help="days ahead for maintain (default 7)")
     p.set_defaults(func=cmd.cmd_partitions)
+
+    p = command(
+        "path",
+        "print the folder of datalayer's built-in migrations or SQL",
+        'For CI: yoyo apply "$(datalayer path migrations)" ./migrations. Works from a wheel, an editable '
+        "install and a source checkout.",
+    )
+    p.add_argument("what", choices=["migrations", "sql"], help="migrations: the yoyo folder; sql: named queries")
+    p.set_defaults(func=cmd.cmd_path)
     return parser
 
 
@@ -203,6 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     try:
+        # Read for every command, so a wrong --project, DATALAYER_PROJECT or [tool.datalayer] is never ignored.
+        project = load_project(args.project) if args.project is not None else find_project()
+        args.loaded_project = project
+        log.debug(
+            "datalayer: project %s (%s)",
+            project.root,
+            "[tool.datalayer]" if project.declared else "no [tool.datalayer]: the built-in schema only",
+        )
         _describe_settings()
         log.debug("datalayer: running %s", args.command)
         code: int = args.func(args)

@@ -202,6 +202,11 @@ class Settings:
         default="auto", validator=matches("DATALAYER_EMBEDDED", lambda v: v in ("auto", "never"), "'auto' or 'never'")
     )
     home: Path = attrs.field(factory=_default_home, converter=_home)
+    # Passwords `datalayer roles create` gives the roles it makes (from the environment, never argv).
+    app_password: Secret | None = attrs.field(default=None, validator=optional("DATALAYER_APP_PASSWORD", Secret))
+    readonly_password: Secret | None = attrs.field(
+        default=None, validator=optional("DATALAYER_READONLY_PASSWORD", Secret)
+    )
     cache_prefix: str = attrs.field(
         default="dl",
         validator=matches(
@@ -254,7 +259,13 @@ class Settings:
             embedded=cast(Literal["auto", "never"], embedded),  # checked by the field's validator
             home=env["DATALAYER_HOME"] if "DATALAYER_HOME" in env else _default_home(),
             cache_prefix=env.get("CACHE_PREFIX", "dl"),
+            app_password=_secret(env, "DATALAYER_APP_PASSWORD"),
+            readonly_password=_secret(env, "DATALAYER_READONLY_PASSWORD"),
         )
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    return Secret(env[name]) if name in env else None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

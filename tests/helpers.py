@@ -26,6 +26,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The current environment minus every datalayer setting, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in DATABASE_VARS + REDIS_VARS}
     env.pop("DATALAYER_EMBEDDED", None)
+    env.pop("DATALAYER_PROJECT", None)
     env.update(extra)
     return env
 

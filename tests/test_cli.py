@@ -7,6 +7,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from helpers import clean_env, run_py, url_of
 
 from datalayer.cli import build_parser
+from datalayer.config import Secret, Settings
 from datalayer.partitions import MAX_AHEAD, partition_name
 from datalayer.pool import DataLayerPool
 from datalayer.testing import TestServer
@@ -140,8 +143,9 @@ INVOCATIONS: dict[str, list[str]] = {
     "roles": ["roles", "create"],
     "reset": ["reset", "--yes"],
     "partitions": ["partitions", "maintain"],
+    "path": ["path", "migrations"],
 }
-OFFLINE = {"lint-migrations"}  # needs no server: must simply work
+OFFLINE = {"lint-migrations", "path"}  # need no server: must simply work
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -270,3 +274,138 @@ def _stop_leftover_postgres(pgdata: Path) -> None:
         except ProcessLookupError:
             return
         pytest.fail(f"the embedded PostgreSQL of the demo (pid {pid}) outlived its process")
+
+
+# -- the project: --project, DATALAYER_PROJECT, [tool.datalayer], and `datalayer path` ---------------------
+
+SCRIPT = Path(sys.executable).parent / "datalayer"  # the installed console script
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> Any:
+    return subprocess.run([str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _service(tmp_path: Path, table: str = 'migrations = ["migrations"]\nbuiltin = false\n') -> Path:
+    root = tmp_path / "notes-svc"
+    (root / "migrations").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(f'[project]\nname = "notes-svc"\n\n[tool.datalayer]\n{table}')
+    timeouts = "SET LOCAL lock_timeout = '10s';\nSET LOCAL statement_timeout = '10min';\n\n"
+    (root / "migrations" / "0001.notes.sql").write_text(
+        timeouts + "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text NOT NULL);\n"
+    )
+    (root / "migrations" / "0001.notes.rollback.sql").write_text(timeouts + "DROP TABLE notes;\n")
+    return root
+
+
+def test_path_prints_the_builtin_folders_one_line_each(tmp_path: Path) -> None:
+    env = clean_env()
+    migrations = _run(["path", "migrations"], env, tmp_path)
+    sql = _run(["path", "sql"], env, tmp_path)
+    assert migrations.returncode == sql.returncode == 0, migrations.stderr + sql.stderr
+    # A source checkout / editable install: the folders at the top of the checkout, whatever the cwd.
+    assert migrations.stdout == f"{REPO / 'migrations'}\n" and sql.stdout == f"{REPO / 'sql'}\n"
+    assert migrations.stderr == ""
+    bad = _run(["path", "schemas"], env, tmp_path)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_path_from_a_wheel_layout(tmp_path: Path) -> None:
+    # An installed wheel: the package alone in site-packages, sql/ and migrations/ inside it as _data/.
+    site = tmp_path / "site"
+    shutil.copytree(REPO / "datalayer", site / "datalayer", ignore=shutil.ignore_patterns("__pycache__", "_data"))
+    shutil.copytree(REPO / "migrations", site / "datalayer" / "_data" / "migrations")
+    shutil.copytree(REPO / "sql", site / "datalayer" / "_data" / "sql")
+    env = clean_env(PYTHONPATH=str(site))
+    code = "import sys\nfrom datalayer.cli import main\nsys.exit(main(['path', sys.argv[1]]))"
+    for what in ("migrations", "sql"):
+        r = subprocess.run([sys.executable, "-c", code, what], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120, check=False)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == f"{site / 'datalayer' / '_data' / what}\n"
+
+
+def test_project_option_goes_before_or_after_the_command() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["status"]).project is None
+    assert parser.parse_args(["--project", "a", "status"]).project == "a"
+    assert parser.parse_args(["status", "--project", "b"]).project == "b"
+    assert parser.parse_args(["--project", "a", "migrate", "--project", "b"]).project == "b"
+    assert parser.parse_args(["--project", "a", "path", "sql"]).project == "a"
+
+
+def test_a_wrong_project_fails_every_command_in_one_line(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL="postgresql://u@127.0.0.1:1/never-reached")
+    missing = tmp_path / "missing"
+    for args in (["--project", str(missing), "path", "sql"], ["path", "sql", "--project", str(missing)],
+                 ["--project", str(missing), "status"]):
+        r = _run(args, env, tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr == (f"datalayer: ConfigError: --project must be a project folder holding a pyproject.toml, "
+                            f"but {missing} does not exist; give the folder of the service's pyproject.toml\n")
+    r = _run(["status"], {**env, "DATALAYER_PROJECT": str(tmp_path)}, tmp_path)
+    assert r.returncode == 1 and f"DATALAYER_PROJECT must be a project folder holding a pyproject.toml, but " \
+        f"{tmp_path} holds no pyproject.toml" in r.stderr
+    # A typo in the working directory's [tool.datalayer] stops even the commands that need no database.
+    root = _service(tmp_path, 'migration = ["migrations"]\n')
+    r = _run(["path", "migrations"], env, root / "migrations")
+    assert r.returncode == 1 and r.stderr.startswith(
+        f"datalayer: ConfigError: [tool.datalayer] migration in {root / 'pyproject.toml'} is not a setting; "
+    ), r.stderr
+    # --project wins over DATALAYER_PROJECT, which wins over the working directory.
+    good = _service(tmp_path / "good")
+    r = _run(["-v", "--project", str(good), "path", "sql"], {**env, "DATALAYER_PROJECT": str(missing)}, root)
+    assert r.returncode == 0 and f"DEBUG: datalayer: project {good} ([tool.datalayer])" in r.stderr, r.stderr
+    r = _run(["-v", "path", "sql"], {**env, "DATALAYER_PROJECT": str(good)}, root)
+    assert r.returncode == 0 and f"DEBUG: datalayer: project {good} ([tool.datalayer])" in r.stderr, r.stderr
+
+
+def test_a_service_project_through_the_cli(datalayer_server: TestServer, tmp_path: Path) -> None:
+    # A service with its own migrations and no built-in schema, run as cron or CI would run it.
+    root = _service(tmp_path)
+    elsewhere = tmp_path / "cron"
+    elsewhere.mkdir()
+    name = f"dl_b_service_{os.getpid()}"
+    janitor = datalayer_server.janitor(name)
+    janitor.drop()
+    with janitor:
+        env = clean_env(DATABASE_URL=url_of(datalayer_server.target_for(name)))
+        migrate = _run(["--project", str(root), "migrate"], env, elsewhere)
+        assert migrate.returncode == 0, migrate.stderr
+        assert migrate.stdout == "applied: 0001.notes\n"
+        for args, cwd, extra in ((["status", "--json", "--project", str(root)], elsewhere, {}),
+                                 (["status", "--json"], root / "migrations", {}),
+                                 (["status", "--json"], elsewhere, {"DATALAYER_PROJECT": str(root)})):
+            status = _run(args, {**env, **extra}, cwd)
+            assert status.returncode == 0, status.stderr
+            assert [(m["id"], m["applied"], m["changed"]) for m in json.loads(status.stdout)] == [
+                ("0001.notes", True, False)
+            ]
+        # From this repository's folder (no [tool.datalayer]) the same database is not the built-in schema.
+        builtin = _run(["status"], env, REPO)
+        assert builtin.returncode == 1 and "builtin" in builtin.stderr, builtin.stdout + builtin.stderr
+        plan = _run(["plan", "--sql", "--project", str(root)], env, elsewhere)
+        assert plan.returncode == 0 and "-- migration" not in plan.stdout and "partition" not in plan.stdout
+        health = _run(["health", "--json", "--project", str(root)], env, elsewhere)
+        report = json.loads(health.stdout)
+        assert health.returncode == 0 and report["status"] == "healthy", health.stdout
+        assert "partitions" not in report["checks"]
+        partitions = _run(["partitions", "list", "--project", str(root)], env, elsewhere)
+        assert partitions.returncode == 1 and "builtin = false" in partitions.stderr
+        lint = _run(["lint-migrations", "--project", str(root)], env, elsewhere)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
+        reset = _run(["reset", "--yes", "--project", str(root)], env, elsewhere)
+        assert reset.returncode == 0 and reset.stdout == "reset: re-applied 0001.notes\n", reset.stderr
+        from datalayer.pool import connect
+
+        with connect(Settings.from_env({}), datalayer_server.target_for(name)) as db:
+            tables = {r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert "notes" in tables and "users" not in tables and "system_log" not in tables
+
+
+def test_role_passwords_come_from_settings() -> None:
+    s = Settings.from_env({"DATALAYER_APP_PASSWORD": "AppPw_1", "DATALAYER_READONLY_PASSWORD": ""})
+    assert s.app_password == Secret("AppPw_1") and s.readonly_password is None  # empty means unset
+    assert "AppPw_1" not in repr(s)
+    assert Settings.from_env({}).app_password is None

@@ -1,0 +1,291 @@
+"""The project: where a service keeps its SQL, its migrations and the modules that bind its queries.
+
+A service says so in its ``pyproject.toml``; every command and the pytest plugin read it from here
+(this module and ``config`` are the only readers of the environment and of ``pyproject.toml``)::
+
+    [tool.datalayer]
+    sql = ["sql"]                  # folders of named queries
+    migrations = ["migrations"]    # yoyo folders, applied after the built-in schema's (when it is on)
+    modules = ["notes.repo"]       # where queries are bound, for check
+    builtin = false                # true (the default) also installs datalayer's own schema
+    test_database_prefix = "notes_test"
+
+Folders are relative to the project root (the folder holding ``pyproject.toml``), must exist, must stay
+inside the root (``..`` and absolute paths are refused: a migration source is named by its path from the
+root, and that name is recorded in each database's ledger) and are compared as written, so a symbolic
+link to a shared folder works. Without a ``[tool.datalayer]`` table the project is the built-in schema only.
+
+>>> p = Project(root=Path("/srv/notes"), migrations=(Path("/srv/notes/db/migrations"),), builtin=False)
+>>> [s.name for s in p.migration_sources()]
+['db/migrations']
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+
+import attrs
+
+from datalayer._validators import check_text
+from datalayer.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_MODULES",
+    "MigrationSource",
+    "Project",
+    "builtin_migrations_dir",
+    "builtin_sql_dir",
+    "find_project",
+    "load_project",
+    "project_importable",
+]
+
+_PACKAGE = Path(__file__).resolve().parent
+
+# datalayer's own modules that bind queries of the built-in sql/ (tests/test_project.py compares this
+# list with the bindings a full import of datalayer makes, so a new one cannot be forgotten).
+BUILTIN_MODULES: tuple[str, ...] = (
+    "datalayer.repos.users",
+    "datalayer.repos.analyses",
+    "datalayer.repos.files",
+    "datalayer.repos.tool_generations",
+    "datalayer.repos.system_log",
+    "datalayer.repos.cache_entries",
+    "datalayer.maintenance",
+    "datalayer.health",
+    "datalayer.partitions",
+    "datalayer.builtin_schema",
+)
+
+_KEYS = ("sql", "migrations", "modules", "builtin", "test_database_prefix")
+_PREFIX = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+DEFAULT_TEST_DATABASE_PREFIX = "datalayer_test"
+
+
+def _find(name: str) -> Path:
+    # A wheel carries sql/ and migrations/ as package data (_data/); an editable install and a source
+    # checkout find them at the top of the checkout, next to the package.
+    packaged = _PACKAGE / "_data" / name
+    if packaged.is_dir():
+        return packaged
+    checkout = _PACKAGE.parent / name
+    if checkout.is_dir():
+        return checkout
+    raise ConfigError(
+        f"datalayer cannot find its built-in {name}/ folder (looked in {packaged} and {checkout}); "
+        "reinstall datalayer (pip install --force-reinstall sqlfirst-datalayer)"
+    )
+
+
+def builtin_sql_dir() -> Path:
+    """The built-in schema's folder of named queries (inside the wheel, or at the top of a checkout)."""
+    return _find("sql")
+
+
+def builtin_migrations_dir() -> Path:
+    """The built-in schema's yoyo migrations folder (inside the wheel, or at the top of a checkout)."""
+    return _find("migrations")
+
+
+@attrs.frozen
+class MigrationSource:
+    """One folder of yoyo migrations and the name the ledger records for it."""
+
+    name: str  # "datalayer" for the built-in schema; else the folder relative to the project root
+    path: Path  # absolute
+    builtin: bool
+
+
+def _absolute(value: str | os.PathLike[str]) -> Path:
+    return Path(value).absolute()
+
+
+def _paths(value: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    return tuple(Path(p).absolute() for p in value)
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class Project:
+    """A service's parts: its SQL folders, migration folders, binding modules, and the built-in schema or not."""
+
+    root: Path = attrs.field(converter=_absolute)
+    sql: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    migrations: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
+    modules: tuple[str, ...] = attrs.field(default=(), converter=_names)
+    builtin: bool = True
+    test_database_prefix: str = DEFAULT_TEST_DATABASE_PREFIX
+    declared: bool = False  # True when pyproject.toml has a [tool.datalayer] table
+
+    def migration_sources(self) -> tuple[MigrationSource, ...]:
+        """Every migration folder in the order applied: the built-in schema's first (when ``builtin``)."""
+        ours = tuple(MigrationSource(_name(self.root, p), p, builtin=False) for p in self.migrations)
+        if not self.builtin:
+            return ours
+        return (MigrationSource("datalayer", builtin_migrations_dir(), builtin=True), *ours)
+
+    def check_modules(self) -> tuple[str, ...]:
+        """The modules ``check`` imports: datalayer's own (when ``builtin``), then the project's."""
+        return (*(BUILTIN_MODULES if self.builtin else ()), *self.modules)
+
+    def sql_folders(self) -> tuple[Path, ...]:
+        """Every folder of named queries: the built-in one (when ``builtin``), then the project's."""
+        return (*((builtin_sql_dir(),) if self.builtin else ()), *self.sql)
+
+
+def _name(root: Path, path: Path) -> str:
+    try:
+        return PurePosixPath(path.relative_to(root).as_posix()).as_posix()
+    except ValueError:  # a Project built directly with a folder elsewhere: its absolute path names it
+        return path.as_posix()
+
+
+def find_project(start: Path | None = None, *, environ: Mapping[str, str] | None = None) -> Project:
+    """The project of ``start`` (default: the working directory): the nearest ``pyproject.toml`` up the tree.
+
+    ``DATALAYER_PROJECT`` in ``environ`` (default ``os.environ``), a folder holding ``pyproject.toml``,
+    wins over the walk (cron jobs and containers run elsewhere). No ``pyproject.toml`` up the tree, or
+    one without a ``[tool.datalayer]`` table, means the built-in schema only (root: the nearest folder
+    with a ``pyproject.toml``, else ``start``). A bad table raises ConfigError naming the key and the file.
+    """
+    env = os.environ if environ is None else environ
+    chosen = check_text("DATALAYER_PROJECT", env.get("DATALAYER_PROJECT", ""))
+    if chosen:
+        return load_project(chosen, _variable="DATALAYER_PROJECT")
+    here = (Path.cwd() if start is None else Path(start)).absolute()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file():
+            return load_project(folder)
+    return Project(root=here)
+
+
+def load_project(folder: str | os.PathLike[str], *, _variable: str = "--project") -> Project:
+    """The project whose ``pyproject.toml`` is in ``folder`` (what ``datalayer --project DIR`` reads)."""
+    root = Path(folder).absolute()
+    pyproject = root / "pyproject.toml"
+    if not root.is_dir():
+        problem = f"{root} is not a folder" if root.exists() else f"{root} does not exist"
+    elif not pyproject.is_file():
+        problem = f"{root} holds no pyproject.toml"
+    else:
+        problem = ""
+    if problem:
+        raise ConfigError(
+            f"{_variable} must be a project folder holding a pyproject.toml, but {problem}; "
+            "give the folder of the service's pyproject.toml",
+            variable=_variable,
+        )
+    try:
+        with pyproject.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(
+            f"cannot read {pyproject} ({type(e).__name__}: {e}); fix the file", variable=_variable
+        ) from None
+    tool = data.get("tool", {})
+    table = tool.get("datalayer") if isinstance(tool, dict) else None
+    if table is None:
+        return Project(root=root)
+    return _parse(root, pyproject, table)
+
+
+def _parse(root: Path, pyproject: Path, table: object) -> Project:
+    def fail(key: str, problem: str, remedy: str) -> ConfigError:
+        where = f"[tool.datalayer] {key}" if key else "[tool.datalayer]"
+        return ConfigError(f"{where} in {pyproject} {problem}; {remedy}", variable=f"tool.datalayer.{key}".rstrip("."))
+
+    if not isinstance(table, dict):
+        raise fail("", f"must be a table, got {type(table).__name__}", "write it as a [tool.datalayer] section")
+    unknown = sorted(set(table) - set(_KEYS))
+    if unknown:
+        raise fail(unknown[0], "is not a setting", f"the settings are {', '.join(_KEYS)} (a typo?)")
+
+    def strings(key: str, remedy: str) -> list[str]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            got = type(value).__name__ if not isinstance(value, list) else "a list holding a non-string"
+            raise fail(key, f"must be a list of strings, got {got}", remedy)
+        seen: set[str] = set()
+        for v in value:
+            if v in seen:
+                raise fail(key, f"names {v!r} twice", "keep one")
+            seen.add(v)
+        return value
+
+    def folders(key: str) -> tuple[Path, ...]:
+        out: list[Path] = []
+        for text in strings(key, f'write {key} = ["{key}"] (folders relative to the project root)'):
+            rel = PurePosixPath(text.replace("\\", "/"))
+            if rel.is_absolute() or Path(text).is_absolute() or ".." in rel.parts or not rel.parts:
+                raise fail(
+                    key, f"names {text!r}, which is not a folder inside the project", "write a path relative to it"
+                )
+            path = root.joinpath(*rel.parts)
+            if not path.is_dir():
+                problem = "is not a folder" if path.exists() else "does not exist"
+                raise fail(key, f"names {text!r}, but {path} {problem}", "create it or fix the path")
+            if path in out:
+                raise fail(key, f"names {path} twice", "keep one")
+            out.append(path)
+        return tuple(out)
+
+    sql, migrations = folders("sql"), folders("migrations")
+    for key, paths, builtin in (("sql", sql, "sql"), ("migrations", migrations, "migrations")):
+        own = _find(builtin).resolve()
+        if any(p.resolve() == own for p in paths):
+            raise fail(
+                key, f"names datalayer's built-in {builtin}/ folder", "leave it out: builtin = true brings it in"
+            )
+    if shared := set(sql) & set(migrations):
+        raise fail(
+            "migrations",
+            f"shares {sorted(shared)[0]} with sql (yoyo would run the named queries as migrations)",
+            "keep queries and migrations in separate folders",
+        )
+    modules = strings("modules", 'write modules = ["myservice.repo"] (dotted module names)')
+    for m in modules:
+        if not all(part.isidentifier() and not keyword.iskeyword(part) for part in m.split(".")):
+            raise fail("modules", f"names {m!r}, which is not a dotted module name", 'write e.g. "notes.repo"')
+    builtin = table.get("builtin", True)
+    if not isinstance(builtin, bool):
+        raise fail("builtin", f"must be true or false, got {type(builtin).__name__}", "write builtin = true or false")
+    prefix = table.get("test_database_prefix", DEFAULT_TEST_DATABASE_PREFIX)
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise fail(
+            "test_database_prefix",
+            f"must be 1-40 lower-case letters, digits and _ (not starting with a digit), got {prefix!r}",
+            f'write e.g. test_database_prefix = "{DEFAULT_TEST_DATABASE_PREFIX}"',
+        )
+    return Project(
+        root=root,
+        sql=sql,
+        migrations=migrations,
+        modules=tuple(modules),
+        builtin=builtin,
+        test_database_prefix=prefix,
+        declared=True,
+    )
+
+
+@contextmanager
+def project_importable(project: Project) -> Iterator[None]:
+    """Within the block the project's root is first on ``sys.path``, so its ``modules`` import."""
+    entry = str(project.root)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
