@@ -1,32 +1,65 @@
-"""The checksum ledger: which migration file content was applied, so that edits are caught.
+"""The checksum ledger: which migration file content was applied, from which source, so that edits are caught.
 
 yoyo keeps no checksum of applied files. ``datalayer_migration_ledger`` records the sha256 of each
-applied migration file, SQL or Python; ``changed`` compares it with the files on disk. The ledger is written by
-``datalayer migrate`` and by ``migrations/post-apply.py``, which yoyo runs after every ``yoyo apply``.
+applied migration file, SQL or Python, and the source it came from (``datalayer`` for the built-in
+schema, else the folder relative to the project root); ``changed`` compares it with the files on
+disk. The ledger is written by ``datalayer migrate`` (every source of the project) and by each
+folder's ``post-apply.py``, which yoyo runs after a ``yoyo apply`` and which knows only its folder.
+
+A source passed alone (a hook) checks only its own migrations: an applied id it has no file for is
+another source's unless the ledger says it was this one's. The whole project (``whole_project=True``)
+also reports an applied id that no source has a file for.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 import psycopg
-from psycopg import sql
 
 from datalayer.errors import MigrationError
 
-__all__ = ["LedgerIssue", "changed", "file_hashes", "is_migration_file", "record", "verify"]
+__all__ = [
+    "BUILTIN_SOURCE",
+    "LedgerEntry",
+    "LedgerIssue",
+    "applied",
+    "changed",
+    "entries",
+    "file_hashes",
+    "is_migration_file",
+    "migration_files",
+    "record",
+    "verify",
+]
 
-LEDGER_DDL = """
+BUILTIN_SOURCE = "datalayer"
+
+# Databases migrated before sources existed have rows without the column: they were all built-in.
+LEDGER_DDL = f"""
 CREATE TABLE IF NOT EXISTS datalayer_migration_ledger (
     migration_id text PRIMARY KEY,
     sha256       text        NOT NULL,
     applied_at   timestamp   NOT NULL,
-    recorded_at  timestamptz NOT NULL DEFAULT now()
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    source       text        NOT NULL DEFAULT '{BUILTIN_SOURCE}'
 )
 """
+ADD_SOURCE = (
+    f"ALTER TABLE datalayer_migration_ledger ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT '{BUILTIN_SOURCE}'"
+)
+
+
+@attrs.frozen
+class LedgerEntry:
+    sha256: str
+    applied_at: datetime
+    source: str
 
 
 @attrs.frozen
@@ -35,15 +68,25 @@ class LedgerIssue:
     problem: str  # "changed" | "missing file"
     recorded: str | None
     current: str | None
+    source: str | None = None  # the source the file belongs to (or belonged to), when known
 
     def describe(self) -> str:
         if self.problem == "missing file":
-            return f"migration {self.migration_id} is applied but its file is gone from migrations/"
+            where = f"gone from {source_label(self.source)}" if self.source else "in no migration folder of the project"
+            return (
+                f"migration {self.migration_id} is applied but its file is {where}; restore the file "
+                "(a rollback needs it too)"
+            )
         return (
-            f"migration {self.migration_id} changed since it was applied "
-            f"(applied sha256 {str(self.recorded)[:12]}…, file now {str(self.current)[:12]}…); "
+            f"migration {self.migration_id} changed since it was applied (in {source_label(self.source)}: "
+            f"applied sha256 {str(self.recorded)[:12]}…, file now {str(self.current)[:12]}…); "
             "restore the file (git checkout) and put the change in a new migration"
         )
+
+
+def source_label(source: str | None) -> str:
+    """How messages name a source: the built-in schema's migrations, or the service's folder."""
+    return "datalayer's built-in migrations" if source == BUILTIN_SOURCE else f"{source}/"
 
 
 def is_migration_file(path: Path) -> bool:
@@ -60,78 +103,118 @@ def is_migration_file(path: Path) -> bool:
     )
 
 
+def migration_files(directory: Path) -> dict[str, Path]:
+    """Every forward migration file of ``directory`` by migration id (the file stem, as yoyo keys them)."""
+    return {path.stem: path for path in sorted(directory.iterdir()) if is_migration_file(path)}
+
+
 def file_hashes(directory: Path) -> dict[str, str]:
     """sha256 of every forward migration file (SQL and Python), line endings normalised, by migration id."""
-    out: dict[str, str] = {}
-    for path in sorted(directory.iterdir()):
-        if not is_migration_file(path):
-            continue
-        data = path.read_bytes().replace(b"\r\n", b"\n")
-        out[path.stem] = hashlib.sha256(data).hexdigest()
-    return out
+    return {
+        mid: hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
+        for mid, path in migration_files(directory).items()
+    }
 
 
-def _applied(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    exists = conn.execute("SELECT to_regclass('_yoyo_migration') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+def _exists(conn: psycopg.Connection[Any], table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])
+
+
+def applied(conn: psycopg.Connection[Any]) -> dict[str, datetime]:
+    """Every applied migration id (yoyo's table) with its UTC apply time; {} before the first migration."""
+    if not _exists(conn, "_yoyo_migration"):
         return {}
     rows = conn.execute("SELECT migration_id, applied_at_utc FROM _yoyo_migration").fetchall()
     return {r[0]: r[1] for r in rows}
 
 
-def _ledger(conn: psycopg.Connection[Any]) -> dict[str, tuple[str, Any]]:
-    exists = conn.execute("SELECT to_regclass('datalayer_migration_ledger') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
+def _has_source_column(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'datalayer_migration_ledger'::regclass "
+        "AND attname = 'source' AND NOT attisdropped)"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def entries(conn: psycopg.Connection[Any]) -> dict[str, LedgerEntry]:
+    """The ledger's rows by migration id ({} when there is no ledger yet); read-only."""
+    if not _exists(conn, "datalayer_migration_ledger"):
         return {}
-    rows = conn.execute("SELECT migration_id, sha256, applied_at FROM datalayer_migration_ledger").fetchall()
-    return {r[0]: (r[1], r[2]) for r in rows}
+    source = "source" if _has_source_column(conn) else f"'{BUILTIN_SOURCE}'"
+    rows = conn.execute(f"SELECT migration_id, sha256, applied_at, {source} FROM datalayer_migration_ledger").fetchall()
+    return {r[0]: LedgerEntry(r[1], r[2], r[3]) for r in rows}
 
 
-def changed(conn: psycopg.Connection[Any], directory: Path) -> list[LedgerIssue]:
-    """Applied migrations whose file changed (or vanished) since the ledger recorded them."""
-    files = file_hashes(directory)
-    applied = _applied(conn)
-    ledger = _ledger(conn)
+def _files(sources: Mapping[str, Path]) -> dict[str, tuple[str, str]]:
+    """{migration id: (source, sha256)} over ``sources`` (ids are unique across them: checked before)."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, directory in sources.items():
+        for mid, digest in file_hashes(directory).items():
+            out.setdefault(mid, (name, digest))
+    return out
+
+
+def changed(
+    conn: psycopg.Connection[Any], sources: Mapping[str, Path], *, whole_project: bool = True
+) -> list[LedgerIssue]:
+    """Applied migrations of ``sources`` whose file changed (or vanished) since the ledger recorded them."""
+    files = _files(sources)
+    ledger = entries(conn)
     issues = []
-    for mid, applied_at in sorted(applied.items()):
-        if mid not in files:
-            issues.append(LedgerIssue(mid, "missing file", ledger.get(mid, (None, None))[0], None))
-            continue
+    for mid, applied_at in sorted(applied(conn).items()):
         entry = ledger.get(mid)
+        if mid not in files:
+            owner = entry.source if entry is not None else None
+            if whole_project or owner in sources:
+                issues.append(LedgerIssue(mid, "missing file", entry.sha256 if entry else None, None, owner))
+            continue
+        source, digest = files[mid]
         # A ledger row older than yoyo's apply time belongs to an earlier application (rolled back and
         # re-applied since): it says nothing about the file applied now.
-        if entry is not None and entry[1] >= applied_at and entry[0] != files[mid]:
-            issues.append(LedgerIssue(mid, "changed", entry[0], files[mid]))
+        if entry is not None and entry.applied_at >= applied_at and entry.sha256 != digest:
+            issues.append(LedgerIssue(mid, "changed", entry.sha256, digest, source))
     return issues
 
 
-def verify(conn: psycopg.Connection[Any], directory: Path) -> None:
-    """Raise MigrationError naming every applied migration whose file changed."""
-    issues = changed(conn, directory)
+def verify(conn: psycopg.Connection[Any], sources: Mapping[str, Path], *, whole_project: bool = True) -> None:
+    """Raise MigrationError naming every applied migration of ``sources`` whose file changed."""
+    issues = changed(conn, sources, whole_project=whole_project)
     if issues:
         raise MigrationError("; ".join(i.describe() for i in issues))
 
 
-def record(conn: psycopg.Connection[Any], directory: Path) -> None:
-    """Bring the ledger in line with what is applied: new rows for new applications, none for rollbacks.
-
-    Rows that disagree with their file are left alone (``verify`` reports them).
-    """
-    files = file_hashes(directory)
-    applied = _applied(conn)
+def _ensure_table(conn: psycopg.Connection[Any]) -> None:
     conn.execute(LEDGER_DDL)
-    ledger = _ledger(conn)
-    gone = [mid for mid in ledger if mid not in applied]
+    if not _has_source_column(conn):  # checked first: ALTER TABLE locks the table even when it is a no-op
+        conn.execute(ADD_SOURCE)
+
+
+def record(conn: psycopg.Connection[Any], sources: Mapping[str, Path]) -> None:
+    """Bring the ledger in line with what is applied: new rows for new applications of ``sources``' files,
+    none for rollbacks (of any source).
+
+    Rows that disagree with their file are left alone (``verify`` reports them); a row whose file is
+    now found in another source gets that source.
+    """
+    files = _files(sources)
+    now_applied = applied(conn)
+    _ensure_table(conn)
+    ledger = entries(conn)
+    gone = [mid for mid in ledger if mid not in now_applied]
     if gone:
         conn.execute("DELETE FROM datalayer_migration_ledger WHERE migration_id = ANY(%s)", (gone,))
-    for mid, applied_at in applied.items():
+    for mid, applied_at in now_applied.items():
+        if mid not in files:
+            continue
+        source, digest = files[mid]
         entry = ledger.get(mid)
-        if mid in files and (entry is None or entry[1] < applied_at):
+        if entry is None or entry.applied_at < applied_at:
             conn.execute(
-                sql.SQL(
-                    "INSERT INTO datalayer_migration_ledger (migration_id, sha256, applied_at) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (migration_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
-                    "applied_at = EXCLUDED.applied_at, recorded_at = now()"
-                ),
-                (mid, files[mid], applied_at),
+                "INSERT INTO datalayer_migration_ledger (migration_id, sha256, applied_at, source) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (migration_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
+                "applied_at = EXCLUDED.applied_at, source = EXCLUDED.source, recorded_at = now()",
+                (mid, digest, applied_at, source),
             )
+        elif entry.source != source and entry.sha256 == digest:
+            conn.execute("UPDATE datalayer_migration_ledger SET source = %s WHERE migration_id = %s", (source, mid))

@@ -8,12 +8,13 @@ from typing import Any, Literal, TypedDict
 import psycopg
 
 from datalayer import _ledger
-from datalayer._paths import migrations_dir
+from datalayer import _migration_sources as _sources
 from datalayer._run import bind
 from datalayer._sql import load_queries
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.partitions import list_log_partitions
+from datalayer.project import Project, find_project
 
 __all__ = ["HealthReport", "check_database_health"]
 
@@ -34,19 +35,25 @@ _invalid_indexes = bind(_q, "invalid_indexes", str)
 
 
 def check_database_health(
-    *, settings: Settings | None = None, target: DatabaseTarget | None = None, timeout: int = 5
+    *,
+    settings: Settings | None = None,
+    target: DatabaseTarget | None = None,
+    project: Project | None = None,
+    timeout: int = 5,
 ) -> HealthReport:
     """Connectivity, migrations, partitions and indexes; never raises.
 
     ``{"status": "healthy" | "unhealthy", "checks": {name: {"ok": bool, "detail": str}}}`` with checks
-    ``connect``, ``migrations``, ``partitions`` (today and the next 2 days exist), ``default_partition``
-    (empty) and ``indexes`` (none invalid).
+    ``connect``, ``migrations`` (every source of ``project``, default ``find_project()``: none pending or
+    changed), ``partitions`` (today and the next 2 days exist), ``default_partition`` (empty) and
+    ``indexes`` (none invalid). The two partition checks are the built-in schema's: only with builtin.
     """
     checks: dict[str, Check] = {}
     try:
+        project = project or find_project()
         settings = settings or Settings.from_env()
         if target is None:
-            from datalayer.pool import default_target
+            from datalayer.defaults import default_target  # the tools' one upward look (see [tool.importlinter])
 
             target = default_target(settings)
         conn = psycopg.connect(
@@ -62,9 +69,10 @@ def check_database_health(
     with conn:
         version = conn.info.server_version
         checks["connect"] = {"ok": True, "detail": f"PostgreSQL {version // 10000}.{version % 10000}"}
-        _run_check(checks, "migrations", lambda: _migrations(conn))
-        _run_check(checks, "partitions", lambda: _partitions(conn))
-        _run_check(checks, "default_partition", lambda: _default_partition(conn))
+        _run_check(checks, "migrations", lambda: _migrations(conn, project))
+        if project.builtin:
+            _run_check(checks, "partitions", lambda: _partitions(conn))
+            _run_check(checks, "default_partition", lambda: _default_partition(conn))
         _run_check(checks, "indexes", lambda: _indexes(conn))
     healthy = all(c["ok"] for c in checks.values())
     return {"status": "healthy" if healthy else "unhealthy", "checks": checks}
@@ -84,11 +92,16 @@ def _run_check(checks: dict[str, Check], name: str, fn: Any) -> None:
         checks[name] = {"ok": False, "detail": _first_line(e)}
 
 
-def _migrations(conn: psycopg.Connection[Any]) -> Check:
-    applied = _ledger._applied(conn)
-    files = _ledger.file_hashes(migrations_dir())
-    pending = sorted(set(files) - set(applied))
-    issues = _ledger.changed(conn, migrations_dir())
+def _migrations(conn: psycopg.Connection[Any], project: Project) -> Check:
+    sources = project.migration_sources()
+    problems = _sources.duplicate_problems(sources)
+    switched = _sources.builtin_switch_problem(conn, project)
+    if problems or switched:
+        return {"ok": False, "detail": "; ".join([*problems, *([switched] if switched else [])])}
+    applied = _ledger.applied(conn)
+    files = [mid for s in sources for mid in _ledger.migration_files(s.path)]
+    pending = [mid for mid in files if mid not in applied]
+    issues = _ledger.changed(conn, _sources.source_dirs(sources))
     if issues:
         return {"ok": False, "detail": "; ".join(i.describe() for i in issues)}
     if pending:

@@ -1,4 +1,7 @@
-"""``datalayer lint-migrations``: squawk's migration safety rules over migrations/.
+"""``datalayer lint-migrations``: squawk's migration safety rules over every migration source of the project.
+
+Before squawk, the rules across sources: a migration id defined in two sources is a finding, and with
+``builtin = true`` so is a first migration of the service that does not depend on a built-in one.
 
 The rule set is squawk's default, with these settings and exceptions:
 
@@ -21,8 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from datalayer._paths import migrations_dir
+from datalayer import _migration_sources as _sources
 from datalayer.errors import ConfigError
+from datalayer.project import Project, find_project
 
 __all__ = ["ROLLBACK_EXCLUDED_RULES", "lint_migrations"]
 
@@ -40,13 +44,21 @@ def _squawk() -> str:
     return found
 
 
-def lint_migrations(directory: Path | None = None) -> tuple[int, str]:
-    """Run squawk; returns (exit code, report). Exit code 0 means no finding."""
-    directory = directory or migrations_dir()
-    forward = sorted(str(p) for p in directory.glob("*.sql") if not p.name.endswith(".rollback.sql"))
-    rollback = sorted(str(p) for p in directory.glob("*.rollback.sql"))
+def lint_migrations(directory: Path | None = None, *, project: Project | None = None) -> tuple[int, str]:
+    """Run squawk over ``directory``, or over every migration source of ``project`` (default:
+    ``find_project()``) after the rules across sources; returns (exit code, report). 0 means no finding."""
+    if directory is not None:
+        folders, findings = [directory], []
+    else:
+        sources = (project or find_project()).migration_sources()
+        folders = [s.path for s in sources]
+        findings = _sources.duplicate_problems(sources) + _sources.depends_problems(sources)
+    forward = sorted(str(p) for d in folders for p in d.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+    rollback = sorted(str(p) for d in folders for p in d.glob("*.rollback.sql"))
+    code, report = (1 if findings else 0), list(findings)
+    if not forward and not rollback:
+        return code, "\n".join(report)
     squawk = _squawk()
-    code, report = 0, []
     for files, extra in ((forward, ()), (rollback, (f"--exclude={','.join(ROLLBACK_EXCLUDED_RULES)}",))):
         if not files:
             continue

@@ -3,10 +3,20 @@
 >>> setup_database()            # doctest: +SKIP
 ['0001.core-tables', '0002.system-log', '0003.cache-entries']
 
+The migrations come from the project's sources (``Project.migration_sources()``): datalayer's
+built-in schema first when ``builtin = true``, then the service's folders, each applied in full
+before the next. Migration ids are unique across sources, and with ``builtin = true`` the service's
+first migrations depend on a built-in one; a database keeps the ``builtin`` it was migrated with.
+
 ``setup_database`` is idempotent and safe to run from several processes at once: they serialise on
 a PostgreSQL advisory lock (released by the server if a process dies) and on yoyo's lock row (so
 that a concurrent plain ``yoyo apply`` waits too). A lock row left behind by a killed process is
 cleared with a message. An applied migration whose file changed is refused until resolved.
+
+A service's folder verifies and records its own files under plain ``yoyo apply`` too with a
+``post-apply.py`` of one line (yoyo runs it after every apply that applied something)::
+
+    from datalayer.migrate import ledger_steps; ledger_steps(__file__)
 """
 
 from __future__ import annotations
@@ -17,20 +27,23 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import attrs
 import psycopg
 
 from datalayer import _ledger
-from datalayer._paths import migrations_dir
+from datalayer import _migration_sources as _sources
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import MigrationError
+from datalayer.project import Project, find_project
 
 __all__ = [
     "STALE_LOCK_SECONDS",
     "MigrationState",
+    "ledger_steps",
     "migration_status",
     "plan_sql",
     "reset_database",
@@ -54,12 +67,13 @@ class MigrationState:
     applied_at: datetime | None
     changed: bool
     problem: str | None
+    source: str | None = None  # "datalayer" (built-in) or the service's folder; None for a file no source has
 
 
 def _settings_and_target(settings: Settings | None, target: DatabaseTarget | None) -> tuple[Settings, DatabaseTarget]:
     settings = settings or Settings.from_env()
     if target is None:
-        from datalayer.pool import default_target
+        from datalayer.defaults import default_target  # the tools' one upward look (see [tool.importlinter])
 
         target = default_target(settings)
     return settings, target
@@ -111,10 +125,29 @@ def yoyo_backend(target: DatabaseTarget, settings: Settings | None = None) -> An
     return backend
 
 
-def _migrations() -> Any:
-    from yoyo import read_migrations
+def ledger_steps(hook_file: str | os.PathLike[str]) -> None:
+    """The checksum ledger as steps of a yoyo ``post-apply.py``: ``ledger_steps(__file__)``.
 
-    return read_migrations(str(migrations_dir()))
+    Verifies that no applied migration of the hook's folder changed since it was applied (MigrationError,
+    rolling back the hook, otherwise) and records the ones just applied, under the folder's source name.
+    Other folders' migrations are theirs to check. Call it at the top level of a post-apply file only.
+    """
+    from yoyo import step
+
+    directory = Path(hook_file).resolve().parent
+
+    def verify_and_record(conn: psycopg.Connection[Any]) -> None:
+        sources = {_sources.hook_source(directory): directory}
+        _ledger.verify(conn, sources, whole_project=False)
+        _ledger.record(conn, sources)
+
+    try:
+        step(verify_and_record)
+    except AttributeError:  # yoyo found no migration being loaded up the stack
+        raise MigrationError(
+            f"ledger_steps({str(hook_file)!r}) adds steps to a yoyo migration: call it at the top level of a "
+            "post-apply.py that yoyo loads"
+        ) from None
 
 
 @contextmanager
@@ -192,26 +225,34 @@ def setup_database(
     *,
     settings: Settings | None = None,
     target: DatabaseTarget | None = None,
+    project: Project | None = None,
     partitions_ahead: int | None = None,
 ) -> list[str]:
-    """Apply pending migrations and create system_log partitions ``partitions_ahead`` days ahead (default 7).
+    """Apply the pending migrations of every source of ``project`` (default: ``find_project()``) and, with
+    the built-in schema, create system_log partitions ``partitions_ahead`` days ahead (default 7).
 
     Returns the ids of the migrations applied (empty when up to date). Raises MigrationError, changing
-    nothing, when an applied migration's file changed since.
+    nothing, when an applied migration's file changed since, when two sources define the same migration
+    id, when a first migration of the service does not depend on the built-in schema (builtin = true), or
+    when the database was migrated with the other ``builtin`` setting.
     """
     from datalayer.partitions import DEFAULT_AHEAD, check_ahead, ensure_log_partitions
 
     ahead = check_ahead(DEFAULT_AHEAD if partitions_ahead is None else partitions_ahead, "partitions_ahead")
+    project = project or find_project()
+    sources = list(project.migration_sources())
+    _sources.check_sources(sources)
     settings, target = _settings_and_target(settings, target)
-    directory = migrations_dir()
+    directories = _sources.source_dirs(sources)
     applied: list[str] = []
     with _migration_lock(target, settings) as conn:
         _clear_stale_yoyo_lock(conn)
-        _ledger.verify(conn, directory)
+        _sources.check_builtin_switch(conn, project)
+        _ledger.verify(conn, directories)
         backend = yoyo_backend(target, settings)
         try:
             with backend.lock(timeout=LOCK_WAIT_SECONDS):
-                pending = backend.to_apply(_migrations())
+                pending = _sources.in_order(backend, sources)
                 applied = [m.id for m in pending]
                 if pending:
                     log.info("datalayer: applying migrations %s to %s", ", ".join(applied), target.display)
@@ -223,20 +264,30 @@ def setup_database(
         finally:
             backend.connection.close()
         with conn.transaction():
-            _ledger.record(conn, directory)
-        ensure_log_partitions(conn, ahead=ahead)
+            _ledger.record(conn, directories)
+        if project.builtin:
+            ensure_log_partitions(conn, ahead=ahead)
     return applied
 
 
-def rollback_all(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[str]:
-    """Roll back every applied migration (newest first); returns their ids."""
+def rollback_all(
+    *, settings: Settings | None = None, target: DatabaseTarget | None = None, project: Project | None = None
+) -> list[str]:
+    """Roll back every applied migration of ``project``'s sources (newest first, the service's before the
+    built-in ones); returns their ids."""
+    project = project or find_project()
+    sources = list(project.migration_sources())
+    problems = _sources.duplicate_problems(sources)
+    if problems:
+        raise MigrationError("; ".join(problems))
     settings, target = _settings_and_target(settings, target)
     with _migration_lock(target, settings) as conn:
         _clear_stale_yoyo_lock(conn)
+        _sources.check_builtin_switch(conn, project)
         backend = yoyo_backend(target, settings)
         try:
             with backend.lock(timeout=LOCK_WAIT_SECONDS):
-                to_roll = backend.to_rollback(_migrations())
+                to_roll = _sources.in_order(backend, sources, rollback=True)
                 ids = [m.id for m in to_roll]
                 backend.rollback_migrations(to_roll)
         except Exception as e:
@@ -244,83 +295,78 @@ def rollback_all(*, settings: Settings | None = None, target: DatabaseTarget | N
         finally:
             backend.connection.close()
         with conn.transaction():
-            _ledger.record(conn, migrations_dir())
+            _ledger.record(conn, _sources.source_dirs(sources))
     return ids
 
 
 def reset_database(
-    *, confirm: bool = False, settings: Settings | None = None, target: DatabaseTarget | None = None
+    *,
+    confirm: bool = False,
+    settings: Settings | None = None,
+    target: DatabaseTarget | None = None,
+    project: Project | None = None,
 ) -> list[str]:
     """Roll back every migration and apply them again: ALL DATA IS LOST. Refuses without confirm=True."""
     if confirm is not True:
         raise MigrationError("reset_database drops every table and its data; call it with confirm=True")
+    project = project or find_project()
     settings, target = _settings_and_target(settings, target)
-    rollback_all(settings=settings, target=target)
-    return setup_database(settings=settings, target=target)
+    rollback_all(settings=settings, target=target, project=project)
+    return setup_database(settings=settings, target=target, project=project)
 
 
-def migration_status(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> list[MigrationState]:
-    """Every known migration: applied or not, when, and whether its file changed since."""
+def migration_status(
+    *, settings: Settings | None = None, target: DatabaseTarget | None = None, project: Project | None = None
+) -> list[MigrationState]:
+    """Every migration of every source of ``project``, in apply order: applied or not, when, and whether
+    its file changed since (a first migration that must depend on the built-in schema says so too)."""
+    project = project or find_project()
+    sources = list(project.migration_sources())
+    duplicates = _sources.duplicate_problems(sources)
+    if duplicates:
+        raise MigrationError("; ".join(duplicates))
     settings, target = _settings_and_target(settings, target)
     with _reading(target, settings, "read the migration state of") as conn:
-        issues = {i.migration_id: i for i in _ledger.changed(conn, migrations_dir())}
-        applied = _ledger._applied(conn)
-    ids = [m.id for m in _migrations()]
-    states = [
-        MigrationState(
-            id=mid,
-            applied=mid in applied,
-            applied_at=applied.get(mid),
-            changed=mid in issues,
-            problem=issues[mid].describe() if mid in issues else None,
-        )
-        for mid in ids
-    ]
+        _sources.check_builtin_switch(conn, project)
+        issues = {i.migration_id: i for i in _ledger.changed(conn, _sources.source_dirs(sources))}
+        applied = _ledger.applied(conn)
+    unrooted = {p.split(" ", 1)[0]: p for p in _sources.depends_problems(sources)}
+    states = []
+    for source in sources:
+        for mid, path in _ledger.migration_files(source.path).items():
+            issue = issues.get(mid)
+            problem = issue.describe() if issue else unrooted.get(f"{source.name}/{path.name}")
+            states.append(
+                MigrationState(mid, mid in applied, applied.get(mid), issue is not None, problem, source.name)
+            )
+    known = {st.id for st in states}
     states += [
-        MigrationState(id=mid, applied=True, applied_at=applied[mid], changed=True, problem=issue.describe())
+        MigrationState(mid, True, applied[mid], True, issue.describe(), issue.source)
         for mid, issue in issues.items()
-        if mid not in ids
+        if mid not in known
     ]
     return states
 
 
-def plan_sql(*, settings: Settings | None = None, target: DatabaseTarget | None = None) -> str:
+def plan_sql(
+    *, settings: Settings | None = None, target: DatabaseTarget | None = None, project: Project | None = None
+) -> str:
     """The SQL ``setup_database`` would run now, in order, without running it (nothing is written)."""
-    from yoyo.migrations import topological_sort
-
+    project = project or find_project()
+    sources = list(project.migration_sources())
+    _sources.check_sources(sources)
     settings, target = _settings_and_target(settings, target)
     with _reading(target, settings, "plan the migrations of") as conn:
-        applied = _ledger._applied(conn)
-    pending = list(topological_sort(m for m in _migrations() if m.id not in applied))
-    out: list[str] = []
-    for m in pending:
-        m.load()
-        out.append(f"-- migration {m.id} ({'one transaction' if m.use_transactions else 'no transaction'})")
-        out.append("BEGIN;" if m.use_transactions else "")
-        for wrapper in m.steps:
-            for stmt in _step_sql(wrapper):
-                out.append(stmt.strip().rstrip(";") + ";")
-        out.append("COMMIT;" if m.use_transactions else "")
-    from datalayer.partitions import DEFAULT_AHEAD, partition_days
+        _sources.check_builtin_switch(conn, project)
+        applied = _ledger.applied(conn)
+    out = _sources.plan_lines(sources, applied)
+    if project.builtin:
+        from datalayer.partitions import DEFAULT_AHEAD, partition_days
 
-    days = partition_days(DEFAULT_AHEAD)
-    out.append(f"-- system_log partitions {days[0]} .. {days[-1]}, one transaction per day")
-    out += [f"SELECT datalayer_ensure_log_partition('{d.isoformat()}');" for d in days]
+        days = partition_days(DEFAULT_AHEAD)
+        out.append(f"-- system_log partitions {days[0]} .. {days[-1]}, one transaction per day")
+        out += [f"SELECT datalayer_ensure_log_partition('{d.isoformat()}');" for d in days]
     return "\n".join(line for line in out if line) + "\n"
-
-
-def _step_sql(wrapper: Any) -> Iterator[str]:
-    inner = getattr(wrapper, "step", wrapper)
-    if hasattr(inner, "steps"):
-        for s in inner.steps:
-            yield from _step_sql(s)
-        return
-    apply = getattr(inner, "_apply", None)
-    if isinstance(apply, str):
-        yield apply
-    elif callable(apply):  # a Python step: only named, it cannot be printed ahead
-        name = getattr(apply, "__qualname__", "step")
-        yield f"-- python step {name}: its SQL depends on the data; datalayer migrate runs it"
 
 
 def wait_for_server(target: DatabaseTarget, timeout: float = 30.0) -> None:

@@ -1,24 +1,18 @@
 """Runs after every `yoyo apply` that applied something (yoyo's post-apply hook), also when CI calls
-plain yoyo.
+plain yoyo, e.g. `yoyo apply --batch --database postgresql+psycopg://… "$(datalayer path migrations)" ./migrations`.
 
-Verifies that no applied migration file changed since it was applied, and records the sha256 of
-the ones just applied in datalayer_migration_ledger. Then creates the system_log day partitions
-from today to 7 days ahead, as `datalayer migrate` does (yoyo runs this in one transaction: each day
-is a savepoint of it). Needs the datalayer package importable.
+Verifies that no applied built-in migration file changed since it was applied, and records the sha256
+of the ones just applied in datalayer_migration_ledger (source "datalayer"); a service's folder checks
+its own with the same one line. Then creates the system_log day partitions from today to 7 days ahead,
+as `datalayer migrate` does (yoyo runs this in one transaction: each day is a savepoint of it). Needs
+the datalayer package importable.
 """
 
 import sys
-from pathlib import Path
 
 from yoyo import step
 
-from datalayer._ledger import record, verify
-
-
-def _verify_and_record(conn):  # type: ignore[no-untyped-def]
-    directory = Path(__file__).resolve().parent
-    verify(conn, directory)
-    record(conn, directory)
+from datalayer.migrate import ledger_steps
 
 
 def _partitions_ahead(conn):  # type: ignore[no-untyped-def]
@@ -35,5 +29,5 @@ def _partitions_ahead(conn):  # type: ignore[no-untyped-def]
         )
 
 
-step(_verify_and_record)
+ledger_steps(__file__)
 step(_partitions_ahead)

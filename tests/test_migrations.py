@@ -27,8 +27,8 @@ from datalayer import (
     reset_database,
     setup_database,
 )
-from datalayer import health as health_mod
 from datalayer import migrate as migrate_mod
+from datalayer import project as project_mod
 from datalayer.config import DatabaseTarget, Secret
 from datalayer.testing import settings_for_tests
 
@@ -77,10 +77,10 @@ def test_reset_requires_confirm(dl_empty_target: DatabaseTarget) -> None:
 
 @pytest.fixture
 def migrations_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The built-in migrations as an editable copy (every tool finds the built-in folder through project)."""
     copy = tmp_path / "migrations"
-    shutil.copytree(migrate_mod.migrations_dir(), copy)
-    monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: copy)
-    monkeypatch.setattr(health_mod, "migrations_dir", lambda: copy)
+    shutil.copytree(project_mod.builtin_migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(project_mod, "builtin_migrations_dir", lambda: copy)
     return copy
 
 

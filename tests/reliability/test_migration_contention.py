@@ -24,7 +24,8 @@ MIGRATE = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import datalayer.migrate as m
-    m.migrations_dir = lambda: Path(sys.argv[1])
+    import datalayer.project
+    datalayer.project.builtin_migrations_dir = lambda: Path(sys.argv[1])
     print(json.dumps(m.setup_database()), flush=True)
 """)
 
