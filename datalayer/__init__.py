@@ -10,10 +10,19 @@ over psycopg 3 connections from a psycopg_pool pool.
 
 from typing import TYPE_CHECKING, Any
 
-from datalayer import embedded as _embedded  # noqa: F401 - registers the exit hook that stops an embedded server last
+from datalayer._connection import DataLayerConnection as Connection
 from datalayer.backup import backup_database_data, restore_database_data
 from datalayer.config import Settings
 from datalayer.contracts import check
+from datalayer.defaults import (  # importing it registers the exit order (flush, close pools, stop servers)
+    close_default_pool,
+    connection,
+    default_pool,
+    get_db,
+    open_pool,
+    set_default_pool,
+    transaction,
+)
 from datalayer.errors import (
     BackupError,
     CacheUnavailable,
@@ -31,12 +40,11 @@ from datalayer.errors import (
     ValidationError,
 )
 from datalayer.events import SystemLogHandler, log_system_event
-from datalayer.health import check_database_health
+from datalayer.health import HealthReport, check_database_health
 from datalayer.maintenance import cleanup_old_data, get_database_stats
 from datalayer.migrate import migration_status, plan_sql, reset_database, setup_database
 from datalayer.partitions import ensure_log_partitions, list_log_partitions
 from datalayer.passwords import hash_password, needs_rehash, verify_password
-from datalayer.pool import close_default_pool, connection, default_pool, get_db, open_pool, set_default_pool
 from datalayer.records import (
     AnalysisFile,
     AnalysisWithFiles,
@@ -56,7 +64,7 @@ from datalayer.repos import system_log as system_log_repo
 from datalayer.repos import tool_generations as tool_generation_repo
 from datalayer.repos import users as user_repo
 from datalayer.rows import attrs_row
-from datalayer.transactions import on_commit, on_rollback, run_in_transaction, transaction
+from datalayer.transactions import on_commit, on_rollback, run_in_transaction
 from datalayer.validation import validate_analysis_data, validate_user_data
 
 if TYPE_CHECKING:
@@ -71,9 +79,11 @@ __all__ = [
     "CacheUnavailable",
     "CommitUnknown",
     "ConfigError",
+    "Connection",
     "DataAnalysis",
     "DataLayerError",
     "FileTypeTotal",
+    "HealthReport",
     "IllegalTransition",
     "IntegrityConflict",
     "MigrationError",

@@ -10,10 +10,10 @@ import uuid
 from collections.abc import Callable
 
 from datalayer.config import Settings
+from datalayer.defaults import connection, default_pool, default_target
 from datalayer.health import check_database_health
 from datalayer.migrate import setup_database
 from datalayer.passwords import hash_password, verify_password
-from datalayer.pool import connection, default_pool, default_target
 from datalayer.repos import users as user_repo
 
 __all__ = ["run_demo"]

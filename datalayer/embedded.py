@@ -3,14 +3,15 @@
 They are a convenience for laptops, demos and CI, never a surprise: each logs one line saying where
 its data lives and how to point datalayer at a real server, and DATALAYER_EMBEDDED=never refuses
 them (what .env.example recommends for production). No other local user can connect to them
-(``datalayer._embedded_pg``), and none outlives the processes using it: at a normal exit this module
-flushes log handlers, closes the cache and the pools, then stops the servers if no other process
-uses them; a killed process's watcher does the last step (``datalayer._watchdog``).
+(``datalayer._embedded_pg``), and none outlives the processes using it: at a normal exit
+``datalayer.defaults`` flushes log handlers, closes the cache and the pools, then calls
+``stop_servers`` (they stop if no other process uses them); a killed process's watcher does the last
+step (``datalayer._watchdog``). Which target is the default, and when to start one, is
+``datalayer.defaults``' decision, not this module's.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -29,19 +30,17 @@ from datalayer.errors import ConfigError
 
 __all__ = [
     "EMBEDDED_DBNAME",
-    "before_embedded_stop",
     "embedded_postgres_bin",
     "start_embedded_postgres",
     "start_embedded_redis",
+    "stop_servers",
 ]
 
 log = logging.getLogger("datalayer")
 
 EMBEDDED_DBNAME = "datalayer"
 _lock = threading.Lock()
-_exited = False  # set by _at_exit: a server started after it would never be stopped
-# Run at exit before the embedded servers stop: log handlers flush, pools close.
-_before_stop: list[Callable[[], object]] = []
+_exited = False  # set by stop_servers: a server started after it would never be stopped
 
 
 class _Watcher:
@@ -100,44 +99,15 @@ def _this_process_watcher() -> _Watcher:
     return _watcher
 
 
-def before_embedded_stop(hook: Callable[[], object]) -> None:
-    """Run ``hook`` at exit before the embedded servers stop (whenever they were started).
-
-    atexit runs handlers in reverse registration order, so a handler registered before the server
-    started would otherwise run after it stopped: the last log records would have nowhere to go.
-    """
-    _before_stop.append(hook)
-
-
-def _at_exit() -> None:
-    """The exit order: flush log handlers, close the cache and the pools, then stop the servers.
-
-    Registered when this module is imported (``import datalayer`` does it), so it runs after the
-    exit hooks a service registers later, which may still use the database; a server start requested
-    after it (a log handler's writer still connecting) is refused, since atexit ignores hooks
-    registered while it runs.
-    """
+def stop_servers() -> None:
+    """End this process's use of the embedded servers (each stops when no other process uses it) and
+    refuse new starts: the last step of the exit order (``datalayer.defaults``), after the pools close."""
     global _exited
-    for hook in reversed(_before_stop):
-        try:
-            hook()
-        except Exception as e:  # exit must go on
-            log.debug("datalayer: exit hook %r failed: %s", hook, e)
-    cache = sys.modules.get("datalayer.cache.manager")  # never imported just to close it
-    if cache is not None:
-        with contextlib.suppress(Exception):
-            cache.close_cache_manager()
-    from datalayer.pool import close_default_pool
-
-    close_default_pool()
     with _lock:  # a start in progress in another thread finishes first
         _exited = True
         watcher = _watcher
     if watcher is not None and watcher.pid == os.getpid():
         watcher.release_all()
-
-
-atexit.register(_at_exit)
 
 
 def embedded_postgres_bin() -> Path:

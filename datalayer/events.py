@@ -36,8 +36,10 @@ from psycopg import Connection
 
 from datalayer._log_record import clean_service, record_row
 from datalayer._translate import is_connection_lost
+from datalayer.defaults import default_pool, on_exit
 from datalayer.errors import CommitUnknown, TransientError
 from datalayer.partitions import keep_ahead
+from datalayer.pool import checkout, give_back
 from datalayer.records import SystemLogEntry
 from datalayer.repos import system_log as system_log_repo
 from datalayer.transactions import transaction
@@ -109,7 +111,7 @@ class SystemLogHandler(logging.Handler):
     """A ``logging.Handler`` that batches records into system_log with COPY from a background thread.
 
     ``capacity`` bounds the buffer; ``batch_size`` and ``flush_interval`` (seconds) shape the batches.
-    Without ``pool`` the writer uses the default pool (``datalayer.pool.default_pool()``), looked up
+    Without ``pool`` the writer uses the default pool (``datalayer.default_pool()``), looked up
     for every batch: it follows whatever the application or the test plugin installed with
     ``set_default_pool``. Counters: ``written``, ``dropped`` (buffer full), ``rejected`` (refused by the
     database, isolated and dropped), ``late`` (emitted after ``close()``).
@@ -143,11 +145,9 @@ class SystemLogHandler(logging.Handler):
         self._closed = False
         self._fresh_state()
         _handlers.add(self)
-        from datalayer.embedded import before_embedded_stop
-
-        # At exit: flush before an embedded server stops, and in any case when the interpreter exits
-        # (atexit runs in reverse order: whichever comes first does the work, the other finds it done).
-        before_embedded_stop(self.close)
+        # At exit: flush before the pools close and an embedded server stops, and in any case when the
+        # interpreter exits (atexit runs in reverse order: whichever comes first does the work).
+        on_exit(self.close)
         atexit.register(self.close)
         # Start connecting now, in the background: records logged right before exit still get written.
         self._start()
@@ -238,8 +238,6 @@ class SystemLogHandler(logging.Handler):
                     time.sleep(0.05)
 
     def _write_loop(self) -> None:
-        from datalayer.pool import checkout, default_pool, give_back
-
         todo: list[list[tuple[Any, ...]]] = []  # the taken batch, or the parts of a split one, in order
         unknown = False  # the last attempt's COMMIT outcome is unknown: look before writing again
         delay = 0.2

@@ -1,19 +1,18 @@
-"""The connection pool and the ways to borrow from it: ``connection()``, ``get_db()``.
+"""The connection pool, and only the pool: settings and a target in, a pool out, connections lent from it.
 
-The default pool opens lazily, in the process that first asks for a connection (a forked child gets
-its own), and closes at exit. Connections are lent in autocommit mode: a single statement commits by
-itself and reads pay no BEGIN/COMMIT round trip; ``transaction()`` groups statements.
+It never starts a server, runs a migration or picks a default: ``datalayer.defaults`` does that (the
+default pool, the embedded server, migrate-on-open) and lends from here. Connections are lent in
+autocommit mode: a single statement commits by itself and reads pay no BEGIN/COMMIT round trip;
+``transaction(db)`` groups statements.
 
->>> from datalayer import connection, user_repo
->>> with connection() as db:                     # doctest: +SKIP
+>>> pool = open_pool(settings, target=settings.database)     # doctest: +SKIP
+>>> with connection(pool) as db:
 ...     user = user_repo.get_by_id(db, 1)
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,15 +32,13 @@ from datalayer.errors import ConfigError, PoolExhausted, TransientError
 __all__ = [
     "DataLayerConnection",
     "DataLayerPool",
-    "close_default_pool",
+    "checkout",
     "connect",
+    "connect_kwargs",
     "connection",
-    "default_pool",
-    "default_target",
-    "get_db",
+    "give_back",
+    "lend",
     "open_pool",
-    "resolve_database",
-    "set_default_pool",
 ]
 
 log = logging.getLogger("datalayer")
@@ -95,15 +92,6 @@ class DataLayerPool(ConnectionPool[DataLayerConnection]):
             log.debug("datalayer: pool purge skipped: %s", e)
 
 
-def resolve_database(settings: Settings) -> DatabaseTarget:
-    """The configured database, or the embedded one (started on demand) when nothing is configured."""
-    if settings.database is not None:
-        return settings.database
-    from datalayer.embedded import start_embedded_postgres
-
-    return start_embedded_postgres(settings)
-
-
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
     """Connection parameters every datalayer connection gets (beyond the target's)."""
     return {
@@ -132,19 +120,24 @@ def open_pool(
     name: str = "datalayer",
     wait: bool = False,
 ) -> DataLayerPool:
-    """Open a pool for ``settings`` (default: from the environment).
+    """Open a pool on ``target`` (default: the database ``settings`` configure) with ``settings``
+    (default: from the environment).
 
     POOL_SIZE connections are kept (POOL_MIN_SIZE of them opened eagerly), up to MAX_OVERFLOW more under
-    load; POOL_TIMEOUT bounds the wait for one and POOL_RECYCLE their lifetime. An embedded server is
-    migrated before the pool opens; a configured server never is. The first connection is made
-    right away, so that a wrong password or host fails here with a clear message.
+    load; POOL_TIMEOUT bounds the wait for one and POOL_RECYCLE their lifetime. The first connection is
+    made right away, so that a wrong password or host fails here with a clear message. Nothing is
+    started or migrated: ``datalayer.open_pool`` (``datalayer.defaults``) also falls back to the
+    embedded server and migrates it.
     """
     settings = settings or Settings.from_env()
-    target = target or resolve_database(settings)
-    if target.embedded:
-        from datalayer.migrate import setup_database
-
-        setup_database(target=target, settings=settings)
+    if target is None:
+        target = settings.database
+    if target is None:
+        raise ConfigError(
+            "no database is configured for this pool; set DATABASE_URL, pass target=, or use "
+            "datalayer.open_pool() (which falls back to the embedded PostgreSQL)",
+            variable="DATABASE_URL",
+        )
     _probe(settings, target)
     pool = DataLayerPool(
         settings,
@@ -207,65 +200,6 @@ def _probe(settings: Settings, target: DatabaseTarget) -> None:
     connect(settings, target).close()
 
 
-_default: DataLayerPool | None = None
-_default_pid: int | None = None
-_default_lock = threading.Lock()
-_forked_leftovers: list[object] = []
-
-
-def default_pool() -> DataLayerPool:
-    """The process-wide pool, opened on first use from ``Settings.from_env()``."""
-    global _default, _default_pid
-    pool = _default
-    if pool is not None and _default_pid == os.getpid():
-        return pool
-    with _default_lock:
-        if _default is None or _default_pid != os.getpid():
-            _default = open_pool()
-            _default_pid = os.getpid()
-        return _default
-
-
-def default_target(settings: Settings) -> DatabaseTarget:
-    """The database this process talks to: the open default pool's, else the one ``settings`` name."""
-    pool = _default
-    if pool is not None and _default_pid == os.getpid():
-        return pool.target
-    return resolve_database(settings)
-
-
-def set_default_pool(pool: DataLayerPool | None) -> DataLayerPool | None:
-    """Install ``pool`` as the default (tests, dependency injection); returns the previous one."""
-    global _default, _default_pid
-    with _default_lock:
-        previous = _default
-        _default = pool
-        _default_pid = os.getpid() if pool is not None else None
-        return previous
-
-
-def close_default_pool() -> None:
-    """Close the default pool (registered at exit); the next use opens a new one."""
-    global _default
-    with _default_lock:
-        pool, _default = _default, None
-    if pool is not None and _default_pid == os.getpid():
-        pool.close()
-
-
-def _after_fork_in_child() -> None:
-    global _default, _default_pid
-    if _default is not None:
-        # The parent's sockets are shared with us: closing them here would break the parent's
-        # connections, and so would letting them be garbage-collected. Keep them, unused.
-        _forked_leftovers.append(_default)
-    _default, _default_pid = None, None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(close_default_pool)
-
-
 def checkout(pool: DataLayerPool, timeout: float | None = None) -> DataLayerConnection:
     """Borrow a live connection; PoolExhausted when none is free within ``timeout`` (POOL_TIMEOUT)."""
     wait = pool.timeout if timeout is None else timeout
@@ -305,13 +239,14 @@ def _exhausted(pool: DataLayerPool, waited: float) -> PoolExhausted:
 
 
 @contextmanager
-def connection(pool: DataLayerPool | None = None, *, timeout: float | None = None) -> Iterator[DataLayerConnection]:
-    """Borrow a pooled connection in autocommit mode for the ``with`` block.
+def connection(pool: DataLayerPool, *, timeout: float | None = None) -> Iterator[DataLayerConnection]:
+    """Borrow a connection of ``pool`` in autocommit mode for the ``with`` block.
 
-    >>> with connection() as db:                   # doctest: +SKIP
+    ``datalayer.connection()`` does the same on the default pool.
+
+    >>> with connection(pool) as db:               # doctest: +SKIP
     ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
     """
-    pool = pool or default_pool()
     conn = checkout(pool, timeout)
     try:
         yield conn
@@ -319,15 +254,14 @@ def connection(pool: DataLayerPool | None = None, *, timeout: float | None = Non
         give_back(pool, conn)
 
 
-def get_db() -> Iterator[DataLayerConnection]:
-    """A generator lending one connection: for FastAPI's ``Depends(get_db)`` and for ``next(get_db())``.
+def lend(pool: DataLayerPool) -> Iterator[DataLayerConnection]:
+    """A generator lending one connection of ``pool``: the body of ``datalayer.get_db()``.
 
-    With ``Depends``, the connection returns to the pool when the request ends. With the seed's
-    ``db = next(get_db())`` the generator is dropped at once; the connection stays yours until you drop
+    Used with FastAPI's ``Depends``, the connection returns to the pool when the request ends. With
+    ``db = next(...)`` the generator is dropped at once; the connection stays yours until you drop
     the value you got (whatever else still names the same pooled connection), then its slot goes back
     to the pool (closed, and replaced by a fresh one).
     """
-    pool = default_pool()
     lease = Lease(checkout(pool), pool)
     try:
         yield cast(DataLayerConnection, lease)

@@ -1,12 +1,13 @@
 """Units of work: ``transaction()``, savepoints, and hooks that run after COMMIT or ROLLBACK.
 
->>> with transaction() as db:                                  # doctest: +SKIP
+>>> with transaction(db):                                     # doctest: +SKIP
 ...     user = user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
 ...     on_commit(lambda: cache.invalidate_user_cache(user.id))   # only if the COMMIT succeeds
 
-Nested ``transaction(db)`` blocks are savepoints. A hook registered inside a savepoint that rolls back
-is dropped (its ``on_rollback`` hooks run); one registered inside a savepoint that is released waits
-for the outermost COMMIT.
+``transaction(db)`` runs on the connection given (``datalayer.transaction()``, without one, borrows
+from the default pool: ``datalayer.defaults``). Nested ``transaction(db)`` blocks are savepoints. A
+hook registered inside a savepoint that rolls back is dropped (its ``on_rollback`` hooks run); one
+registered inside a savepoint that is released waits for the outermost COMMIT.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ log = logging.getLogger("datalayer")
 
 Hook = Callable[[], object]
 T = TypeVar("T")
+C = TypeVar("C", bound=psycopg.Connection[Any])
 
 
 class _DeadBeforeCommit(Exception):
@@ -66,9 +68,15 @@ _current: contextvars.ContextVar[psycopg.Connection[Any] | None] = contextvars.C
 )
 
 
+def _key(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    # A get_db() lease and the pooled connection it stands for are one transaction, whichever is passed.
+    conn: psycopg.Connection[Any] | None = getattr(db, "_dl_conn", None)
+    return conn if conn is not None else db
+
+
 def in_transaction(db: psycopg.Connection[Any]) -> bool:
     """True while ``db`` is inside a ``transaction()`` block."""
-    return bool(_frames.get(db))
+    return bool(_frames.get(_key(db)))
 
 
 def current_transaction() -> psycopg.Connection[Any] | None:
@@ -81,7 +89,7 @@ def _frame_for(db: psycopg.Connection[Any] | None) -> _Frame | None:
     db = db if db is not None else current_transaction()
     if db is None:
         return None
-    frames = _frames.get(db)
+    frames = _frames.get(_key(db))
     return frames[-1] if frames else None
 
 
@@ -115,19 +123,13 @@ def _run_hooks(hooks: list[Hook]) -> None:
 
 
 @contextmanager
-def transaction(db: psycopg.Connection[Any] | None = None) -> Iterator[Any]:
-    """Group statements into one unit of work: COMMIT at the end of the block, ROLLBACK on error.
+def transaction(db: C) -> Iterator[C]:
+    """Group statements on ``db`` into one unit of work: COMMIT at the end of the block, ROLLBACK on
+    error; yields ``db``. Inside another ``transaction(db)`` block on the same connection it is a savepoint.
 
-    Without ``db``, borrows a connection from the default pool for the block. Inside another
-    ``transaction(db)`` block it is a savepoint.
+    ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
     """
-    if db is None:
-        from datalayer.pool import connection
-
-        with connection() as conn, transaction(conn) as tx:
-            yield tx
-        return
-    frames = _frames.setdefault(db, [])
+    frames = _frames.setdefault(_key(db), [])
     frame = _Frame()
     frames.append(frame)
     token = _current.set(db)

@@ -17,7 +17,8 @@ from psycopg.conninfo import conninfo_to_dict
 from datalayer import ConfigError, Settings
 from datalayer._environ import DATABASE_PARTS, REDIS_PARTS, VARIABLES
 from datalayer.config import DatabaseTarget, RedisTarget, Secret
-from datalayer.pool import open_pool, resolve_database
+from datalayer.defaults import resolve_database
+from datalayer.pool import open_pool
 from datalayer.testing import TestServer
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import re
+import subprocess
+import sys
+import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,13 +20,16 @@ from helpers import wait_idle
 
 from datalayer import (
     ConfigError,
+    Connection,
     DataLayerError,
     IntegrityConflict,
+    PoolExhausted,
     TransientError,
     connection,
     get_db,
     on_commit,
     on_rollback,
+    set_default_pool,
     transaction,
     user_repo,
 )
@@ -244,3 +253,106 @@ def test_a_returned_connection_is_lent_again_as_it_was_first_lent(dl_pool: DataL
                 db.execute(f"DROP ROLE dl_reset_probe_{os.getpid()}")
     finally:
         pool.close()
+
+
+def _requests(pool: DataLayerPool, handler: Any, n: int = 8) -> list[BaseException | None]:
+    """``n`` concurrent requests through FastAPI's generator-dependency protocol for ``Depends(get_db)``,
+    each running ``handler(db)`` while all of them hold their connection."""
+    barrier = threading.Barrier(n, timeout=30)
+    outcome: list[BaseException | None] = [None] * n
+
+    def request(i: int) -> None:
+        gen = get_db()
+        try:
+            db = next(gen)
+            barrier.wait()  # every request holds its connection now
+            handler(db)
+        except BaseException as e:
+            outcome[i] = e
+            gen.close()
+            return
+        with contextlib.suppress(StopIteration):
+            next(gen)
+
+    previous = set_default_pool(pool)
+    try:
+        threads = [threading.Thread(target=request, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        set_default_pool(previous)
+    return outcome
+
+
+def test_transaction_on_the_requests_connection_takes_no_second_slot(dl_pool: DataLayerPool) -> None:
+    # POOL_SIZE=4 + MAX_OVERFLOW=4: 8 requests fit when each takes one slot, as the README's pattern does.
+    pool = open_pool(settings_for_tests(pool_size=4, max_overflow=4, pool_timeout=2.0), target=dl_pool.target)
+    pids: set[int] = set()
+    try:
+
+        def handler(db: Connection) -> None:
+            with transaction(db) as tx:
+                assert tx is db and in_transaction(db)
+                _user(tx)
+                with transaction(db):  # nested on the same connection: a savepoint, still one slot
+                    pids.add(tx.info.backend_pid)
+
+        assert _requests(pool, handler) == [None] * 8
+        assert len(pids) == 8 and pool.get_stats()["pool_size"] <= 8
+        with connection(pool) as db:
+            assert user_repo.count(db) == 8
+    finally:
+        pool.close()
+
+
+def test_transaction_without_the_requests_connection_takes_a_second_slot(dl_pool: DataLayerPool) -> None:
+    # What the pattern above avoids: transaction() borrows another connection, and 8 requests need 16.
+    pool = open_pool(settings_for_tests(pool_size=4, max_overflow=4, pool_timeout=1.0), target=dl_pool.target)
+    try:
+
+        def handler(db: Connection) -> None:
+            with transaction() as tx:
+                _user(tx)
+
+        outcome = _requests(pool, handler)
+        assert any(isinstance(e, PoolExhausted) for e in outcome), outcome
+    finally:
+        pool.close()
+
+
+def test_a_lease_and_its_connection_are_one_transaction(dl_pool: DataLayerPool) -> None:
+    db = next(get_db())
+    conn = object.__getattribute__(db, "_dl_conn")  # the pooled connection the lease stands for
+    events: list[str] = []
+    with transaction(db):
+        assert in_transaction(conn)
+        with transaction(conn):  # a savepoint of the lease's transaction, not a second outermost one
+            on_commit(lambda: events.append("committed"), conn)
+        assert events == []  # waits for the outermost COMMIT
+    assert events == ["committed"]
+    del db, conn
+    gc.collect()
+    wait_idle(dl_pool)
+
+
+def test_transaction_types_reach_the_caller(tmp_path: Path) -> None:
+    source = tmp_path / "typed.py"
+    source.write_text(
+        "from datalayer import Connection, get_db, transaction\n"
+        "def handler(db: Connection) -> None:\n"
+        "    with transaction(db) as tx:\n"
+        "        reveal_type(tx)\n"
+        "    with transaction() as own:\n"
+        "        reveal_type(own)\n"
+        "    for lent in get_db():\n"
+        "        reveal_type(lent)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
+         str(source)],
+        cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=600, check=False,
+    )
+    revealed = re.findall(r'Revealed type is "([^"]+)"', r.stdout)
+    assert revealed == ["datalayer._connection.DataLayerConnection"] * 3, r.stdout + r.stderr

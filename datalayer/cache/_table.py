@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from datalayer.defaults import default_pool
 from datalayer.errors import DataLayerError
+from datalayer.pool import connection
 from datalayer.repos import cache_entries
 
 __all__ = ["MISSING", "TableLayer"]
@@ -44,8 +46,6 @@ class TableLayer:
         """``fn(db)``, or MISSING when the table is off or the database failed."""
         if not self.enabled:
             return MISSING
-        from datalayer.pool import connection, default_pool
-
         try:
             with connection(self.pool or default_pool(), timeout=self.timeout) as db:
                 return fn(db)

@@ -33,7 +33,8 @@ from datalayer import (
 )
 from datalayer._connection import wait_limit
 from datalayer.config import DatabaseTarget
-from datalayer.pool import DataLayerPool, open_pool, set_default_pool
+from datalayer.defaults import set_default_pool
+from datalayer.pool import DataLayerPool, open_pool
 from datalayer.testing import TestServer, settings_for_tests
 
 _counter = itertools.count(1)

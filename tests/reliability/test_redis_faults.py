@@ -146,7 +146,7 @@ import json, sys, time
 from datalayer import User, user_repo
 from datalayer.cache import CacheManager
 from datalayer.config import Settings
-from datalayer.pool import connection
+from datalayer import connection
 
 cache = CacheManager(settings=Settings.from_env(), l1_max_ttl=float(sys.argv[2]))
 uid = int(sys.argv[1])

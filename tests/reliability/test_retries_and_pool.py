@@ -20,7 +20,8 @@ from datalayer import (
     transaction,
     user_repo,
 )
-from datalayer.pool import DataLayerPool, set_default_pool
+from datalayer.defaults import set_default_pool
+from datalayer.pool import DataLayerPool
 from datalayer.testing import TestServer, fresh_database
 
 
