@@ -12,12 +12,11 @@ import psycopg
 from psycopg import sql
 
 from datalayer.errors import BackupError, ValidationError
+from datalayer.registry import Registry
 
 # 2: users carry email_key (migration 0005). Format 1 files are still read: the key is computed.
 BACKUP_FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-# Parents before children, so that foreign keys hold while restoring.
-BACKUP_TABLES = ("users", "data_analyses", "analysis_files", "tool_generations", "system_log", "cache_entries")
 CONTROL_PREFIX = b'{"__datalayer__":'
 
 Progress = Callable[[str, int], object]
@@ -31,8 +30,9 @@ def control(kind: str, **fields: Any) -> bytes:
 def columns_of(db: psycopg.Connection[Any], table: str) -> list[str]:
     """The table's columns in the database, in their order."""
     rows = db.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped "
-        "ORDER BY attnum",
+        "SELECT attname FROM pg_catalog.pg_attribute "
+        "WHERE attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I', %s::text)) "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (table,),
     ).fetchall()
     return [r[0] for r in rows]
@@ -57,15 +57,16 @@ def check_path(path: object) -> Path:
     return p
 
 
-def require_schema(db: psycopg.Connection[Any], doing: str) -> None:
-    """BackupError unless every table datalayer backs up exists (the database is migrated)."""
+def require_schema(db: psycopg.Connection[Any], registry: Registry, doing: str) -> None:
+    """BackupError unless the database is migrated and holds every table of ``registry``."""
     missing = [
         t
-        for t in (*BACKUP_TABLES, "_yoyo_migration")
-        if db.execute("SELECT to_regclass(%s)", (t,)).fetchone() == (None,)
+        for t in ("_yoyo_migration", *(t.name for t in registry.backed_up))
+        if db.execute("SELECT pg_catalog.to_regclass(pg_catalog.format('%%I', %s::text))", (t,)).fetchone() == (None,)
     ]
-    if missing:
+    if missing or not registry.backed_up:
+        what = f"table {missing[0]} does not exist" if missing else "it holds no tables"
         raise BackupError(
-            f"cannot {doing} {db.info.dbname}: it is not migrated (table {missing[0]} does not exist); "
+            f"cannot {doing} {db.info.dbname}: it is not migrated ({what}); "
             "run `datalayer migrate` (setup_database()) against it first"
         )

@@ -14,7 +14,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 import psycopg
@@ -22,7 +22,6 @@ from psycopg import sql
 
 from datalayer._backup_format import (
     BACKUP_FORMAT_VERSION,
-    BACKUP_TABLES,
     CONTROL_PREFIX,
     READABLE_VERSIONS,
     Progress,
@@ -33,7 +32,11 @@ from datalayer._backup_format import (
 from datalayer._restore_stage import create_stage, derived_columns, unstage
 from datalayer._translate import is_connection_lost, translate
 from datalayer.errors import BackupError
+from datalayer.registry import Registry, Table, resolve_registry
 from datalayer.transactions import transaction
+
+if TYPE_CHECKING:
+    from datalayer.project import Project
 
 log = logging.getLogger("datalayer")
 
@@ -47,19 +50,28 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def restore_from(db: psycopg.Connection[Any], source: Path, progress: Progress | None) -> dict[str, int]:
+def restore_from(
+    db: psycopg.Connection[Any],
+    source: Path,
+    progress: Progress | None,
+    *,
+    registry: Registry | None = None,
+    project: Project | None = None,
+) -> dict[str, int]:
     """``restore_database_data`` (see there)."""
     with _open_regular(source) as f:
         reader = _Reader(f, source)
-        reader.header()
+        tables = reader.header()
         try:
             with transaction(db):
                 db.execute("SET LOCAL statement_timeout = 0")
-                require_schema(db, "restore into")
-                _check_empty(db)
-                counts = {table: _restore_table(db, reader, table, progress) for table in BACKUP_TABLES}
+                reg = resolve_registry(db, registry, project=project)
+                require_schema(db, reg, "restore into")
+                order = _check_tables(reg, tables)
+                _check_empty(db, order)
+                counts = {t.name: _restore_table(db, reader, t, progress) for t in order}
                 reader.end(counts)
-                _reset_identities(db)
+                _reset_identities(db, order)
         except psycopg.Error as e:
             raise translate(e, conn=db) from e
     return counts
@@ -125,7 +137,7 @@ class _Reader:
             raise BackupError(f"line {self.line}: expected a {expected!r} marker, found {_show(found)}", line=self.line)
         return doc
 
-    def header(self) -> None:
+    def header(self) -> list[str]:
         raw = self.next_line(_MAX_CONTROL_BYTES)
         if raw.startswith(_BOM):
             raise BackupError(
@@ -150,22 +162,7 @@ class _Reader:
         tables = doc.get("tables")
         if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
             raise BackupError("line 1: the header's tables are not a list of table names", line=1)
-        seen: set[str] = set()
-        for t in tables:
-            if t not in BACKUP_TABLES:
-                raise BackupError(
-                    f"line 1: the header names an unknown table {_show(t)} (a backup holds {', '.join(BACKUP_TABLES)})",
-                    line=1,
-                )
-            if t in seen:
-                raise BackupError(f"line 1: the header names table {t} twice", line=1)
-            seen.add(t)
-        if tuple(tables) != BACKUP_TABLES:
-            raise BackupError(
-                f"line 1: the header names the tables {', '.join(tables) or 'none'}; a backup holds "
-                f"{', '.join(BACKUP_TABLES)}, in this order",
-                line=1,
-            )
+        return list(tables)
 
     def end(self, counts: dict[str, int]) -> None:
         doc = self.control("end")
@@ -181,8 +178,42 @@ class _Reader:
             )
 
 
-def _check_empty(db: psycopg.Connection[Any]) -> None:
-    for table in BACKUP_TABLES:
+def _check_tables(registry: Registry, tables: list[str]) -> list[Table]:
+    """The header's tables: exactly those the registry backs up, each after the tables it references."""
+    held = {t.name: t for t in registry.backed_up}
+    names = ", ".join(held)
+    seen: set[str] = set()
+    for name in tables:
+        if name not in held:
+            raise BackupError(
+                f"line 1: the header names an unknown table {_show(name)} (a backup holds {names})", line=1
+            )
+        if name in seen:
+            raise BackupError(f"line 1: the header names table {name} twice", line=1)
+        seen.add(name)
+    if seen != set(held):
+        raise BackupError(
+            f"line 1: the header names the tables {', '.join(tables) or 'none'}; a backup of this database "
+            f"holds {names}",
+            line=1,
+        )
+    # Any order with parents first restores (older backups list the built-in tables in another one);
+    # where the registry puts a table before one that references it, the file must too.
+    position = {name: i for i, name in enumerate(tables)}
+    rank = {name: i for i, name in enumerate(held)}
+    for name in tables:
+        for parent in held[name].references:
+            if parent in position and rank[parent] < rank[name] and position[parent] > position[name]:
+                raise BackupError(
+                    f"line 1: the header names {name} before {parent}, which it references; a backup lists "
+                    "parents before children, in this order: " + names,
+                    line=1,
+                )
+    return [held[name] for name in tables]
+
+
+def _check_empty(db: psycopg.Connection[Any], tables: list[Table]) -> None:
+    for table in (t.name for t in tables):
         row = db.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(table))).fetchone()
         if row and row[0]:
             raise BackupError(
@@ -191,7 +222,8 @@ def _check_empty(db: psycopg.Connection[Any]) -> None:
             )
 
 
-def _restore_table(db: psycopg.Connection[Any], reader: _Reader, table: str, progress: Progress | None) -> int:
+def _restore_table(db: psycopg.Connection[Any], reader: _Reader, spec: Table, progress: Progress | None) -> int:
+    table = spec.name
     head = reader.control("table")
     start = reader.line
     if head.get("name") != table:
@@ -209,7 +241,7 @@ def _restore_table(db: psycopg.Connection[Any], reader: _Reader, table: str, pro
             "backup's schema first",
             line=start,
         )
-    derived = derived_columns(table, known)
+    derived = derived_columns(spec, known)
     # Every column a backup holds must be there: one left out would quietly take its default (now(),
     # a new id) instead of what was backed up. Derived columns are computed, whatever the file says.
     absent = [c for c in known if c not in columns and c not in derived]
@@ -219,13 +251,13 @@ def _restore_table(db: psycopg.Connection[Any], reader: _Reader, table: str, pro
             "comes from another schema",
             line=start,
         )
-    stage = f"datalayer_restore_{table}" if derived or table == "system_log" else None
+    stage = f"datalayer_restore_{table}" if derived or spec.partitioned_by_day else None
     if stage:
         create_stage(db, table, stage, derived)
     rows = _copy_section(db, reader, table, columns, stage=stage, progress=progress)
     if stage:
         try:
-            unstage(db, table, stage, known, derived=derived, rows=rows)
+            unstage(db, spec, stage, known, derived=derived, rows=rows)
         except psycopg.Error as e:
             if is_connection_lost(e, db):
                 raise
@@ -315,11 +347,22 @@ def _copy_line(e: psycopg.Error) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _reset_identities(db: psycopg.Connection[Any]) -> None:
-    # Rows came with their ids: move each identity sequence past the largest one.
-    for table in BACKUP_TABLES:
-        db.execute(
-            sql.SQL(
-                "SELECT setval(pg_get_serial_sequence({t}, 'id'), coalesce(max(id), 1), max(id) IS NOT NULL) FROM {i}"
-            ).format(t=sql.Literal(table), i=sql.Identifier(table))
-        )
+def _reset_identities(db: psycopg.Connection[Any], tables: list[Table]) -> None:
+    # Rows came with their ids: move each identity (or serial) sequence past the largest value.
+    for table in (t.name for t in tables):
+        qualified = sql.Identifier(table).as_string(db)
+        columns = db.execute(
+            "SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass(%s) "
+            "AND a.attnum > 0 AND NOT a.attisdropped AND pg_catalog.pg_get_serial_sequence(%s, a.attname) IS NOT NULL",
+            (qualified, qualified),
+        ).fetchall()
+        for (column,) in columns:
+            db.execute(
+                sql.SQL(
+                    "SELECT pg_catalog.setval(pg_catalog.pg_get_serial_sequence({t}, {c}), "
+                    "coalesce(pg_catalog.max({i}), 1), pg_catalog.max({i}) IS NOT NULL) "
+                    "FROM {tab}"
+                ).format(
+                    t=sql.Literal(qualified), c=sql.Literal(column), i=sql.Identifier(column), tab=sql.Identifier(table)
+                )
+            )

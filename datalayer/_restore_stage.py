@@ -1,5 +1,6 @@
-"""Restore through a temporary table: for log rows (partitions for the days they hold) and for columns
-computed in Python (``users.email_key``), before the rows go into their table."""
+"""Restore through a temporary table: for rows of a table partitioned by day (partitions for the days
+they hold) and for columns computed in Python (the built-in ``users.email_key``), before the rows go
+into their table."""
 
 from __future__ import annotations
 
@@ -10,26 +11,19 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from datalayer._run import bind
-from datalayer._sql import load_queries
 from datalayer.errors import BackupError, CommitUnknown, DataLayerError, TransientError
+from datalayer.registry import DayPartitions, Table
 from datalayer.transactions import transaction
 
 log = logging.getLogger("datalayer")
 
 # Each new partition holds a few locks until COMMIT; older days than this stay in the default partition.
 MAX_RESTORE_PARTITION_DAYS = 400
-_maint = load_queries("maintenance")
-_ensure_partition = bind(_maint, "ensure_log_partition", bool)
 
 
-def derived_columns(table: str, known: list[str]) -> dict[str, tuple[str, Callable[[str], str]]]:
+def derived_columns(table: Table, known: list[str]) -> dict[str, tuple[str, Callable[[str], str]]]:
     """Columns of ``table`` (among ``known``) computed in Python from another column of the row."""
-    if table != "users" or "email_key" not in known:
-        return {}
-    from datalayer.text import email_key  # the one definition of a user's identity key
-
-    return {"email_key": ("email", email_key)}
+    return {c: (d.source, d.compute) for c, d in table.derived.items() if c in known and d.source in known}
 
 
 def create_stage(
@@ -50,18 +44,19 @@ def create_stage(
 
 def unstage(
     db: psycopg.Connection[Any],
-    table: str,
+    spec: Table,
     stage: str,
     known: list[str],
     *,
     derived: dict[str, tuple[str, Callable[[str], str]]],
     rows: int,
 ) -> None:
+    table = spec.name
     tmp = sql.SQL("pg_temp.{}").format(sql.Identifier(stage))
     for column, (source, compute) in derived.items():
         _derive(db, table, tmp, column, source=source, compute=compute)
-    if table == "system_log":
-        _partitions_for_rows(db, tmp)
+    if spec.day_partitions is not None:
+        _partitions_for_rows(db, table, tmp, spec.day_partitions)
     cols = sql.SQL(", ").join(map(sql.Identifier, known))
     cur = db.execute(
         sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
@@ -126,32 +121,33 @@ def _derive(
     db.execute(sql.SQL("DROP TABLE pg_temp.{}").format(keys))
 
 
-def _partitions_for_rows(db: psycopg.Connection[Any], tmp: sql.Composable) -> None:
+def _partitions_for_rows(db: psycopg.Connection[Any], table: str, tmp: sql.Composable, parts: DayPartitions) -> None:
     # Only the days the rows hold, newest first; rows of days left out wait in the default partition,
     # as a day without a partition does for any insert.
     days = [
         r[0]
         for r in db.execute(
             sql.SQL(
-                "SELECT DISTINCT (created_at AT TIME ZONE 'UTC')::date AS day FROM {} "
-                "WHERE created_at >= '0001-01-01 00:00:00+00' AND created_at < '9999-12-31 00:00:00+00' "
+                "SELECT DISTINCT ({c} AT TIME ZONE 'UTC')::date AS day FROM {t} "
+                "WHERE {c} >= '0001-01-01 00:00:00+00' AND {c} < '9999-12-31 00:00:00+00' "
                 "ORDER BY day DESC LIMIT %s"
-            ).format(tmp),
+            ).format(c=sql.Identifier(parts.column), t=tmp),
             (MAX_RESTORE_PARTITION_DAYS + 1,),
         )
     ]
     if len(days) > MAX_RESTORE_PARTITION_DAYS:
         log.warning(
-            "datalayer: the restored log rows span more than %d days; rows before %s stay in system_log_default",
+            "datalayer: the restored %s rows span more than %d days; rows before %s stay in its default partition",
+            table,
             MAX_RESTORE_PARTITION_DAYS,
             days[MAX_RESTORE_PARTITION_DAYS - 1],
         )
-    log.debug("datalayer: the restored log rows hold %d day(s); ensuring their partitions", len(days))
+    log.debug("datalayer: the restored %s rows hold %d day(s); ensuring their partitions", table, len(days))
     for day in days[:MAX_RESTORE_PARTITION_DAYS]:
         try:
             with transaction(db):  # a savepoint: a day the function refuses keeps its rows in the default
-                _ensure_partition.scalar(db, day=day)
+                parts.ensure(db, day)
         except (TransientError, CommitUnknown):
             raise
         except DataLayerError as e:
-            log.warning("datalayer: no partition for %s (%s); its log rows stay in system_log_default", day, e)
+            log.warning("datalayer: no %s partition for %s (%s); its rows stay in the default partition", table, day, e)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -20,43 +22,31 @@ if TYPE_CHECKING:
     from datalayer._sql import Query
 
 __all__ = [
-    "CONSTRAINT_FIELDS",
+    "constraint_field",
     "describe_error",
     "is_connection_lost",
     "lost_before_sending",
     "never_sent",
+    "register_constraint_fields",
     "translate",
 ]
 
-# Which input field each constraint guards, so that callers can point at the form field.
-CONSTRAINT_FIELDS: dict[str, tuple[str, str]] = {
-    "users_username_key": ("users", "username"),
-    "users_email_lower_key": ("users", "email"),
-    "users_email_key_key": ("users", "email"),
-    "users_username_format": ("users", "username"),
-    "users_email_format": ("users", "email"),
-    "users_hashed_password_present": ("users", "hashed_password"),
-    "data_analyses_user_id_fkey": ("data_analyses", "user_id"),
-    "data_analyses_name_length": ("data_analyses", "name"),
-    "data_analyses_type_length": ("data_analyses", "analysis_type"),
-    "data_analyses_status_check": ("data_analyses", "status"),
-    "data_analyses_lifecycle_check": ("data_analyses", "status"),
-    "analysis_files_analysis_id_fkey": ("analysis_files", "analysis_id"),
-    "analysis_files_filename_length": ("analysis_files", "filename"),
-    "analysis_files_type_length": ("analysis_files", "file_type"),
-    "analysis_files_size_check": ("analysis_files", "size_bytes"),
-    "analysis_files_uri_length": ("analysis_files", "storage_uri"),
-    "analysis_files_checksum_format": ("analysis_files", "checksum"),
-    "tool_generations_user_id_fkey": ("tool_generations", "user_id"),
-    "tool_generations_type_length": ("tool_generations", "tool_type"),
-    "tool_generations_status_check": ("tool_generations", "status"),
-    "tool_generations_lifecycle_check": ("tool_generations", "status"),
-    "system_log_service_length": ("system_log", "service"),
-    "system_log_level_check": ("system_log", "level"),
-    "cache_entries_key_key": ("cache_entries", "key"),
-    "cache_entries_key_length": ("cache_entries", "key"),
-    "cache_entries_version_check": ("cache_entries", "version"),
-}
+# Which table and input field each constraint guards, so that callers can point at the form field.
+# Filled by datalayer.registry.register (the built-in schema registers its own at import).
+_constraint_fields: dict[str, tuple[str, str]] = {}
+# What PostgreSQL's detail names for a unique or foreign-key violation: Key (column)=(value) ...
+_KEY_COLUMN = re.compile(r'Key \(("?)([A-Za-z_][A-Za-z0-9_$]*)\1\)=')
+
+
+def register_constraint_fields(fields: Mapping[str, tuple[str, str]]) -> None:
+    """Name the (table, field) of each constraint in error translation (see ``datalayer.registry``)."""
+    _constraint_fields.update(fields)
+
+
+def constraint_field(constraint: str | None) -> tuple[str, str] | None:
+    """The registered (table, field) a constraint guards, or None."""
+    return _constraint_fields.get(constraint or "")
+
 
 _TRANSIENT_STATES = {
     "40001": "serialization failure",
@@ -164,7 +154,7 @@ def translate(
 def _integrity(e: psycopg.Error, at: str) -> IntegrityConflict:
     diag = e.diag
     constraint = diag.constraint_name
-    table, field = CONSTRAINT_FIELDS.get(constraint or "", (diag.table_name, diag.column_name))
+    table, field = _constraint_fields.get(constraint or "") or (diag.table_name, _field_of(diag))
     subject = f"{table}.{field}" if table and field else (table or "row")
     if isinstance(e, pg.UniqueViolation):
         msg = f"{subject} already exists (constraint {constraint}){at}; use a different {field or 'value'}"
@@ -184,6 +174,15 @@ def _integrity(e: psycopg.Error, at: str) -> IntegrityConflict:
     else:
         msg = f"{diag.message_primary or _first_line(e)} (constraint {constraint}){at}"
     return IntegrityConflict(msg, constraint=constraint, field=field)
+
+
+def _field_of(diag: psycopg.errors.Diagnostic) -> str | None:
+    # An unregistered constraint: a unique or foreign-key violation over one plain column names it in
+    # its detail; an expression or several columns name no single field.
+    if diag.column_name:
+        return diag.column_name
+    m = _KEY_COLUMN.match(diag.message_detail or "")
+    return m.group(2) if m else None
 
 
 def describe_error(e: BaseException) -> str:

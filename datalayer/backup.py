@@ -15,13 +15,13 @@ import stat
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import psycopg
 
 from datalayer._backup_format import (
     BACKUP_FORMAT_VERSION,
-    BACKUP_TABLES,
+    CONTROL_PREFIX,
     Progress,
     check_path,
     columns_of,
@@ -32,15 +32,28 @@ from datalayer._backup_format import (
 from datalayer._restore import restore_from
 from datalayer._translate import translate
 from datalayer.errors import BackupError
+from datalayer.registry import Registry, resolve_registry
 from datalayer.transactions import transaction
 
-__all__ = ["BACKUP_FORMAT_VERSION", "BACKUP_TABLES", "backup_database_data", "restore_database_data"]
+if TYPE_CHECKING:
+    from datalayer.project import Project
+
+__all__ = ["BACKUP_FORMAT_VERSION", "backup_database_data", "restore_database_data"]
 
 
 def backup_database_data(
-    db: psycopg.Connection[Any], path: str | os.PathLike[str], *, progress: Progress | None = None
+    db: psycopg.Connection[Any],
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+    project: Project | None = None,
 ) -> bool:
     """Write every table to ``path`` from one consistent snapshot; True when the file is complete.
+
+    The tables are ``registry``'s (those it backs up), by default the database's own tables with the
+    facts registered for them (``datalayer.registry.resolve_registry``; ``project`` defaults to
+    ``find_project()``).
 
     Streaming (memory stays flat however large the tables), written to a new file with a random name
     next to ``path`` (created exclusively, never through a symbolic link, readable by its owner only:
@@ -75,8 +88,9 @@ def backup_database_data(
             with transaction(db):
                 db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 db.execute("SET LOCAL statement_timeout = 0")
-                require_schema(db, "back up")
-                _write_backup(db, out, progress)
+                reg = resolve_registry(db, registry, project=project)
+                require_schema(db, reg, "back up")
+                _write_backup(db, reg, out, progress)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
@@ -96,20 +110,27 @@ def backup_database_data(
 
 
 def restore_database_data(
-    db: psycopg.Connection[Any], path: str | os.PathLike[str], *, progress: Progress | None = None
+    db: psycopg.Connection[Any],
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+    project: Project | None = None,
 ) -> dict[str, int]:
     """Load a backup into empty tables in one transaction; returns the rows restored per table.
 
     The database must be migrated and its tables empty (restore into a freshly migrated database).
     Every section's row count is the server's own count of the rows it stored, checked against the
     file's; a file that is truncated, corrupted, not a datalayer backup or not a regular file raises
-    BackupError naming the line, and changes nothing. Log partitions are created for the days the rows
-    hold; backups of format 1 (before ``users.email_key``) are restored with the key computed.
+    BackupError naming the line, and changes nothing. The file must hold exactly the tables the
+    registry backs up (as for ``backup_database_data``), parents before children. Partitions are
+    created for the days the rows of a table partitioned by day hold; derived columns (the built-in
+    ``users.email_key``) are computed, whatever the file holds, so backups of format 1 restore.
     """
-    return restore_from(db, check_path(path), progress)
+    return restore_from(db, check_path(path), progress, registry=registry, project=project)
 
 
-def _write_backup(db: psycopg.Connection[Any], out: BinaryIO, progress: Progress | None) -> None:
+def _write_backup(db: psycopg.Connection[Any], registry: Registry, out: BinaryIO, progress: Progress | None) -> None:
     migrations = [r[0] for r in db.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
     out.write(
         control(
@@ -118,11 +139,11 @@ def _write_backup(db: psycopg.Connection[Any], out: BinaryIO, progress: Progress
             created_at=datetime.now(UTC).isoformat(),
             server_version=db.info.server_version,
             migrations=migrations,
-            tables=list(BACKUP_TABLES),
+            tables=[t.name for t in registry.backed_up],
         )
     )
     totals: dict[str, int] = {}
-    for table in BACKUP_TABLES:
+    for table in (t.name for t in registry.backed_up):
         columns = columns_of(db, table)
         # The integer id first: a row line then never starts like a control line, whatever text it holds.
         columns.sort(key=lambda c: c != "id")
@@ -146,7 +167,9 @@ def _write_backup(db: psycopg.Connection[Any], out: BinaryIO, progress: Progress
 
 
 def _flush(out: BinaryIO, digest: Any, chunks: list[bytes]) -> int:
-    data = b"".join(chunks)
+    # Each chunk is one row (libpq hands COPY data over a row at a time). A row whose first field is
+    # text could look like a control line: COPY reads a backslash before "{" as the "{" itself.
+    data = b"".join(b"\\" + c if c.startswith(CONTROL_PREFIX) else c for c in chunks)
     out.write(data)
     digest.update(data)
     return data.count(b"\n")

@@ -3,53 +3,68 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from datalayer._run import bind
-from datalayer._sql import load_queries
+from datalayer import sql
+from datalayer.builtin_schema import LEVELS, STATUSES
 from datalayer.errors import ValidationError
 from datalayer.partitions import list_log_partitions
+from datalayer.project import builtin_sql_dir
 from datalayer.records import DroppedPartition, LevelCount, StatusCount, TableSize
+from datalayer.registry import Registry, resolve_registry
 from datalayer.repos import cache_entries as cache_entry_repo
+
+if TYPE_CHECKING:
+    from datalayer.project import Project
 
 __all__ = ["cleanup_old_data", "get_database_stats"]
 
-_stats = load_queries("stats")
-_user_count = bind(_stats, "user_count", int)
-_recent_analyses = bind(_stats, "recent_analyses", int)
-_analyses_by_status = bind(_stats, "analyses_by_status", StatusCount)
-_generations_by_status = bind(_stats, "tool_generations_by_status", StatusCount)
-_logs_by_level = bind(_stats, "logs_last_hour_by_level", LevelCount)
-_table_sizes = bind(_stats, "table_sizes", TableSize)
-_maint = load_queries("maintenance")
-_drop_partitions = bind(_maint, "drop_log_partitions", DroppedPartition)
-_delete_old_logs = bind(_maint, "delete_old_logs", int)
-
-_STATUSES = ("pending", "running", "completed", "failed")
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_stats = sql.load(builtin_sql_dir() / "stats.sql")
+_user_count = _stats.bind("user_count", int)
+_recent_analyses = _stats.bind("recent_analyses", int)
+_analyses_by_status = _stats.bind("analyses_by_status", StatusCount)
+_generations_by_status = _stats.bind("tool_generations_by_status", StatusCount)
+_logs_by_level = _stats.bind("logs_last_hour_by_level", LevelCount)
+_table_sizes = _stats.bind("table_sizes", TableSize)
+_maint = sql.load(builtin_sql_dir() / "maintenance.sql")
+_drop_partitions = _maint.bind("drop_log_partitions", DroppedPartition)
+_delete_old_logs = _maint.bind("delete_old_logs", int)
 
 
-def get_database_stats(db: psycopg.Connection[Any]) -> dict[str, Any]:
+def get_database_stats(
+    db: psycopg.Connection[Any], *, registry: Registry | None = None, project: Project | None = None
+) -> dict[str, Any]:
     """Counts and sizes for dashboards.
 
-    Keys: users, recent_analyses (last 24 h), analyses_by_status, tool_generations_by_status,
-    log_events_last_hour (by level), tables ({name: {total_bytes, estimated_rows}}), log_partitions,
-    generated_at.
+    Keys: tables ({name: {total_bytes, estimated_rows}} over ``registry``'s tables, by default the
+    database's own: ``datalayer.registry.resolve_registry``), generated_at; and for a project with
+    the built-in schema (``project`` defaults to ``find_project()``): users, recent_analyses (last
+    24 h), analyses_by_status, tool_generations_by_status, log_events_last_hour (by level),
+    log_partitions.
     """
-    by_status = {s: 0 for s in _STATUSES} | {r.status: r.count for r in _analyses_by_status.many(db)}
-    generations = {s: 0 for s in _STATUSES} | {r.status: r.count for r in _generations_by_status.many(db)}
-    levels = {lv: 0 for lv in _LEVELS} | {r.level: r.count for r in _logs_by_level.many(db)}
+    if project is None:
+        from datalayer.project import find_project
+
+        project = find_project()
+    reg = resolve_registry(db, registry, project=project)
+    tables = {
+        t.name: {"total_bytes": t.total_bytes, "estimated_rows": t.estimated_rows}
+        for t in _table_sizes.many(db, tables=list(reg.names))
+    }
+    if not project.builtin:
+        return {"tables": tables, "generated_at": datetime.now(UTC).isoformat()}
+    by_status = {s: 0 for s in STATUSES} | {r.status: r.count for r in _analyses_by_status.many(db)}
+    generations = {s: 0 for s in STATUSES} | {r.status: r.count for r in _generations_by_status.many(db)}
+    levels = {lv: 0 for lv in LEVELS} | {r.level: r.count for r in _logs_by_level.many(db)}
     return {
         "users": _user_count.scalar(db),
         "recent_analyses": _recent_analyses.scalar(db),
         "analyses_by_status": by_status,
         "tool_generations_by_status": generations,
         "log_events_last_hour": levels,
-        "tables": {
-            t.name: {"total_bytes": t.total_bytes, "estimated_rows": t.estimated_rows} for t in _table_sizes.many(db)
-        },
+        "tables": tables,
         "log_partitions": [
             {
                 "name": p.name,

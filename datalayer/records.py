@@ -53,7 +53,7 @@ class DataAnalysis:
     analysis_type: str
     parameters: JSON
     status: str  # pending | running | completed | failed
-    result: JSON | None
+    result: Any  # any JSON value (complete() takes one), None before completion
     error: str | None
     started_at: datetime | None
     completed_at: datetime | None
@@ -84,7 +84,7 @@ class AnalysisWithFiles:
     analysis_type: str
     parameters: JSON
     status: str
-    result: JSON | None
+    result: Any  # any JSON value (complete() takes one), None before completion
     error: str | None
     started_at: datetime | None
     completed_at: datetime | None
@@ -107,7 +107,7 @@ class ToolGeneration:
     tool_type: str
     spec: JSON
     status: str  # pending | running | completed | failed
-    output: JSON | None
+    output: Any  # any JSON value (complete() takes one), None before completion
     error: str | None
     started_at: datetime | None
     completed_at: datetime | None

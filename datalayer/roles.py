@@ -4,16 +4,16 @@ Roles are cluster-wide, so they are not created by the per-database migrations (
 the same server would fail to migrate). Run ``datalayer roles create`` once per database, as the role
 that ran the migrations, after ``migrate`` (again after a migration that adds tables or columns): it
 creates the roles if missing and sets their privileges to exactly these, revoking anything else on
-datalayer's tables:
+the project's tables (its registry: ``datalayer.registry.resolve_registry``):
 
-* the application role: SELECT/INSERT/UPDATE/DELETE on datalayer's tables, except ``system_log``,
-  which is append-only (SELECT/INSERT); EXECUTE on the SECURITY DEFINER functions, which run as the
-  schema owner and check their own limits: it keeps log partitions ahead and applies retention
-  without any DDL or DELETE right on ``system_log`` of its own;
-* the read-only role: SELECT on datalayer's tables, on ``users`` only on the columns that exist now
-  other than the password hash, and none on the cache tables (copies of whatever the application
-  caches, password hashes of cached users included);
-* both: SELECT on the migration bookkeeping and the default log partition, so that a readiness
+* the application role: SELECT/INSERT/UPDATE/DELETE on the tables, except append-only ones (the
+  built-in ``system_log``: SELECT/INSERT); USAGE on their sequences; EXECUTE on datalayer's SECURITY
+  DEFINER functions, which run as the schema owner and check their own limits: they keep log
+  partitions ahead and apply retention without any DDL or DELETE right on ``system_log`` of its own;
+* the read-only role: SELECT on the tables, on those with secret columns (the built-in ``users``)
+  only on the columns that exist now other than the secret ones, and none on hidden tables (the
+  built-in cache tables: copies of whatever the application caches, password hashes included);
+* both: SELECT on the migration bookkeeping and the default partitions, so that a readiness
   check (``check_database_health``) works under the role a service runs as.
 
 A SECURITY DEFINER function is only as safe as the schema it lives in: whoever may CREATE there can
@@ -28,36 +28,22 @@ in a statement or a server log.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
 from datalayer._translate import translate
 from datalayer.errors import ConfigError, DataLayerError, MigrationError, ValidationError
+from datalayer.registry import Registry, resolve_registry
 
-__all__ = ["APPEND_ONLY_TABLES", "APP_TABLES", "READONLY_HIDDEN_TABLES", "SECRET_COLUMNS", "create_roles"]
+if TYPE_CHECKING:
+    from datalayer.project import Project
 
-# Those of an older schema that are missing (cache_invalidations before migration 0006) are skipped.
-APP_TABLES = (
-    "users",
-    "data_analyses",
-    "analysis_files",
-    "tool_generations",
-    "system_log",
-    "cache_entries",
-    "cache_invalidations",
-)
-# Written once and never changed by the application: retention deletes through a definer function.
-APPEND_ONLY_TABLES = ("system_log",)
-# Columns the read-only role may not read; every other column of the table, as it is when the
-# roles are (re)granted, is readable.
-SECRET_COLUMNS = {"users": ("hashed_password",)}
-# Tables the read-only role may not read at all: the cache holds copies of whatever the application
-# caches (a cached User record carries its password hash), and its size is in the stats anyway.
-READONLY_HIDDEN_TABLES = ("cache_entries", "cache_invalidations")
-# What a readiness check reads besides the tables: yoyo's record, the ledger, the default partition.
-HEALTH_TABLES = ("_yoyo_migration", "datalayer_migration_ledger", "system_log_default")
+__all__ = ["create_roles"]
+
+# What a readiness check reads besides the tables: yoyo's record and the ledger (and default partitions).
+HEALTH_TABLES = ("_yoyo_migration", "datalayer_migration_ledger")
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -69,7 +55,7 @@ def _role(name: object, field: str) -> str:
     return name
 
 
-def _refuse_privileged(db: psycopg.Connection[Any], name: str, field: str) -> None:
+def _refuse_privileged(db: psycopg.Connection[Any], name: str, field: str, anchor: str) -> None:
     """An existing role may become a datalayer role only if it holds nothing more than it would be given:
     granting to a superuser, the tables' owner or the caller would cut their rights or hand them on."""
     row = db.execute(
@@ -79,8 +65,8 @@ def _refuse_privileged(db: psycopg.Connection[Any], name: str, field: str) -> No
         "OR pg_catalog.pg_has_role(r.oid, n.nspowner, 'MEMBER') "
         "FROM pg_catalog.pg_roles r, pg_catalog.pg_class c, pg_catalog.pg_namespace n "
         "WHERE r.rolname = %s AND n.oid = c.relnamespace AND c.oid = pg_catalog.to_regclass("
-        "pg_catalog.format('%%I.system_log', pg_catalog.current_schema()))",
-        (name,),
+        "pg_catalog.format('%%I.%%I', pg_catalog.current_schema(), %s::text))",
+        (name, anchor),
     ).fetchone()
     if row is None:
         return
@@ -117,27 +103,49 @@ def _check_password(password: str | None, field: str) -> None:
         raise ValidationError({field: "must be a non-empty string without NUL characters"})
 
 
-def _schema(db: psycopg.Connection[Any]) -> str:
-    """The schema holding datalayer's tables (the migrations' current_schema()); the caller must own them."""
-    row = db.execute(
-        "SELECT pg_catalog.current_schema()::text, current_user::text, "
-        "pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'), c.relowner::regrole::text "
-        "FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass("
-        "pg_catalog.format('%I.system_log', pg_catalog.current_schema()))"
-    ).fetchone()
-    if row is None:
+_OWNERS = """
+SELECT pg_catalog.current_schema()::text, current_user::text, c.relname::text,
+       pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'), c.relowner::regrole::text
+FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u (t, n)
+JOIN pg_catalog.pg_class c
+  ON c.oid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', pg_catalog.current_schema(), u.t))
+ORDER BY u.n
+"""
+
+
+def _owned(db: psycopg.Connection[Any], registry: Registry) -> list[tuple[str, str, str, bool, str]]:
+    return [tuple(r) for r in db.execute(_OWNERS, (list(registry.names),))]
+
+
+def _schema(db: psycopg.Connection[Any], registry: Registry) -> tuple[str, str]:
+    """The schema holding the project's tables (the migrations' current_schema()) and a table of it the
+    caller owns (``_grant`` checks that it owns them all, once the schema's CREATE is checked)."""
+    rows = _owned(db, registry)
+    if not rows:
         raise MigrationError(
-            "roles create: datalayer's tables are not in the current schema; run datalayer migrate first "
+            "roles create: the project's tables are not in the current schema; run datalayer migrate first "
             "(with the same DATABASE_URL and search_path)"
         )
-    schema, user, owns, owner = row
-    if not owns:
+    owned = next((r for r in rows if r[3]), None)
+    if owned is None:
+        owners = ", ".join(sorted({r[4] for r in rows}))
         raise ConfigError(
-            f"roles create must run as the owner of datalayer's tables ({owner}), the role that ran the "
-            f"migrations; connected as {user}",
+            f"roles create must run as the owner of the project's tables ({owners}), the role that ran the "
+            f"migrations; connected as {rows[0][1]}",
             variable="DATABASE_URL",
         )
-    return str(schema)
+    return owned[0], owned[2]
+
+
+def _require_all_owned(db: psycopg.Connection[Any], registry: Registry) -> None:
+    # A GRANT on a table the caller does not own only warns: it would leave the roles silently short.
+    other = next((r for r in _owned(db, registry) if not r[3]), None)
+    if other is not None:
+        raise ConfigError(
+            f"roles create must run as the owner of every table of the project; {other[2]} is owned by "
+            f"{other[4]}, connected as {other[1]}: run it as {other[4]} or give the tables one owner",
+            variable="DATABASE_URL",
+        )
 
 
 _CREATORS = """
@@ -152,15 +160,16 @@ SELECT (SELECT pg_catalog.bool_or(a.grantee = 0)
              AND NOT pg_catalog.pg_has_role(r.oid, t.relowner, 'MEMBER')
            ORDER BY 1)
 FROM pg_catalog.pg_namespace n, pg_catalog.pg_class t
-WHERE n.nspname = %(schema)s AND t.oid = pg_catalog.to_regclass(pg_catalog.format('%%I.system_log', n.nspname))
+WHERE n.nspname = %(schema)s
+  AND t.oid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', n.nspname, %(anchor)s::text))
 """
 
 
-def _revoke_create(db: psycopg.Connection[Any], schema: str, roles: sql.Composable) -> None:
+def _revoke_create(db: psycopg.Connection[Any], schema: str, roles: sql.Composable, anchor: str) -> None:
     """Revoke CREATE on the schema from PUBLIC and ``roles``; refuse if anyone but the owner keeps it."""
     db.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM PUBLIC, {}").format(sql.Identifier(schema), roles))
-    row = db.execute(_CREATORS, {"schema": schema}).fetchone()
-    assert row is not None  # _schema found both the schema and system_log
+    row = db.execute(_CREATORS, {"schema": schema, "anchor": anchor}).fetchone()
+    assert row is not None  # _schema found both the schema and the table
     public, others = bool(row[0]), list(row[1])
     if not public and not others:
         return
@@ -178,7 +187,7 @@ def _revoke_create(db: psycopg.Connection[Any], schema: str, roles: sql.Composab
     )
 
 
-def _grant(db: psycopg.Connection[Any], schema: str, app: str, ro: str) -> None:
+def _grant(db: psycopg.Connection[Any], schema: str, app: str, ro: str, registry: Registry) -> None:
     s = sql.Identifier(schema)
     both = sql.SQL(", ").join([sql.Identifier(app), sql.Identifier(ro)])
 
@@ -187,43 +196,68 @@ def _grant(db: psycopg.Connection[Any], schema: str, app: str, ro: str) -> None:
 
     dbname = db.execute("SELECT pg_catalog.current_database()::text").fetchone()
     assert dbname is not None
-    present = [
+    present = {
         r[0]
         for r in db.execute(
-            "SELECT t FROM pg_catalog.unnest(%s::text[]) WITH ORDINALITY AS u (t, n) "
-            "WHERE pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, t)) IS NOT NULL ORDER BY n",
-            (list(APP_TABLES + HEALTH_TABLES), schema),
+            "SELECT t FROM pg_catalog.unnest(%s::text[]) AS u (t) "
+            "WHERE pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, t)) IS NOT NULL",
+            (list(registry.names + HEALTH_TABLES), schema),
         )
-    ]
-    app_tables = [t for t in APP_TABLES if t in present]
+    }
+    app_tables = [t for t in registry.tables if t.name in present]
     db.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(dbname[0]), both))
     db.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, both))
     # From a clean slate, so that privileges granted by an earlier version (UPDATE on system_log,
     # SELECT on users.hashed_password) do not survive.
-    db.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(tables(app_tables), both))
-    mutable = [t for t in app_tables if t not in APPEND_ONLY_TABLES]
-    db.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(tables(mutable), sql.Identifier(app)))
-    db.execute(sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(tables(APPEND_ONLY_TABLES), sql.Identifier(app)))
-    db.execute(
-        sql.SQL("GRANT SELECT ON {} TO {}").format(
-            tables(t for t in app_tables if t not in SECRET_COLUMNS and t not in READONLY_HIDDEN_TABLES),
-            sql.Identifier(ro),
-        )
-    )
-    for table, secret in SECRET_COLUMNS.items():
+    db.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(tables(t.name for t in app_tables), both))
+    for privileges, chosen in (
+        ("SELECT, INSERT, UPDATE, DELETE", [t.name for t in app_tables if not t.append_only]),
+        ("SELECT, INSERT", [t.name for t in app_tables if t.append_only]),
+    ):
+        if chosen:
+            db.execute(sql.SQL(f"GRANT {privileges} ON {{}} TO {{}}").format(tables(chosen), sql.Identifier(app)))
+    readable = [t.name for t in app_tables if not t.secret_columns and not t.readonly_hidden]
+    if readable:
+        db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables(readable), sql.Identifier(ro)))
+    for table in (t for t in app_tables if t.secret_columns and not t.readonly_hidden):
         columns = db.execute(
             "SELECT a.attname::text FROM pg_catalog.pg_attribute a WHERE a.attrelid = pg_catalog.to_regclass(%s) "
             "AND a.attnum > 0 AND NOT a.attisdropped AND a.attname::text <> ALL(%s) ORDER BY a.attnum",
-            (sql.Identifier(schema, table).as_string(db), list(secret)),
+            (sql.Identifier(schema, table.name).as_string(db), list(table.secret_columns)),
         ).fetchall()
         db.execute(
             sql.SQL("GRANT SELECT ({}) ON {} TO {}").format(
                 sql.SQL(", ").join(sql.Identifier(c[0]) for c in columns),
-                sql.Identifier(schema, table),
+                sql.Identifier(schema, table.name),
                 sql.Identifier(ro),
             )
         )
-    health = [t for t in HEALTH_TABLES if t in present]
+    # The sequences the tables' columns own (identity and serial): a serial column's default needs USAGE.
+    sequences = db.execute(
+        "SELECT DISTINCT q.oid::regclass::text FROM pg_catalog.pg_depend d "
+        "JOIN pg_catalog.pg_class q ON q.oid = d.objid AND q.relkind = 'S' "
+        "WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass "
+        "AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(ARRAY(SELECT pg_catalog.to_regclass("
+        "pg_catalog.format('%%I.%%I', %s::text, t)) FROM pg_catalog.unnest(%s::text[]) t)) ORDER BY 1",
+        (schema, [t.name for t in app_tables]),
+    ).fetchall()
+    if sequences:
+        # regclass's text is a schema-qualified (when needed), quoted name from the catalog
+        seqs = sql.SQL(", ").join(sql.SQL(q[0]) for q in sequences)
+        db.execute(sql.SQL("REVOKE ALL ON SEQUENCE {} FROM {}").format(seqs, both))
+        db.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(seqs, sql.Identifier(app)))
+    # What a readiness check reads: the migration bookkeeping and each table's default partition.
+    health = [t for t in HEALTH_TABLES if t in present] + [
+        r[0]
+        for r in db.execute(
+            "SELECT c.relname::text FROM pg_catalog.pg_inherits i "
+            "JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid AND c.relispartition "
+            "AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' "
+            "WHERE i.inhparent = ANY(ARRAY(SELECT pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', %s::text, t)) "
+            "FROM pg_catalog.unnest(%s::text[]) t)) ORDER BY 1",
+            (schema, [t.name for t in app_tables]),
+        )
+    ]
     if health:
         db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(tables(health), both))
     # Every SECURITY DEFINER function datalayer's migrations made (REVOKEd from PUBLIC there).
@@ -247,11 +281,15 @@ def create_roles(
     readonly_role: str = "datalayer_readonly",
     app_password: str | None = None,
     readonly_password: str | None = None,
+    registry: Registry | None = None,
+    project: Project | None = None,
 ) -> dict[str, bool]:
     """Create (if missing) and grant the two roles in the current database; returns {role: created}.
 
-    Run it as the owner of datalayer's tables (the role that ran the migrations). All or nothing: it
-    refuses, changing nothing, when a role other than the schema's owner can still CREATE in it.
+    The grants cover ``registry``'s tables, by default the database's own with the registered facts
+    (``datalayer.registry.resolve_registry``; ``project`` defaults to ``find_project()``). Run it as
+    the owner of those tables (the role that ran the migrations). All or nothing: it refuses,
+    changing nothing, when a role other than the schema's owner can still CREATE in it.
     """
     app = _role(app_role, "app_role")
     ro = _role(readonly_role, "readonly_role")
@@ -261,12 +299,14 @@ def create_roles(
     _check_password(readonly_password, "readonly_password")
     try:
         with db.transaction():
-            schema = _schema(db)
-            _refuse_privileged(db, app, "app_role")
-            _refuse_privileged(db, ro, "readonly_role")
+            reg = resolve_registry(db, registry, project=project)
+            schema, anchor = _schema(db, reg)
+            _refuse_privileged(db, app, "app_role", anchor)
+            _refuse_privileged(db, ro, "readonly_role", anchor)
             created = {app: _ensure_role(db, app, app_password), ro: _ensure_role(db, ro, readonly_password)}
-            _revoke_create(db, schema, sql.SQL(", ").join([sql.Identifier(app), sql.Identifier(ro)]))
-            _grant(db, schema, app, ro)
+            _revoke_create(db, schema, sql.SQL(", ").join([sql.Identifier(app), sql.Identifier(ro)]), anchor)
+            _require_all_owned(db, reg)
+            _grant(db, schema, app, ro, reg)
     except psycopg.Error as e:
         raise translate(e, conn=db) from e
     return created

@@ -23,6 +23,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
+from datalayer.builtin_schema import STATUSES
 from datalayer.convert import make_converter
 from datalayer.errors import ValidationError
 from datalayer.passwords import check_password
@@ -45,7 +46,7 @@ __all__ = [
 T = TypeVar("T")
 Rule = Callable[[Any], str | None]
 
-ANALYSIS_STATUSES = _common.STATUSES
+ANALYSIS_STATUSES = STATUSES
 MAX_JSON_BYTES = _common.MAX_JSON_BYTES
 
 

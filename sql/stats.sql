@@ -21,23 +21,19 @@ GROUP BY level
 ORDER BY level;
 
 -- name: table_sizes :many
--- Size on disk (with indexes and TOAST) and estimated rows; system_log sums its partitions.
--- not-null: total_bytes, estimated_rows: sums over a non-empty partition tree and sizes of existing tables
-SELECT t.name, t.total_bytes, t.estimated_rows
-FROM (
-    SELECT c.relname::text AS name,
-           pg_total_relation_size(c.oid::regclass)::bigint AS total_bytes,
-           greatest(c.reltuples, 0)::bigint AS estimated_rows
-    FROM pg_class c
-    WHERE c.relname IN ('users', 'data_analyses', 'analysis_files', 'tool_generations', 'cache_entries')
-      AND c.relkind = 'r'
-      AND c.relnamespace = current_schema()::regnamespace
-    UNION ALL
-    SELECT 'system_log',
-           coalesce(sum(pg_total_relation_size(p.relid)), 0)::bigint,
-           coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint
-    FROM pg_partition_tree('system_log'::regclass) p
-    JOIN pg_class c ON c.oid = p.relid
-    WHERE p.isleaf
-) t
+-- Size on disk (with indexes and TOAST) and estimated rows of each of the given tables of the current
+-- schema; a partitioned table sums its partitions (itself has no storage). Missing tables are left out.
+-- Qualified with pg_catalog: look-alike functions planted in public must not run as a dashboard's role.
+-- not-null: name, total_bytes, estimated_rows: the caller passes table names; sums over at least the table itself
+SELECT t.name, pg_catalog.sum(pg_catalog.pg_total_relation_size(c.oid::regclass))::bigint AS total_bytes,
+       pg_catalog.sum(GREATEST(c.reltuples, 0))::bigint AS estimated_rows
+FROM pg_catalog.unnest(:'tables'::text[]) AS t (name)
+CROSS JOIN LATERAL (
+    SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), t.name)) AS oid
+) r
+CROSS JOIN LATERAL (
+    SELECT p.relid FROM pg_catalog.pg_partition_tree(r.oid) p WHERE p.isleaf UNION SELECT r.oid
+) l
+JOIN pg_catalog.pg_class c ON c.oid = l.relid
+GROUP BY t.name
 ORDER BY t.name;

@@ -22,12 +22,13 @@ from datalayer import (
     system_log_repo,
     tool_generation_repo,
 )
-from datalayer.backup import BACKUP_TABLES
+from datalayer.builtin_schema import REGISTRY
 from datalayer.pool import DataLayerPool, connection
 from datalayer.repos.system_log import LogEvent
 from datalayer.testing import TestServer, fresh_database
 
 NOW = datetime.now(UTC)
+BACKUP_TABLES = tuple(t.name for t in REGISTRY.backed_up)
 
 
 def test_stats(db: Any) -> None:
@@ -41,7 +42,7 @@ def test_stats(db: Any) -> None:
     assert stats["analyses_by_status"] == {"pending": 1, "running": 1, "completed": 0, "failed": 0}
     assert stats["tool_generations_by_status"]["pending"] == 1
     assert stats["log_events_last_hour"]["ERROR"] == 1 and stats["log_events_last_hour"]["INFO"] == 0
-    assert set(stats["tables"]) == set(BACKUP_TABLES)
+    assert set(stats["tables"]) == set(REGISTRY.names)  # cache_invalidations too, which no backup holds
     assert all(t["total_bytes"] > 0 for t in stats["tables"].values())
     assert any(p["name"] == "system_log_default" for p in stats["log_partitions"])
     assert b.id

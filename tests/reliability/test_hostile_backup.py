@@ -16,9 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from datalayer import DataLayerError, backup_database_data, restore_database_data, system_log_repo, transaction
-from datalayer.backup import BACKUP_TABLES
+from datalayer.builtin_schema import REGISTRY
 from datalayer.pool import DataLayerPool, connection
 from datalayer.repos.system_log import LogEvent
+
+BACKUP_TABLES = tuple(t.name for t in REGISTRY.backed_up)
 
 
 @pytest.fixture(scope="module")
