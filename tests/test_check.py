@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +96,89 @@ def test_cli_lint_migrations() -> None:
 def test_lint_catches_an_unsafe_migration(tmp_path: Path) -> None:
     from datalayer.lint import lint_migrations
 
-    (tmp_path / "0001.bad.sql").write_text("ALTER TABLE users ADD COLUMN age integer NOT NULL DEFAULT 0;\n"
-                                           "CREATE INDEX users_age_idx ON users (age);\n")
+    (tmp_path / "0001.bad.sql").write_text(
+        "ALTER TABLE users ADD COLUMN age integer NOT NULL DEFAULT 0;\nCREATE INDEX users_age_idx ON users (age);\n"
+    )
     (tmp_path / "0001.bad.rollback.sql").write_text("DROP TABLE users;\n")
     code, report = lint_migrations(tmp_path)
     assert code != 0
     assert "require-concurrent-index-creation" in report or "require-lock-timeout" in report
     assert "ban-drop-table" not in report  # allowed in rollback files
+
+
+# ---------------------------------------------------------------------------------- a service's project
+
+
+def _service(tmp_path: Path, *, broken: bool) -> tuple[Path, str]:
+    """A project outside this repository: its own pyproject.toml, migration, SQL and two binding modules."""
+    pkg = f"svc_{uuid.uuid4().hex[:8]}"
+    root = tmp_path / "svc"
+    for folder in ("sql", "migrations", pkg):
+        (root / folder).mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "svc"\nversion = "0"\n\n[tool.datalayer]\nsql = ["sql"]\nmigrations = ["migrations"]\n'
+        f'modules = ["{pkg}.repo"]\nbuiltin = false\n'
+    )
+    (root / "migrations" / "0001.notes.sql").write_text(
+        "CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text NOT NULL, body text);\n"
+    )
+    (root / "migrations" / "0001.notes.rollback.sql").write_text("DROP TABLE notes;\n")
+    (root / "sql" / "notes.sql").write_text(
+        "-- name: get :maybe\nSELECT id, title FROM notes WHERE id = :note_id;\n\n"
+        "-- name: count :scalar\nSELECT count(*) FROM notes WHERE title = :'title';\n"
+        + ("\n-- name: unused :many\nSELECT id, title FROM notes;\n" if broken else "")
+    )
+    (root / pkg / "__init__.py").write_text("")
+    (root / pkg / "repo.py").write_text(
+        "from pathlib import Path\nfrom typing import Any\n\nimport attrs\n\nfrom datalayer import sql\n\n"
+        f"from {pkg} import admin  # noqa: F401  (binds the count query)\n\n\n"
+        "@attrs.frozen\nclass Note:\n    id: int\n    title: str\n\n\n"
+        'notes = sql.load(Path(__file__).parent.parent / "sql")\n_get = notes.bind("get", Note)\n\n\n'
+        "def get(db: Any, note_id: int) -> Note | None:\n    return _get.maybe(db, note_id=note_id)\n"
+    )
+    title = "titel" if broken else "title"
+    (root / pkg / "admin.py").write_text(
+        "from pathlib import Path\nfrom typing import Any\n\nfrom datalayer import sql\n\n"
+        '_count = sql.load(Path(__file__).parent.parent / "sql").bind("count", int)\n\n\n'
+        f"def count(db: Any, title: str) -> int:\n    return _count.scalar(db, {title}=title)\n"
+    )
+    return root, pkg
+
+
+def test_a_projects_queries_bound_in_a_second_module_are_checked(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    from datalayer.project import load_project
+
+    root, pkg = _service(tmp_path, broken=True)
+    db.execute((root / "migrations" / "0001.notes.sql").read_text())
+    findings = [str(f) for f in check(db, project=load_project(root))]
+    assert len(findings) == 3, "\n".join(findings)
+    assert any(
+        f.startswith(f"sql/notes.sql:4 notes.count (called at {pkg}/admin.py:10)")
+        and "missing parameter(s) :title" in f
+        for f in findings
+    ), findings
+    assert any(f.startswith("sql/notes.sql:7 notes.unused: no function uses this query") for f in findings)
+    # Nothing of the built-in schema: the project says builtin = false.
+    assert not [f for f in findings if "users" in f]
+
+
+def test_cli_check_of_a_service_fails_at_the_renamed_column(datalayer_server: Any, tmp_path: Path) -> None:
+    root, _ = _service(tmp_path, broken=False)
+    env = clean_env(DATABASE_URL=url_of(datalayer_server.target_for("postgres")))
+    code = f"import sys\nfrom datalayer.cli import main\nsys.exit(main(['--project', {str(root)!r}, 'check']))"
+    r = run_py(code, env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    migration = root / "migrations" / "0001.notes.sql"
+    migration.write_text(migration.read_text().replace("title text", "heading text"))
+    r = run_py(code, env, timeout=180)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "sql/notes.sql:2 notes.get: does not prepare" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_module_that_cannot_import_is_a_finding(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    from datalayer.project import Project
+
+    project = Project(root=tmp_path, modules=("no_such_module_for_check",), builtin=False)
+    (f,) = check(db, project=project)
+    assert f.location == "no_such_module_for_check"
+    assert "cannot import module no_such_module_for_check: ModuleNotFoundError" in f.message
