@@ -1,6 +1,6 @@
 -- Data analyses. Parameters as in users.sql; jsonb values are quoted: \set parameters '{"k": 1}'.
--- Owner-scoped variants take :user_id and match nothing of another user, so a service can enforce
--- access control with the same call it uses to read.
+-- Owner-scoped queries take :user_id and match nothing of another user, so a service can enforce
+-- access control with the same call it uses to read; where :user_id may be NULL, NULL means any owner.
 
 -- name: create :one
 INSERT INTO data_analyses (user_id, name, analysis_type, parameters)
@@ -29,7 +29,7 @@ WHERE id = ANY(:'ids'::bigint[])
 ORDER BY id;
 
 -- name: with_files :maybe
--- An analysis and all its files in one round trip; :owner_id NULL means any owner.
+-- An analysis and all its files in one round trip; :user_id NULL means any owner.
 -- not-null: files: the scalar subquery aggregates (one row) and coalesces to an empty array
 SELECT a.id, a.user_id, a.name, a.analysis_type, a.parameters, a.status, a.result, a.error, a.started_at,
        a.completed_at, a.created_at, a.updated_at,
@@ -38,23 +38,23 @@ SELECT a.id, a.user_id, a.name, a.analysis_type, a.parameters, a.status, a.resul
         WHERE f.analysis_id = a.id) AS files
 FROM data_analyses a
 WHERE a.id = :analysis_id
-  AND (:owner_id::bigint IS NULL OR a.user_id = :owner_id::bigint);
+  AND (:user_id::bigint IS NULL OR a.user_id = :user_id::bigint);
 
 -- name: update :maybe
--- Partial update (NULL leaves a column as it is); :owner_id NULL means any owner.
+-- Partial update (NULL leaves a column as it is); :user_id NULL means any owner.
 UPDATE data_analyses
 SET name          = coalesce(:name::text, name),
     analysis_type = coalesce(:analysis_type::text, analysis_type),
     parameters    = coalesce(:parameters::jsonb, parameters)
 WHERE id = :analysis_id
-  AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
+  AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
 RETURNING id, user_id, name, analysis_type, parameters, status, result, error, started_at, completed_at,
           created_at, updated_at;
 
 -- name: transition :maybe
--- Moves the status along pending -> running -> completed | failed, setting started_at,
--- completed_at, result and error in the same statement. No row: not found, not yours, or not in the
--- status the move starts from.
+-- Moves the status from :from_status to :to_status (the moves are the table of repos/_status.py:
+-- pending -> running -> completed | failed), setting started_at, completed_at, result and error in
+-- the same statement. No row: not found, not yours, or not in :from_status.
 UPDATE data_analyses
 SET status       = :'to_status',
     started_at   = CASE WHEN :'to_status' = 'running' THEN now() ELSE started_at END,
@@ -62,20 +62,19 @@ SET status       = :'to_status',
     result       = CASE WHEN :'to_status' = 'completed' THEN :result::jsonb ELSE result END,
     error        = CASE WHEN :'to_status' = 'failed' THEN :error::text ELSE error END
 WHERE id = :analysis_id
-  AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
-  AND status = CASE :'to_status' WHEN 'running' THEN 'pending' WHEN 'completed' THEN 'running'
-                                 WHEN 'failed' THEN 'running' END
+  AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
+  AND status = :'from_status'
 RETURNING id, user_id, name, analysis_type, parameters, status, result, error, started_at, completed_at,
           created_at, updated_at;
 
 -- name: status_of :maybe
 SELECT status FROM data_analyses
-WHERE id = :analysis_id AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint);
+WHERE id = :analysis_id AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint);
 
 -- name: delete :exec
--- Deletes the analysis and (ON DELETE CASCADE) its files; :owner_id NULL means any owner.
+-- Deletes the analysis and (ON DELETE CASCADE) its files; :user_id NULL means any owner.
 DELETE FROM data_analyses
-WHERE id = :analysis_id AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint);
+WHERE id = :analysis_id AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint);
 
 -- name: find_for_user :many
 -- A user's analyses, newest first, optionally filtered; keyset after (:after_created, :after_id).
@@ -141,12 +140,12 @@ LIMIT :fetch;
 SELECT id, user_id, name, analysis_type, parameters, status, result, error, started_at, completed_at,
        created_at, updated_at
 FROM data_analyses
-WHERE (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
+WHERE (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
   AND (:status::text IS NULL OR status = :status::text)
 ORDER BY created_at DESC, id DESC
 LIMIT :per_page OFFSET :offset;
 
 -- name: count :scalar
 SELECT count(*) FROM data_analyses
-WHERE (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
+WHERE (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
   AND (:status::text IS NULL OR status = :status::text);

@@ -5,7 +5,8 @@
 -- Versions never overflow: a version moves on by one and stops at bigint's top (a row there can
 -- still be replaced by put and tombstoned by invalidate; set refuses versions above 2^62, so the
 -- top is 2^62 moves away). Keys are locked in sorted order, once each: concurrent invalidations of
--- overlapping keys cannot deadlock, and a repeated key is not "affected twice".
+-- overlapping keys cannot deadlock, and a repeated key is not "affected twice". :ttl is in seconds
+-- (NULL: no expiry).
 
 -- name: get :maybe
 SELECT id, key, value, version, expires_at, created_at, updated_at
@@ -23,8 +24,8 @@ WHERE key = :'key';
 -- version n before computing its value writes n + 1, and loses to any write or invalidation since.
 INSERT INTO cache_entries (key, value, version, expires_at)
 VALUES (:'key', :'value'::jsonb, :version,
-        CASE WHEN :ttl_seconds::float8 IS NULL THEN NULL
-             ELSE now() + make_interval(secs => :ttl_seconds::float8) END)
+        CASE WHEN :ttl::float8 IS NULL THEN NULL
+             ELSE now() + make_interval(secs => :ttl::float8) END)
 ON CONFLICT (key) DO UPDATE
 SET value = EXCLUDED.value, version = EXCLUDED.version, expires_at = EXCLUDED.expires_at
 WHERE cache_entries.version < EXCLUDED.version
@@ -34,8 +35,8 @@ RETURNING id, key, value, version, expires_at, created_at, updated_at;
 -- Insert or replace unconditionally, moving the version on (a write of the newest truth).
 INSERT INTO cache_entries (key, value, version, expires_at)
 VALUES (:'key', :'value'::jsonb, 1,
-        CASE WHEN :ttl_seconds::float8 IS NULL THEN NULL
-             ELSE now() + make_interval(secs => :ttl_seconds::float8) END)
+        CASE WHEN :ttl::float8 IS NULL THEN NULL
+             ELSE now() + make_interval(secs => :ttl::float8) END)
 ON CONFLICT (key) DO UPDATE
 SET value = EXCLUDED.value, version = LEAST(cache_entries.version, 9223372036854775806) + 1,
     expires_at = EXCLUDED.expires_at

@@ -22,17 +22,17 @@ WHERE id = ANY(:'ids'::bigint[])
 ORDER BY id;
 
 -- name: update :maybe
--- Partial update (NULL leaves a column as it is); :owner_id NULL means any owner.
+-- Partial update (NULL leaves a column as it is); :user_id NULL means any owner.
 UPDATE tool_generations
 SET tool_type = coalesce(:tool_type::text, tool_type),
     spec      = coalesce(:spec::jsonb, spec)
 WHERE id = :generation_id
-  AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
+  AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
 RETURNING id, user_id, tool_type, spec, status, output, error, started_at, completed_at, created_at, updated_at;
 
 -- name: transition :maybe
--- pending -> running -> completed | failed, with started_at, completed_at, output and error set in
--- the same statement (see analyses.transition).
+-- :from_status -> :to_status (pending -> running -> completed | failed), with started_at,
+-- completed_at, output and error set in the same statement (see analyses.transition).
 UPDATE tool_generations
 SET status       = :'to_status',
     started_at   = CASE WHEN :'to_status' = 'running' THEN now() ELSE started_at END,
@@ -40,18 +40,17 @@ SET status       = :'to_status',
     output       = CASE WHEN :'to_status' = 'completed' THEN :output::jsonb ELSE output END,
     error        = CASE WHEN :'to_status' = 'failed' THEN :error::text ELSE error END
 WHERE id = :generation_id
-  AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
-  AND status = CASE :'to_status' WHEN 'running' THEN 'pending' WHEN 'completed' THEN 'running'
-                                 WHEN 'failed' THEN 'running' END
+  AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
+  AND status = :'from_status'
 RETURNING id, user_id, tool_type, spec, status, output, error, started_at, completed_at, created_at, updated_at;
 
 -- name: status_of :maybe
 SELECT status FROM tool_generations
-WHERE id = :generation_id AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint);
+WHERE id = :generation_id AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint);
 
 -- name: delete :exec
 DELETE FROM tool_generations
-WHERE id = :generation_id AND (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint);
+WHERE id = :generation_id AND (:user_id::bigint IS NULL OR user_id = :user_id::bigint);
 
 -- name: find_for_user :many
 -- A user's generations, newest first, by status and/or tool type (tool_generations_user_created_idx).
@@ -81,7 +80,7 @@ LIMIT :fetch;
 -- name: find_page :many
 SELECT id, user_id, tool_type, spec, status, output, error, started_at, completed_at, created_at, updated_at
 FROM tool_generations
-WHERE (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
+WHERE (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
   AND (:status::text IS NULL OR status = :status::text)
   AND (:tool_type::text IS NULL OR tool_type = :tool_type::text)
 ORDER BY created_at DESC, id DESC
@@ -89,6 +88,6 @@ LIMIT :per_page OFFSET :offset;
 
 -- name: count :scalar
 SELECT count(*) FROM tool_generations
-WHERE (:owner_id::bigint IS NULL OR user_id = :owner_id::bigint)
+WHERE (:user_id::bigint IS NULL OR user_id = :user_id::bigint)
   AND (:status::text IS NULL OR status = :status::text)
   AND (:tool_type::text IS NULL OR tool_type = :tool_type::text);

@@ -271,9 +271,9 @@ def test_stampede_one_load(make_cache: MakeCache) -> None:
 
 
 def test_early_refresh_of_hot_keys(make_cache: MakeCache, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datalayer.cache import manager
+    from datalayer.cache import _reading
 
-    monkeypatch.setattr(manager.random, "random", lambda: 0.5)  # -ln(0.5) = 0.69: a deterministic draw
+    monkeypatch.setattr(_reading._rng, "random", lambda: 0.5)  # -ln(0.5) = 0.69: a deterministic draw
     cache = make_cache(l1_size=0, xfetch_beta=1.0)
     key = cache.keys.analysis_result("xfetch")
     calls: list[int] = []

@@ -15,11 +15,11 @@ from datalayer import (
     QueryError,
     User,
     ValidationError,
+    sql,
     user_repo,
     verify_password,
 )
-from datalayer._run import bind
-from datalayer._sql import QueryFile, load_queries, parse_sql
+from datalayer.project import builtin_sql_dir
 
 
 def _new(db: psycopg.Connection, name: str | None = None, **kw: object) -> User:
@@ -206,12 +206,19 @@ def test_injection_strings_are_data(db: psycopg.Connection) -> None:
     assert user_repo.count(db) == 1
 
 
-def test_cardinality_errors_name_the_query(db: psycopg.Connection) -> None:
-    qf = QueryFile(domain="users", path=load_queries("users").path, queries=parse_sql(
-        "-- name: all_one :one\nSELECT id FROM users\n\n-- name: all_maybe :maybe\nSELECT id FROM users\n",
-        domain="users", file="sql/users.sql"))
-    one = bind(qf, "all_one", int)
-    maybe = bind(qf, "all_maybe", int)
+def _adhoc(tmp_path: Any, name: str, source: str) -> sql.QueryFile:
+    """``sql/<name>.sql`` of a throwaway project holding ``source``."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'adhoc'\n")
+    (tmp_path / "sql").mkdir(exist_ok=True)
+    (tmp_path / "sql" / f"{name}.sql").write_text(source)
+    return sql.load(tmp_path / "sql" / f"{name}.sql")
+
+
+def test_cardinality_errors_name_the_query(db: psycopg.Connection, tmp_path: Any) -> None:
+    qf = _adhoc(tmp_path, "users",
+                "-- name: all_one :one\nSELECT id FROM users\n\n-- name: all_maybe :maybe\nSELECT id FROM users\n")
+    one = qf.bind("all_one", int)
+    maybe = qf.bind("all_maybe", int)
     with pytest.raises(NotFound) as nf:
         one.one(db)
     assert "sql/users.sql:1 users.all_one" in str(nf.value)
@@ -226,17 +233,16 @@ def test_cardinality_errors_name_the_query(db: psycopg.Connection) -> None:
         maybe.maybe(db)
     with pytest.raises(QueryError, match="declared :one"):
         one.many(db)
-    missing = bind(qf, "nope", int)
+    missing = qf.bind("nope", int)
     with pytest.raises(QueryError, match="no query named 'nope'"):
         missing.one(db)
 
 
-def test_postgres_error_points_at_file_and_line(db: psycopg.Connection) -> None:
+def test_postgres_error_points_at_file_and_line(db: psycopg.Connection, tmp_path: Any) -> None:
     source = "-- name: broken :many\n-- a doc line\nSELECT id,\n       no_such_column\nFROM users\n"
-    qf = QueryFile(domain="users", path=load_queries("users").path,
-                   queries=parse_sql(source, domain="users", file="sql/users.sql"))
+    qf = _adhoc(tmp_path, "users", source)
     with pytest.raises(QueryError) as e:
-        bind(qf, "broken", int).many(db)
+        qf.bind("broken", int).many(db)
     # the column is on line 4 of the file
     assert e.value.location == "sql/users.sql:4 users.broken"
     assert "no_such_column" in str(e.value) and e.value.sqlstate == "42703"
@@ -270,7 +276,8 @@ def test_is_active_filters_are_checked_everywhere(db: psycopg.Connection, bad: o
         assert "is_active" in e.value.errors
 
 
-def test_async_connection_is_a_clear_error(datalayer_server: Any, dl_pool: Any, recwarn: pytest.WarningsRecorder) -> None:
+def test_async_connection_is_a_clear_error(datalayer_server: Any, dl_pool: Any, recwarn: pytest.WarningsRecorder,
+                                           tmp_path: Any) -> None:
     import asyncio
 
     from datalayer import DataLayerError, data_analysis_repo
@@ -290,14 +297,13 @@ def test_async_connection_is_a_clear_error(datalayer_server: Any, dl_pool: Any, 
     errors = asyncio.run(main())
     assert all("AsyncConnection" in e.errors["db"] and "sync psycopg.Connection" in e.errors["db"] for e in errors)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no un-awaited coroutine
-    copy = bind(QueryFile(domain="system_log", path=load_queries("system_log").path, queries=parse_sql(
-        "-- name: copy_tmp :copy\nCOPY pg_temp.h1_copy (t) FROM STDIN\n", domain="system_log",
-        file="sql/system_log.sql")), "copy_tmp", None)
+    copy = _adhoc(tmp_path, "system_log", "-- name: copy_tmp :copy\nCOPY pg_temp.h1_copy (t) FROM STDIN\n").bind(
+        "copy_tmp")
     for not_a_connection in (None, "postgresql://x"):
         for call in (lambda: user_repo.get_by_id(not_a_connection, 1),  # type: ignore[arg-type]
                      lambda: user_repo.create(not_a_connection, username="nah", email="n@example.com",  # type: ignore[arg-type]
                                               hashed_password="h"),
-                     lambda: copy.copy_in(not_a_connection, [("x",)])):  # type: ignore[arg-type]
+                     lambda: copy.copy(not_a_connection, [("x",)])):  # type: ignore[arg-type]
             with pytest.raises(ValidationError) as e:
                 call()
             assert "sync psycopg.Connection" in e.value.errors["db"]
@@ -353,7 +359,7 @@ def test_sharp_s_domains_and_local_parts_stay_distinct(db: psycopg.Connection) -
 
 
 def test_no_lower_in_sql_for_email() -> None:
-    users_sql = load_queries("users")
+    users_sql = sql.load(builtin_sql_dir() / "users.sql")
     assert "lower(" not in users_sql.queries["get_by_email"].sql.lower()
     assert "email_key =" in users_sql.queries["get_by_email"].sql
 
@@ -366,11 +372,11 @@ def at_0004(datalayer_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatc
     import os
     import shutil
 
-    from datalayer import migrate as migrate_mod
+    from datalayer import project as project_mod
     from datalayer import setup_database
     from datalayer.testing import settings_for_tests
 
-    full = migrate_mod.migrations_dir()
+    full = project_mod.builtin_migrations_dir()
     old = tmp_path / "migrations"
     old.mkdir()
     for f in full.iterdir():
@@ -380,9 +386,9 @@ def at_0004(datalayer_server: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatc
     janitor = datalayer_server.janitor(name)
     with janitor:
         target = datalayer_server.target_for(name)
-        monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: old)
+        monkeypatch.setattr(project_mod, "builtin_migrations_dir", lambda: old)
         setup_database(target=target, settings=settings_for_tests())
-        monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: full)
+        monkeypatch.setattr(project_mod, "builtin_migrations_dir", lambda: full)
         yield target
 
 
@@ -440,6 +446,7 @@ def test_migration_rolls_back_and_applies_again(at_0004: Any) -> None:
 
     from datalayer import migrate as migrate_mod
     from datalayer import setup_database
+    from datalayer.project import builtin_migrations_dir
     from datalayer.testing import settings_for_tests
 
     s = settings_for_tests()
@@ -449,7 +456,7 @@ def test_migration_rolls_back_and_applies_again(at_0004: Any) -> None:
     backend = migrate_mod.yoyo_backend(at_0004)
     try:
         with backend.lock():
-            mine = read_migrations(str(migrate_mod.migrations_dir())).filter(lambda m: m.id == "0005.users-email-key")
+            mine = read_migrations(str(builtin_migrations_dir())).filter(lambda m: m.id == "0005.users-email-key")
             backend.rollback_migrations(mine)
     finally:
         backend.connection.close()
@@ -462,18 +469,18 @@ def test_an_edited_python_migration_is_refused(at_0004: Any, tmp_path: Any, monk
     import shutil
 
     from datalayer import MigrationError, migration_status, setup_database
-    from datalayer import migrate as migrate_mod
+    from datalayer import project as project_mod
     from datalayer._ledger import file_hashes
     from datalayer.testing import settings_for_tests
 
     s = settings_for_tests()
     setup_database(target=at_0004, settings=s)
     copy = tmp_path / "edited"
-    shutil.copytree(migrate_mod.migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(project_mod.builtin_migrations_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
     assert "0005.users-email-key" in file_hashes(copy) and not any(k.startswith("post-apply") for k in file_hashes(copy))
     path = copy / "0005.users-email-key.py"
     path.write_text(path.read_text() + "\n# an innocent-looking edit\n")
-    monkeypatch.setattr(migrate_mod, "migrations_dir", lambda: copy)
+    monkeypatch.setattr(project_mod, "builtin_migrations_dir", lambda: copy)
     states = {st.id: st for st in migration_status(target=at_0004, settings=s)}
     assert states["0005.users-email-key"].changed
     with pytest.raises(MigrationError, match="0005.users-email-key changed since it was applied"):

@@ -1,8 +1,10 @@
 """Data analyses: CRUD, owner-scoped access, listings, status moves, and an analysis with its files.
 
+Every write takes ``user_id``: with it, only that user's analysis is changed (None: any owner).
+
 >>> a = data_analysis_repo.create(db, user_id=u.id, name="churn", analysis_type="cohort",   # doctest: +SKIP
 ...                               parameters={"window": 30})
->>> data_analysis_repo.start(db, a.id)                                                   # doctest: +SKIP
+>>> data_analysis_repo.start(db, a.id, user_id=u.id)                                     # doctest: +SKIP
 >>> data_analysis_repo.complete(db, a.id, result={"rows": 1200})                          # doctest: +SKIP
 """
 
@@ -14,17 +16,16 @@ from typing import Any, TypedDict, Unpack
 
 from psycopg import Connection
 
-from datalayer._pagination import check_limit, offset_args, offset_page
-from datalayer._run import Bound, bind
-from datalayer._sql import load_queries
-from datalayer.errors import ValidationError
+from datalayer import sql
+from datalayer.project import builtin_sql_dir
 from datalayer.records import AnalysisWithFiles, DataAnalysis, OffsetPage, Page
+from datalayer.repos import _pages
 from datalayer.repos._common import (
     check_analysis_name,
+    check_changes,
     check_id,
     check_ids,
     check_order,
-    check_text,
     check_type,
     json_value,
     optional_id,
@@ -32,10 +33,9 @@ from datalayer.repos._common import (
     optional_status,
     optional_text,
     optional_time,
-    time_cursor,
-    time_page,
-    transition_error,
+    optional_type,
 )
+from datalayer.repos._status import StatusMachine
 
 __all__ = [
     "AnalysisChanges",
@@ -54,22 +54,27 @@ __all__ = [
     "update",
 ]
 
-_q = load_queries("analyses")
-_create = bind(_q, "create", DataAnalysis)
-_get_by_id = bind(_q, "get_by_id", DataAnalysis)
-_get_for_user = bind(_q, "get_for_user", DataAnalysis)
-_get_many = bind(_q, "get_many", DataAnalysis)
-_with_files = bind(_q, "with_files", AnalysisWithFiles)
-_update = bind(_q, "update", DataAnalysis)
-_transition = bind(_q, "transition", DataAnalysis)
-_status_of = bind(_q, "status_of", str)
-_delete: Bound[None] = bind(_q, "delete", None)
-_find_for_user = bind(_q, "find_for_user", DataAnalysis)
-_find_for_user_oldest = bind(_q, "find_for_user_oldest", DataAnalysis)
-_find = bind(_q, "find", DataAnalysis)
-_find_oldest = bind(_q, "find_oldest", DataAnalysis)
-_find_page = bind(_q, "find_page", DataAnalysis)
-_count = bind(_q, "count", int)
+_q = sql.load(builtin_sql_dir() / "analyses.sql")
+_create = _q.bind("create", DataAnalysis)
+_get_by_id = _q.bind("get_by_id", DataAnalysis)
+_get_for_user = _q.bind("get_for_user", DataAnalysis)
+_get_many = _q.bind("get_many", DataAnalysis)
+_with_files = _q.bind("with_files", AnalysisWithFiles)
+_update = _q.bind("update", DataAnalysis)
+_delete = _q.bind("delete")
+_find_for_user = _q.bind("find_for_user", DataAnalysis)
+_find_for_user_oldest = _q.bind("find_for_user_oldest", DataAnalysis)
+_find = _q.bind("find", DataAnalysis)
+_find_oldest = _q.bind("find_oldest", DataAnalysis)
+_find_page = _q.bind("find_page", DataAnalysis)
+_count = _q.bind("count", int)
+_status = StatusMachine(
+    kind="analysis",
+    id_name="analysis_id",
+    payload="result",
+    transition=_q.bind("transition", DataAnalysis),
+    status_of=_q.bind("status_of", str),
+)
 
 
 class AnalysisChanges(TypedDict, total=False):
@@ -117,7 +122,7 @@ def get_many(db: Connection[Any], ids: Sequence[int]) -> list[DataAnalysis]:
 def get_with_files(db: Connection[Any], analysis_id: int, *, user_id: int | None = None) -> AnalysisWithFiles | None:
     """The analysis and its files in one round trip; with ``user_id``, only if it is theirs."""
     return _with_files.maybe(
-        db, analysis_id=check_id(analysis_id, "analysis_id"), owner_id=optional_id(user_id, "user_id")
+        db, analysis_id=check_id(analysis_id, "analysis_id"), user_id=optional_id(user_id, "user_id")
     )
 
 
@@ -125,67 +130,37 @@ def update(
     db: Connection[Any], analysis_id: int, *, user_id: int | None = None, **changes: Unpack[AnalysisChanges]
 ) -> DataAnalysis | None:
     """Change name, analysis_type and/or parameters; None when not found (or, with ``user_id``, not theirs)."""
-    unknown = set(changes) - set(AnalysisChanges.__annotations__)
-    if unknown:
-        raise ValidationError({k: "is not a column update may change" for k in sorted(unknown)})
-    name, analysis_type = changes.get("name"), changes.get("analysis_type")
+    check_changes(changes, AnalysisChanges.__annotations__)
+    name = changes.get("name")
     return _update.maybe(
         db,
         analysis_id=check_id(analysis_id, "analysis_id"),
-        owner_id=optional_id(user_id, "user_id"),
+        user_id=optional_id(user_id, "user_id"),
         name=None if name is None else check_analysis_name(name),
-        analysis_type=None if analysis_type is None else check_type(analysis_type, "analysis_type"),
+        analysis_type=optional_type(changes.get("analysis_type"), "analysis_type"),
         parameters=optional_json(changes.get("parameters"), "parameters"),
     )
 
 
-def _move(
-    db: Connection[Any],
-    analysis_id: int,
-    to_status: str,
-    *,
-    user_id: int | None,
-    result: object = None,
-    error: str | None = None,
-) -> DataAnalysis:
-    ident = check_id(analysis_id, "analysis_id")
-    owner = optional_id(user_id, "user_id")
-    moved = _transition.maybe(
-        db,
-        analysis_id=ident,
-        owner_id=owner,
-        to_status=to_status,
-        result=optional_json(result, "result", require_object=False),
-        error=optional_text(error, "error", max_chars=10_000),
-    )
-    if moved is None:
-        raise transition_error("analysis", ident, to_status, _status_of.maybe(db, analysis_id=ident, owner_id=owner))
-    return moved
-
-
 def start(db: Connection[Any], analysis_id: int, *, user_id: int | None = None) -> DataAnalysis:
     """pending -> running (sets started_at); IllegalTransition from any other status, NotFound if missing."""
-    return _move(db, analysis_id, "running", user_id=user_id)
+    return _status.start(db, analysis_id, user_id=user_id)
 
 
 def complete(db: Connection[Any], analysis_id: int, *, result: object, user_id: int | None = None) -> DataAnalysis:
     """running -> completed with ``result`` (any JSON value) and completed_at, in one statement."""
-    if result is None:
-        raise ValidationError({"result": "must be a JSON value (use fail() for a run without a result)"})
-    return _move(db, analysis_id, "completed", user_id=user_id, result=result)
+    return _status.complete(db, analysis_id, result, user_id=user_id)
 
 
 def fail(db: Connection[Any], analysis_id: int, *, error: str, user_id: int | None = None) -> DataAnalysis:
     """running -> failed with ``error`` and completed_at, in one statement."""
-    return _move(db, analysis_id, "failed", user_id=user_id, error=check_text(error, "error", max_chars=10_000))
+    return _status.fail(db, analysis_id, error, user_id=user_id)
 
 
 def delete(db: Connection[Any], analysis_id: int, *, user_id: int | None = None) -> bool:
     """Delete an analysis and its files; False when not found (or, with ``user_id``, not theirs)."""
-    deleted = _delete.exec(
-        db, analysis_id=check_id(analysis_id, "analysis_id"), owner_id=optional_id(user_id, "user_id")
-    )
-    return deleted > 0
+    ident = check_id(analysis_id, "analysis_id")
+    return _delete.exec(db, analysis_id=ident, user_id=optional_id(user_id, "user_id")) > 0
 
 
 def find(
@@ -206,57 +181,39 @@ def find(
     ``created_after`` is inclusive, ``created_before`` exclusive; ``name_prefix`` matches the start
     of the name literally. Pass ``page.next_cursor`` as ``after`` for the next page.
     """
-    limit = check_limit(limit)
-    order = check_order(order)
-    listing = f"analyses.{'user' if user_id is not None else 'all'}.{order}"
-    after_created, after_id = time_cursor(listing, after)
-    filters = {
+    newest = check_order(order) == "newest"
+    filters: dict[str, Any] = {
         "status": optional_status(status),
         "analysis_type": optional_text(analysis_type, "analysis_type"),
         "created_after": optional_time(created_after, "created_after"),
         "created_before": optional_time(created_before, "created_before"),
         "name_prefix": optional_text(name_prefix, "name_prefix"),
     }
-    if user_id is not None:
-        scoped = _find_for_user if order == "newest" else _find_for_user_oldest
-        rows = scoped.many(
-            db,
-            user_id=check_id(user_id, "user_id"),
-            status=filters["status"],
-            analysis_type=filters["analysis_type"],
-            created_after=filters["created_after"],
-            created_before=filters["created_before"],
-            name_prefix=filters["name_prefix"],
-            after_created=after_created,
-            after_id=after_id,
-            fetch=limit + 1,
-        )
+    # One query per order and scope: each is served by its own index (see sql/analyses.sql).
+    if user_id is None:
+        query = _find if newest else _find_oldest
     else:
-        everyone = _find if order == "newest" else _find_oldest
-        rows = everyone.many(
-            db,
-            status=filters["status"],
-            analysis_type=filters["analysis_type"],
-            created_after=filters["created_after"],
-            created_before=filters["created_before"],
-            name_prefix=filters["name_prefix"],
-            after_created=after_created,
-            after_id=after_id,
-            fetch=limit + 1,
-        )
-    return time_page(rows, limit, listing, lambda a: (a.created_at, a.id))
+        query = _find_for_user if newest else _find_for_user_oldest
+        filters["user_id"] = check_id(user_id, "user_id")
+    listing = f"analyses.{'all' if user_id is None else 'user'}.{order}"
+    return _pages.by_time(db, query, listing, limit=limit, after=after, **filters)
 
 
 def find_page(
     db: Connection[Any], *, user_id: int | None = None, status: str | None = None, page: int = 1, per_page: int = 50
 ) -> OffsetPage[DataAnalysis]:
     """A numbered page, newest first, with the total (for UIs with page numbers)."""
-    per, offset = offset_args(page, per_page)
-    owner, st = optional_id(user_id, "user_id"), optional_status(status)
-    items = _find_page.many(db, owner_id=owner, status=st, per_page=per, offset=offset)
-    return offset_page(items, page, per, _count.scalar(db, owner_id=owner, status=st))
+    return _pages.numbered(
+        db,
+        _find_page,
+        _count,
+        page=page,
+        per_page=per_page,
+        user_id=optional_id(user_id, "user_id"),
+        status=optional_status(status),
+    )
 
 
 def count(db: Connection[Any], *, user_id: int | None = None, status: str | None = None) -> int:
     """How many analyses (of one user, in one status)."""
-    return _count.scalar(db, owner_id=optional_id(user_id, "user_id"), status=optional_status(status))
+    return _count.scalar(db, user_id=optional_id(user_id, "user_id"), status=optional_status(status))

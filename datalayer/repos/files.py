@@ -1,23 +1,37 @@
 """Files of analyses: CRUD, owner-scoped access, per-type totals, listings.
 
+A file belongs to its analysis's user. Every write takes ``user_id``: with it, only a file of that
+user's analysis is written (None: any owner).
+
 >>> analysis_file_repo.create(db, analysis_id=a.id, filename="data.csv", file_type="csv",   # doctest: +SKIP
-...                           size_bytes=1024, storage_uri="s3://bucket/data.csv")
+...                           size_bytes=1024, storage_uri="s3://bucket/data.csv", user_id=u.id)
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any, TypedDict, Unpack
 
 from psycopg import Connection
 
-from datalayer._pagination import check_limit, decode_cursor, keyset_page
-from datalayer._run import Bound, bind
-from datalayer._sql import load_queries
-from datalayer.errors import ValidationError
+from datalayer import sql
+from datalayer.errors import NotFound
+from datalayer.project import builtin_sql_dir
 from datalayer.records import AnalysisFile, FileTypeTotal, Page
-from datalayer.repos._common import check_id, check_ids, check_text, optional_id, optional_text
+from datalayer.repos import _pages
+from datalayer.repos._common import (
+    MAX_FILE_TYPE_CHARS,
+    MAX_FILENAME_CHARS,
+    MAX_URI_CHARS,
+    check_changes,
+    check_checksum,
+    check_id,
+    check_ids,
+    check_size,
+    check_text,
+    optional_id,
+    optional_text,
+)
 
 __all__ = [
     "FileChanges",
@@ -32,20 +46,17 @@ __all__ = [
     "update",
 ]
 
-_q = load_queries("analysis_files")
-_create = bind(_q, "create", AnalysisFile)
-_get_by_id = bind(_q, "get_by_id", AnalysisFile)
-_get_for_user = bind(_q, "get_for_user", AnalysisFile)
-_get_many = bind(_q, "get_many", AnalysisFile)
-_update = bind(_q, "update", AnalysisFile)
-_delete: Bound[None] = bind(_q, "delete", None)
-_delete_for_user: Bound[None] = bind(_q, "delete_for_user", None)
-_list_for_analysis = bind(_q, "list_for_analysis", AnalysisFile)
-_list_for_user_analysis = bind(_q, "list_for_user_analysis", AnalysisFile)
-_totals_by_type = bind(_q, "totals_by_type", FileTypeTotal)
-_find = bind(_q, "find", AnalysisFile)
+_q = sql.load(builtin_sql_dir() / "analysis_files.sql")
+_create = _q.bind("create", AnalysisFile)
+_get_by_id = _q.bind("get_by_id", AnalysisFile)
+_get_for_user = _q.bind("get_for_user", AnalysisFile)
+_get_many = _q.bind("get_many", AnalysisFile)
+_update = _q.bind("update", AnalysisFile)
+_delete = _q.bind("delete")
+_list_for_analysis = _q.bind("list_for_analysis", AnalysisFile)
+_totals_by_type = _q.bind("totals_by_type", FileTypeTotal)
+_find = _q.bind("find", AnalysisFile)
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _LISTING = "analysis_files.id"
 
 
@@ -59,20 +70,6 @@ class FileChanges(TypedDict, total=False):
     checksum: str | None
 
 
-def _size(value: object) -> int:
-    if type(value) is not int or not 0 <= value < 2**63:
-        raise ValidationError({"size_bytes": "must be a non-negative integer"})
-    return value
-
-
-def _checksum(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
-        raise ValidationError({"checksum": "must be a sha256 digest: 64 hexadecimal characters"})
-    return value.lower()
-
-
 def create(
     db: Connection[Any],
     *,
@@ -82,17 +79,24 @@ def create(
     size_bytes: int,
     storage_uri: str,
     checksum: str | None = None,
+    user_id: int | None = None,
 ) -> AnalysisFile:
-    """Record a file of an analysis; IntegrityConflict (field analysis_id) if the analysis does not exist."""
-    return _create.one(
+    """Record a file of an analysis; IntegrityConflict (field analysis_id) if the analysis does not exist,
+    NotFound when ``user_id`` is given and the analysis is not theirs."""
+    ident = check_id(analysis_id, "analysis_id")
+    made = _create.maybe(
         db,
-        analysis_id=check_id(analysis_id, "analysis_id"),
-        filename=check_text(filename, "filename", max_chars=255),
-        file_type=check_text(file_type, "file_type", max_chars=50),
-        size_bytes=_size(size_bytes),
-        storage_uri=check_text(storage_uri, "storage_uri", max_chars=2048),
-        checksum=_checksum(checksum),
+        analysis_id=ident,
+        filename=check_text(filename, "filename", max_chars=MAX_FILENAME_CHARS),
+        file_type=check_text(file_type, "file_type", max_chars=MAX_FILE_TYPE_CHARS),
+        size_bytes=check_size(size_bytes),
+        storage_uri=check_text(storage_uri, "storage_uri", max_chars=MAX_URI_CHARS),
+        checksum=check_checksum(checksum),
+        user_id=optional_id(user_id, "user_id"),
     )
+    if made is None:  # only with user_id: the analysis is someone else's or missing
+        raise NotFound(f"analysis {ident} does not exist (or belongs to another user)")
+    return made
 
 
 def get_by_id(db: Connection[Any], file_id: int) -> AnalysisFile | None:
@@ -111,40 +115,39 @@ def get_many(db: Connection[Any], ids: Sequence[int]) -> list[AnalysisFile]:
     return _get_many.many(db, ids=checked) if checked else []
 
 
-def update(db: Connection[Any], file_id: int, **changes: Unpack[FileChanges]) -> AnalysisFile | None:
-    """Change some columns; None when there is no such file."""
-    unknown = set(changes) - set(FileChanges.__annotations__)
-    if unknown:
-        raise ValidationError({k: "is not a column update may change" for k in sorted(unknown)})
+def update(
+    db: Connection[Any], file_id: int, *, user_id: int | None = None, **changes: Unpack[FileChanges]
+) -> AnalysisFile | None:
+    """Change some columns; None when there is no such file (or, with ``user_id``, it is not theirs)."""
+    check_changes(changes, FileChanges.__annotations__)
     return _update.maybe(
         db,
         file_id=check_id(file_id, "file_id"),
-        filename=optional_text(changes.get("filename"), "filename", max_chars=255),
-        file_type=optional_text(changes.get("file_type"), "file_type", max_chars=50),
-        size_bytes=_size(changes["size_bytes"]) if "size_bytes" in changes else None,
-        storage_uri=optional_text(changes.get("storage_uri"), "storage_uri", max_chars=2048),
+        user_id=optional_id(user_id, "user_id"),
+        filename=optional_text(changes.get("filename"), "filename", max_chars=MAX_FILENAME_CHARS),
+        file_type=optional_text(changes.get("file_type"), "file_type", max_chars=MAX_FILE_TYPE_CHARS),
+        size_bytes=check_size(changes["size_bytes"]) if "size_bytes" in changes else None,
+        storage_uri=optional_text(changes.get("storage_uri"), "storage_uri", max_chars=MAX_URI_CHARS),
         set_checksum="checksum" in changes,
-        checksum=_checksum(changes.get("checksum")),
+        checksum=check_checksum(changes.get("checksum")),
     )
 
 
 def delete(db: Connection[Any], file_id: int, *, user_id: int | None = None) -> bool:
     """Delete a file; with ``user_id`` only if its analysis is theirs. False when nothing was deleted."""
-    ident = check_id(file_id, "file_id")
-    if user_id is None:
-        return _delete.exec(db, file_id=ident) > 0
-    return _delete_for_user.exec(db, file_id=ident, user_id=check_id(user_id, "user_id")) > 0
+    return _delete.exec(db, file_id=check_id(file_id, "file_id"), user_id=optional_id(user_id, "user_id")) > 0
 
 
 def list_for_analysis(
     db: Connection[Any], analysis_id: int, *, file_type: str | None = None, user_id: int | None = None
 ) -> list[AnalysisFile]:
     """The files of an analysis in id order, optionally of one type; with ``user_id``, [] unless theirs."""
-    ident = check_id(analysis_id, "analysis_id")
-    ftype = optional_text(file_type, "file_type", max_chars=50)
-    if user_id is None:
-        return _list_for_analysis.many(db, analysis_id=ident, file_type=ftype)
-    return _list_for_user_analysis.many(db, analysis_id=ident, file_type=ftype, user_id=check_id(user_id, "user_id"))
+    return _list_for_analysis.many(
+        db,
+        analysis_id=check_id(analysis_id, "analysis_id"),
+        file_type=optional_text(file_type, "file_type", max_chars=MAX_FILE_TYPE_CHARS),
+        user_id=optional_id(user_id, "user_id"),
+    )
 
 
 def totals_by_type(db: Connection[Any], analysis_id: int) -> list[FileTypeTotal]:
@@ -162,14 +165,13 @@ def find(
     after: str | None = None,
 ) -> Page[AnalysisFile]:
     """A keyset page of files in id order, optionally of one analysis, type or filename prefix."""
-    limit = check_limit(limit)
-    after_id = decode_cursor(_LISTING, after, (int,))[0] if after is not None else None
-    rows = _find.many(
+    return _pages.by_id(
         db,
+        _find,
+        _LISTING,
+        limit=limit,
+        after=after,
         analysis_id=optional_id(analysis_id, "analysis_id"),
-        file_type=optional_text(file_type, "file_type", max_chars=50),
+        file_type=optional_text(file_type, "file_type", max_chars=MAX_FILE_TYPE_CHARS),
         filename_prefix=optional_text(filename_prefix, "filename_prefix"),
-        after_id=after_id,
-        fetch=limit + 1,
     )
-    return keyset_page(rows, limit, _LISTING, lambda f: (f.id,))

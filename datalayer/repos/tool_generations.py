@@ -1,4 +1,7 @@
-"""Tool generations: CRUD, owner-scoped access, listings by status and tool type, status moves."""
+"""Tool generations: CRUD, owner-scoped access, listings by status and tool type, status moves.
+
+Every write takes ``user_id``: with it, only that user's generation is changed (None: any owner).
+"""
 
 from __future__ import annotations
 
@@ -8,27 +11,23 @@ from typing import Any, TypedDict, Unpack
 
 from psycopg import Connection
 
-from datalayer._pagination import check_limit, offset_args, offset_page
-from datalayer._run import Bound, bind
-from datalayer._sql import load_queries
-from datalayer.errors import ValidationError
+from datalayer import sql
+from datalayer.project import builtin_sql_dir
 from datalayer.records import OffsetPage, Page, ToolGeneration
+from datalayer.repos import _pages
 from datalayer.repos._common import (
-    MAX_TYPE_CHARS,
+    check_changes,
     check_id,
     check_ids,
-    check_text,
     check_type,
     json_value,
     optional_id,
     optional_json,
     optional_status,
-    optional_text,
     optional_time,
-    time_cursor,
-    time_page,
-    transition_error,
+    optional_type,
 )
+from datalayer.repos._status import StatusMachine
 
 __all__ = [
     "GenerationChanges",
@@ -46,19 +45,24 @@ __all__ = [
     "update",
 ]
 
-_q = load_queries("tool_generations")
-_create = bind(_q, "create", ToolGeneration)
-_get_by_id = bind(_q, "get_by_id", ToolGeneration)
-_get_for_user = bind(_q, "get_for_user", ToolGeneration)
-_get_many = bind(_q, "get_many", ToolGeneration)
-_update = bind(_q, "update", ToolGeneration)
-_transition = bind(_q, "transition", ToolGeneration)
-_status_of = bind(_q, "status_of", str)
-_delete: Bound[None] = bind(_q, "delete", None)
-_find_for_user = bind(_q, "find_for_user", ToolGeneration)
-_find = bind(_q, "find", ToolGeneration)
-_find_page = bind(_q, "find_page", ToolGeneration)
-_count = bind(_q, "count", int)
+_q = sql.load(builtin_sql_dir() / "tool_generations.sql")
+_create = _q.bind("create", ToolGeneration)
+_get_by_id = _q.bind("get_by_id", ToolGeneration)
+_get_for_user = _q.bind("get_for_user", ToolGeneration)
+_get_many = _q.bind("get_many", ToolGeneration)
+_update = _q.bind("update", ToolGeneration)
+_delete = _q.bind("delete")
+_find_for_user = _q.bind("find_for_user", ToolGeneration)
+_find = _q.bind("find", ToolGeneration)
+_find_page = _q.bind("find_page", ToolGeneration)
+_count = _q.bind("count", int)
+_status = StatusMachine(
+    kind="tool generation",
+    id_name="generation_id",
+    payload="output",
+    transition=_q.bind("transition", ToolGeneration),
+    status_of=_q.bind("status_of", str),
+)
 
 
 class GenerationChanges(TypedDict, total=False):
@@ -100,64 +104,35 @@ def update(
     db: Connection[Any], generation_id: int, *, user_id: int | None = None, **changes: Unpack[GenerationChanges]
 ) -> ToolGeneration | None:
     """Change tool_type and/or spec; None when not found (or, with ``user_id``, not theirs)."""
-    unknown = set(changes) - set(GenerationChanges.__annotations__)
-    if unknown:
-        raise ValidationError({k: "is not a column update may change" for k in sorted(unknown)})
+    check_changes(changes, GenerationChanges.__annotations__)
     return _update.maybe(
         db,
         generation_id=check_id(generation_id, "generation_id"),
-        owner_id=optional_id(user_id, "user_id"),
-        tool_type=optional_text(changes.get("tool_type"), "tool_type", max_chars=MAX_TYPE_CHARS),
+        user_id=optional_id(user_id, "user_id"),
+        tool_type=optional_type(changes.get("tool_type"), "tool_type"),
         spec=optional_json(changes.get("spec"), "spec"),
     )
 
 
-def _move(
-    db: Connection[Any],
-    generation_id: int,
-    to_status: str,
-    *,
-    user_id: int | None,
-    output: object = None,
-    error: str | None = None,
-) -> ToolGeneration:
-    ident = check_id(generation_id, "generation_id")
-    owner = optional_id(user_id, "user_id")
-    moved = _transition.maybe(
-        db,
-        generation_id=ident,
-        owner_id=owner,
-        to_status=to_status,
-        output=optional_json(output, "output", require_object=False),
-        error=optional_text(error, "error", max_chars=10_000),
-    )
-    if moved is None:
-        current = _status_of.maybe(db, generation_id=ident, owner_id=owner)
-        raise transition_error("tool generation", ident, to_status, current)
-    return moved
-
-
 def start(db: Connection[Any], generation_id: int, *, user_id: int | None = None) -> ToolGeneration:
-    """pending -> running (sets started_at)."""
-    return _move(db, generation_id, "running", user_id=user_id)
+    """pending -> running (sets started_at); IllegalTransition from any other status, NotFound if missing."""
+    return _status.start(db, generation_id, user_id=user_id)
 
 
 def complete(db: Connection[Any], generation_id: int, *, output: object, user_id: int | None = None) -> ToolGeneration:
     """running -> completed with ``output`` (any JSON value) and completed_at."""
-    if output is None:
-        raise ValidationError({"output": "must be a JSON value (use fail() for a run without output)"})
-    return _move(db, generation_id, "completed", user_id=user_id, output=output)
+    return _status.complete(db, generation_id, output, user_id=user_id)
 
 
 def fail(db: Connection[Any], generation_id: int, *, error: str, user_id: int | None = None) -> ToolGeneration:
     """running -> failed with ``error`` and completed_at."""
-    return _move(db, generation_id, "failed", user_id=user_id, error=check_text(error, "error", max_chars=10_000))
+    return _status.fail(db, generation_id, error, user_id=user_id)
 
 
 def delete(db: Connection[Any], generation_id: int, *, user_id: int | None = None) -> bool:
     """Delete a generation; False when not found (or, with ``user_id``, not theirs)."""
     ident = check_id(generation_id, "generation_id")
-    return _delete.exec(db, generation_id=ident, owner_id=optional_id(user_id, "user_id")) > 0
+    return _delete.exec(db, generation_id=ident, user_id=optional_id(user_id, "user_id")) > 0
 
 
 def find(
@@ -172,35 +147,17 @@ def find(
     after: str | None = None,
 ) -> Page[ToolGeneration]:
     """A keyset page of generations (one user's with ``user_id``), newest first, by status and/or type."""
-    limit = check_limit(limit)
-    listing = f"tool_generations.{'user' if user_id is not None else 'all'}"
-    after_created, after_id = time_cursor(listing, after)
-    st, tt = optional_status(status), optional_text(tool_type, "tool_type", max_chars=MAX_TYPE_CHARS)
-    since, until = optional_time(created_after, "created_after"), optional_time(created_before, "created_before")
+    filters: dict[str, Any] = {
+        "status": optional_status(status),
+        "tool_type": optional_type(tool_type, "tool_type"),
+        "created_after": optional_time(created_after, "created_after"),
+        "created_before": optional_time(created_before, "created_before"),
+    }
+    query = _find  # one query per scope: each is served by its own index (see sql/tool_generations.sql)
     if user_id is not None:
-        rows = _find_for_user.many(
-            db,
-            user_id=check_id(user_id, "user_id"),
-            status=st,
-            tool_type=tt,
-            created_after=since,
-            created_before=until,
-            after_created=after_created,
-            after_id=after_id,
-            fetch=limit + 1,
-        )
-    else:
-        rows = _find.many(
-            db,
-            status=st,
-            tool_type=tt,
-            created_after=since,
-            created_before=until,
-            after_created=after_created,
-            after_id=after_id,
-            fetch=limit + 1,
-        )
-    return time_page(rows, limit, listing, lambda g: (g.created_at, g.id))
+        query, filters["user_id"] = _find_for_user, check_id(user_id, "user_id")
+    listing = f"tool_generations.{'all' if user_id is None else 'user'}"
+    return _pages.by_time(db, query, listing, limit=limit, after=after, **filters)
 
 
 def find_page(
@@ -213,20 +170,19 @@ def find_page(
     per_page: int = 50,
 ) -> OffsetPage[ToolGeneration]:
     """A numbered page, newest first, with the total."""
-    per, offset = offset_args(page, per_page)
-    owner, st = optional_id(user_id, "user_id"), optional_status(status)
-    tt = optional_text(tool_type, "tool_type", max_chars=MAX_TYPE_CHARS)
-    items = _find_page.many(db, owner_id=owner, status=st, tool_type=tt, per_page=per, offset=offset)
-    return offset_page(items, page, per, _count.scalar(db, owner_id=owner, status=st, tool_type=tt))
+    return _pages.numbered(db, _find_page, _count, page=page, per_page=per_page, **_counted(user_id, status, tool_type))
 
 
 def count(
     db: Connection[Any], *, user_id: int | None = None, status: str | None = None, tool_type: str | None = None
 ) -> int:
     """How many generations (of one user, status, tool type)."""
-    return _count.scalar(
-        db,
-        owner_id=optional_id(user_id, "user_id"),
-        status=optional_status(status),
-        tool_type=optional_text(tool_type, "tool_type", max_chars=MAX_TYPE_CHARS),
-    )
+    return _count.scalar(db, **_counted(user_id, status, tool_type))
+
+
+def _counted(user_id: object, status: object, tool_type: object) -> dict[str, Any]:
+    return {
+        "user_id": optional_id(user_id, "user_id"),
+        "status": optional_status(status),
+        "tool_type": optional_type(tool_type, "tool_type"),
+    }

@@ -12,13 +12,22 @@ from typing import Any, TypedDict, Unpack
 
 from psycopg import Connection
 
-from datalayer._pagination import check_limit, decode_cursor, keyset_page, offset_args, offset_page
-from datalayer._run import Bound, bind
-from datalayer._sql import load_queries
-from datalayer.errors import ValidationError
+from datalayer import sql
+from datalayer.project import builtin_sql_dir
 from datalayer.records import OffsetPage, Page, User
-from datalayer.repos._common import check_email, check_flag, check_id, check_ids, check_username, optional_flag
-from datalayer.text import check_text, email_key
+from datalayer.repos import _pages
+from datalayer.repos._common import (
+    check_any_text,
+    check_changes,
+    check_email,
+    check_flag,
+    check_hash,
+    check_id,
+    check_ids,
+    check_username,
+    lookup_email_key,
+    optional_flag,
+)
 
 __all__ = [
     "UserChanges",
@@ -35,17 +44,17 @@ __all__ = [
     "update",
 ]
 
-_q = load_queries("users")
-_create = bind(_q, "create", User)
-_get_by_id = bind(_q, "get_by_id", User)
-_get_by_username = bind(_q, "get_by_username", User)
-_get_by_email = bind(_q, "get_by_email", User)
-_get_many = bind(_q, "get_many", User)
-_update = bind(_q, "update", User)
-_delete: Bound[None] = bind(_q, "delete", None)
-_find = bind(_q, "find", User)
-_find_page = bind(_q, "find_page", User)
-_count = bind(_q, "count", int)
+_q = sql.load(builtin_sql_dir() / "users.sql")
+_create = _q.bind("create", User)
+_get_by_id = _q.bind("get_by_id", User)
+_get_by_username = _q.bind("get_by_username", User)
+_get_by_email = _q.bind("get_by_email", User)
+_get_many = _q.bind("get_many", User)
+_update = _q.bind("update", User)
+_delete = _q.bind("delete")
+_find = _q.bind("find", User)
+_find_page = _q.bind("find_page", User)
+_count = _q.bind("count", int)
 
 _LISTING = "users.id"
 
@@ -57,17 +66,6 @@ class UserChanges(TypedDict, total=False):
     email: str
     hashed_password: str
     is_active: bool
-
-
-def _check_hash(hashed_password: object) -> str:
-    hashed = check_text(hashed_password, "hashed_password")
-    if not hashed:
-        raise ValidationError({"hashed_password": "must be a non-empty password hash (see hash_password)"})
-    return hashed
-
-
-def _check_id(value: object, name: str = "user_id") -> int:
-    return check_id(value, name)
 
 
 def create(db: Connection[Any], *, username: str, email: str, hashed_password: str, is_active: bool = True) -> User:
@@ -84,7 +82,7 @@ def create(db: Connection[Any], *, username: str, email: str, hashed_password: s
         username=username,
         email=address,
         email_key=key,
-        hashed_password=_check_hash(hashed_password),
+        hashed_password=check_hash(hashed_password),
         is_active=check_flag(is_active, "is_active"),
     )
 
@@ -107,12 +105,12 @@ def create_with_password(
 
 def get_by_id(db: Connection[Any], user_id: int) -> User | None:
     """One user by id, or None."""
-    return _get_by_id.maybe(db, user_id=_check_id(user_id))
+    return _get_by_id.maybe(db, user_id=check_id(user_id, "user_id"))
 
 
 def get_by_username(db: Connection[Any], username: str) -> User | None:
     """One user by exact username, or None (ValidationError for text PostgreSQL cannot hold)."""
-    return _get_by_username.maybe(db, username=check_text(username, "username"))
+    return _get_by_username.maybe(db, username=check_any_text(username, "username"))
 
 
 def get_by_email(db: Connection[Any], email: str) -> User | None:
@@ -121,12 +119,8 @@ def get_by_email(db: Connection[Any], email: str) -> User | None:
     ``ANN@example.com`` finds ``ann@Example.com``; an address that cannot be valid finds nobody.
     ValidationError for a non-str or text PostgreSQL cannot hold.
     """
-    check_text(email, "email")
-    try:
-        key = email_key(email)
-    except ValidationError:
-        return None
-    return _get_by_email.maybe(db, email_key=key)
+    key = lookup_email_key(email)
+    return None if key is None else _get_by_email.maybe(db, email_key=key)
 
 
 def get_many(db: Connection[Any], ids: Sequence[int]) -> list[User]:
@@ -145,59 +139,37 @@ def update(db: Connection[Any], user_id: int, **changes: Unpack[UserChanges]) ->
 
     Unknown fields raise ValidationError (and are refused by mypy through ``UserChanges``).
     """
-    unknown = set(changes) - set(UserChanges.__annotations__)
-    if unknown:
-        raise ValidationError({k: "is not a column update may change" for k in sorted(unknown)})
-    params: dict[str, Any] = {
-        "username": None,
-        "email": None,
-        "email_key": None,
-        "hashed_password": None,
-        "is_active": None,
-    }
+    check_changes(changes, UserChanges.__annotations__)
+    params: dict[str, Any] = dict.fromkeys(("username", "email", "email_key", "hashed_password", "is_active"))
     if "username" in changes:
         params["username"] = check_username(changes["username"])
     if "email" in changes:
         params["email"], params["email_key"] = check_email(changes["email"])
     if "hashed_password" in changes:
-        params["hashed_password"] = _check_hash(changes["hashed_password"])
+        params["hashed_password"] = check_hash(changes["hashed_password"])
     if "is_active" in changes:
         params["is_active"] = check_flag(changes["is_active"], "is_active")
-    return _update.maybe(
-        db,
-        user_id=_check_id(user_id),
-        username=params["username"],
-        email=params["email"],
-        email_key=params["email_key"],
-        hashed_password=params["hashed_password"],
-        is_active=params["is_active"],
-    )
+    return _update.maybe(db, user_id=check_id(user_id, "user_id"), **params)
 
 
 def delete(db: Connection[Any], user_id: int) -> bool:
     """Delete a user and everything they own; False when there was no such user."""
-    return _delete.exec(db, user_id=_check_id(user_id)) > 0
+    return _delete.exec(db, user_id=check_id(user_id, "user_id")) > 0
 
 
 def find(
     db: Connection[Any], *, limit: int = 50, after: str | None = None, is_active: bool | None = None
 ) -> Page[User]:
     """A keyset page of users in id order; pass ``page.next_cursor`` as ``after`` for the next page."""
-    limit = check_limit(limit)
-    is_active = optional_flag(is_active, "is_active")
-    after_id = decode_cursor(_LISTING, after, (int,))[0] if after is not None else None
-    rows = _find.many(db, is_active=is_active, after_id=after_id, fetch=limit + 1)
-    return keyset_page(rows, limit, _LISTING, lambda u: (u.id,))
+    return _pages.by_id(db, _find, _LISTING, limit=limit, after=after, is_active=optional_flag(is_active, "is_active"))
 
 
 def find_page(
     db: Connection[Any], *, page: int = 1, per_page: int = 50, is_active: bool | None = None
 ) -> OffsetPage[User]:
     """A numbered page of users in id order, with the total count."""
-    per, offset = offset_args(page, per_page)
-    is_active = optional_flag(is_active, "is_active")
-    items = _find_page.many(db, is_active=is_active, per_page=per, offset=offset)
-    return offset_page(items, page, per, count(db, is_active=is_active))
+    active = optional_flag(is_active, "is_active")
+    return _pages.numbered(db, _find_page, _count, page=page, per_page=per_page, is_active=active)
 
 
 def count(db: Connection[Any], *, is_active: bool | None = None) -> int:
