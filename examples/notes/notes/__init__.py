@@ -1,0 +1,1 @@
+"""A small notes service on datalayer's public toolkit."""
