@@ -39,7 +39,11 @@ _KEY_COLUMN = re.compile(r'Key \(("?)([A-Za-z_][A-Za-z0-9_$]*)\1\)=')
 
 
 def register_constraint_fields(fields: Mapping[str, tuple[str, str]]) -> None:
-    """Name the (table, field) of each constraint in error translation (see ``datalayer.registry``)."""
+    """Name the (table, field) of each constraint in error translation: the whole map, replacing the last.
+
+    ``datalayer.registry.register`` is the caller; it merges every registered registry.
+    """
+    _constraint_fields.clear()
     _constraint_fields.update(fields)
 
 

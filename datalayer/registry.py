@@ -149,8 +149,24 @@ def register(name: str, registry: Registry, *, builtin: bool = False) -> None:
     """
     if not isinstance(registry, Registry):
         raise ValidationError({"registry": f"must be a datalayer.registry.Registry, got {type(registry).__name__}"})
+    # One fact in one place: a constraint another registry already names keeps its field, or this fails.
+    for other, (reg, _) in _registered.items():
+        if other == name:
+            continue
+        for constraint, field in registry.constraint_fields.items():
+            known = reg.constraint_fields.get(constraint)
+            if known is not None and known != field:
+                raise ValidationError(
+                    {
+                        "registry": f"constraint {constraint} is registered by {other!r} as {'.'.join(known)}, "
+                        f"not {'.'.join(field)}; register only your own tables' facts"
+                    }
+                )
     _registered[name] = (registry, builtin)
-    register_constraint_fields(registry.constraint_fields)
+    merged: dict[str, tuple[str, str]] = {}
+    for reg, _ in _registered.values():
+        merged.update(reg.constraint_fields)
+    register_constraint_fields(merged)
 
 
 def registered(*, builtin: bool = True) -> Registry:

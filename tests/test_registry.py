@@ -14,7 +14,13 @@ import pytest
 from factories import user
 from psycopg import sql as pgsql
 
-from datalayer import IntegrityConflict, backup_database_data, get_database_stats, restore_database_data
+from datalayer import (
+    IntegrityConflict,
+    ValidationError,
+    backup_database_data,
+    get_database_stats,
+    restore_database_data,
+)
 from datalayer import sql as dlsql
 from datalayer.builtin_schema import CONSTRAINT_FIELDS, REGISTRY
 from datalayer.pool import DataLayerPool, connection
@@ -162,7 +168,16 @@ def test_unique_violation_on_a_service_table_names_its_field(db: Any, tmp_path: 
     with pytest.raises(IntegrityConflict) as e:
         add.exec(db, title="x" * 101)
     assert e.value.field is None
-    register("tests.notes", registry_from_catalog(db))
+    catalog = registry_from_catalog(db)
+    with pytest.raises(ValidationError, match="users_email_key_key is registered by 'datalayer'"):
+        register("tests.catalog", catalog)  # the whole catalog would rename the built-in schema's facts
+    register(
+        "tests.notes",
+        Registry(
+            tables=tuple(t for t in catalog.tables if t.name == "notes"),
+            constraint_fields={c: f for c, f in catalog.constraint_fields.items() if f[0] == "notes"},
+        ),
+    )
     with pytest.raises(IntegrityConflict, match=r"notes\.title is not allowed") as e:
         add.exec(db, title="x" * 101)
     assert (e.value.constraint, e.value.field) == ("notes_title_length", "title")

@@ -22,14 +22,13 @@ from datalayer import text
 # record) and the connection check that tells a closed connection from a lost one have no public home.
 from datalayer._jsonb import dumps as _jsonb_dumps
 from datalayer._run import check_connection as _check_connection
-from datalayer.builtin_schema import LEVELS, STATUSES
+from datalayer.builtin_schema import LEVELS, MAX_ID, STATUSES
 from datalayer.errors import ValidationError
 from datalayer.partitions import EARLIEST_DAY, MAX_AHEAD
 
 MAX_JSON_BYTES = 1_000_000
 MAX_IDS = 10_000
 MAX_FILTER_CHARS = 200
-MAX_ID = 2**63 - 1
 MAX_LIMIT = 1000
 MAX_ERROR_CHARS = 10_000
 # Column limits the validators and the repositories share (the CHECK constraints of the migrations
