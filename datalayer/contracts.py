@@ -38,6 +38,7 @@ from psycopg import sql
 from datalayer._check_calls import Use, find_uses, is_bound
 from datalayer._check_catalog import Catalog
 from datalayer._check_query import Finding, check_query, not_null_annotations
+from datalayer._default_target import resolve_database
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import ConfigError
 from datalayer.project import Project, builtin_sql_dir, find_project, project_importable
@@ -235,7 +236,6 @@ def check_scratch(
     settings: Settings | None = None, *, project: Project | None = None, notes: bool = False
 ) -> list[Finding]:
     """What ``datalayer check`` runs: migrate a scratch database with the project's sources, check, drop it."""
-    from datalayer.defaults import resolve_database
     from datalayer.migrate import setup_database
     from datalayer.pool import connect
 

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, overload
 
 import psycopg
 
-from datalayer import embedded, transactions
+from datalayer import _default_target, embedded, transactions
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.pool import DataLayerConnection, DataLayerPool, lend
 from datalayer.pool import connection as _pool_connection
@@ -234,3 +234,4 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+_default_target.provide(default_target=default_target, resolve_database=resolve_database)

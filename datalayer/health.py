@@ -7,14 +7,13 @@ from typing import Any, Literal, TypedDict
 
 import psycopg
 
-from datalayer import _ledger
+from datalayer import _ledger, sql
 from datalayer import _migration_sources as _sources
-from datalayer._run import bind
-from datalayer._sql import load_queries
+from datalayer._default_target import default_target
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.partitions import list_log_partitions
-from datalayer.project import Project, find_project
+from datalayer.project import Project, builtin_sql_dir, find_project
 
 __all__ = ["HealthReport", "check_database_health"]
 
@@ -29,9 +28,9 @@ class HealthReport(TypedDict):
     checks: dict[str, Check]
 
 
-_q = load_queries("maintenance")
-_default_rows = bind(_q, "default_partition_rows", int)
-_invalid_indexes = bind(_q, "invalid_indexes", str)
+_q = sql.load(builtin_sql_dir() / "maintenance.sql")
+_default_rows = _q.bind("default_partition_rows", int)
+_invalid_indexes = _q.bind("invalid_indexes", str)
 
 
 def check_database_health(
@@ -53,8 +52,6 @@ def check_database_health(
         project = project or find_project()
         settings = settings or Settings.from_env()
         if target is None:
-            from datalayer.defaults import default_target  # the tools' one upward look (see [tool.importlinter])
-
             target = default_target(settings)
         conn = psycopg.connect(
             target.conninfo(),

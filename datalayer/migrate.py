@@ -35,6 +35,7 @@ import psycopg
 
 from datalayer import _ledger
 from datalayer import _migration_sources as _sources
+from datalayer._default_target import default_target
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import MigrationError
@@ -73,8 +74,6 @@ class MigrationState:
 def _settings_and_target(settings: Settings | None, target: DatabaseTarget | None) -> tuple[Settings, DatabaseTarget]:
     settings = settings or Settings.from_env()
     if target is None:
-        from datalayer.defaults import default_target  # the tools' one upward look (see [tool.importlinter])
-
         target = default_target(settings)
     return settings, target
 

@@ -24,9 +24,9 @@ import attrs
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from datalayer._run import bind
-from datalayer._sql import load_queries
+from datalayer import sql
 from datalayer.errors import ValidationError
+from datalayer.project import builtin_sql_dir
 from datalayer.transactions import transaction
 
 __all__ = [
@@ -65,11 +65,11 @@ class LogPartition:
     total_bytes: int
 
 
-_q = load_queries("maintenance")
-_ensure = bind(_q, "ensure_log_partition", bool)
-_list = bind(_q, "log_partitions", LogPartition)
-_log_q = load_queries("system_log")
-_existing = bind(_log_q, "day_partitions_among", str)
+_q = sql.load(builtin_sql_dir() / "maintenance.sql")
+_ensure = _q.bind("ensure_log_partition", bool)
+_list = _q.bind("log_partitions", LogPartition)
+_log_q = sql.load(builtin_sql_dir() / "system_log.sql")
+_existing = _log_q.bind("day_partitions_among", str)
 
 
 def partition_name(day: date) -> str:
