@@ -30,8 +30,8 @@ _MIGRATE_HINT = "is the database migrated? run `datalayer migrate` (or `datalaye
 
 _JSON_HELP = "print JSON instead of text"
 _PROJECT_HELP = (
-    "the service's folder (holding its pyproject.toml with [tool.datalayer]); default: DATALAYER_PROJECT, "
-    "else the nearest pyproject.toml from the working directory up"
+    "the service's folder (holding its pyproject.toml with [tool.datalayer]); default: DATALAYER_PROJECT "
+    "(set but empty counts as unset), else the nearest pyproject.toml from the working directory up"
 )
 
 
@@ -233,9 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         project = load_project(args.project) if args.project is not None else find_project()
         args.loaded_project = project
         log.debug(
-            "datalayer: project %s (%s)",
-            project.root,
-            "[tool.datalayer]" if project.declared else "no [tool.datalayer]: the built-in schema only",
+            "datalayer: project %s (%s)", project.root, "[tool.datalayer]" if project.declared else project.origin()
         )
         _describe_settings()
         log.debug("datalayer: running %s", args.command)

@@ -42,7 +42,9 @@ def test_status_health_plan_stats(dl_pool: DataLayerPool) -> None:
     health = _cli(["health", "--json"], env)
     assert health.returncode == 0 and json.loads(health.stdout)["status"] == "healthy"
     plan = _cli(["plan", "--sql"], env)
-    assert plan.returncode == 0 and "-- migration" not in plan.stdout and "datalayer_ensure_log_partition" in plan.stdout
+    assert (
+        plan.returncode == 0 and "-- migration" not in plan.stdout and "datalayer_ensure_log_partition" in plan.stdout
+    )
     stats = _cli(["stats", "--json"], env)
     assert stats.returncode == 0 and json.loads(stats.stdout)["users"] == 0
 
@@ -58,7 +60,9 @@ def test_partitions_maintain_reports_what_it_did(dl_pool: DataLayerPool) -> None
     assert f"created 2 day partition(s); every day from today through {horizon} has its partition" in first.stdout
     assert "system_log_default" in first.stdout and "(estimate)" in first.stdout
     again = _cli(["partitions", "maintain", "--ahead", str(ahead)], env)
-    assert again.returncode == 0 and f"created 0 day partition(s); every day from today through {horizon}" in again.stdout
+    assert (
+        again.returncode == 0 and f"created 0 day partition(s); every day from today through {horizon}" in again.stdout
+    )
     # a gap is not hidden by the partitions further ahead
     with dl_pool.connection() as db:
         db.execute(f"DROP TABLE {partition_name(today + timedelta(days=1))}")
@@ -185,19 +189,24 @@ def test_every_command_on_a_missing_database(datalayer_server: TestServer, tmp_p
 
 
 def test_every_command_on_a_dead_server(tmp_path: Path) -> None:
-    env = clean_env(DATABASE_URL="postgresql://u@127.0.0.1:1/db", REDIS_URL="redis://127.0.0.1:1/0", CONNECT_TIMEOUT="2")
+    env = clean_env(
+        DATABASE_URL="postgresql://u@127.0.0.1:1/db", REDIS_URL="redis://127.0.0.1:1/0", CONNECT_TIMEOUT="2"
+    )
     results = _run_all(env, tmp_path)
     _assert_clean_failures(results, mentions="127.0.0.1")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["restore", "{tmp}/missing.json"], "cannot read the backup"),
-    (["restore", "{tmp}"], "not a regular file"),
-    (["backup", "{tmp}/no/such/dir/b.json"], "BackupError"),
-    (["backup", "{tmp}"], "not a regular file"),
-    (["cleanup", "--days", "0"], "ValidationError"),
-    (["cache", "flush", "--prefix", "*"], "prefix"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["restore", "{tmp}/missing.json"], "cannot read the backup"),
+        (["restore", "{tmp}"], "not a regular file"),
+        (["backup", "{tmp}/no/such/dir/b.json"], "BackupError"),
+        (["backup", "{tmp}"], "not a regular file"),
+        (["cleanup", "--days", "0"], "ValidationError"),
+        (["cache", "flush", "--prefix", "*"], "prefix"),
+    ],
+)
 def test_bad_input_is_one_clear_line(dl_pool: DataLayerPool, tmp_path: Path, args: list[str], message: str) -> None:
     r = _cli([a.replace("{tmp}", str(tmp_path)) for a in args], _env(dl_pool))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
@@ -205,16 +214,23 @@ def test_bad_input_is_one_clear_line(dl_pool: DataLayerPool, tmp_path: Path, arg
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
-    for args in (["status", "--bogus"], ["cleanup", "--days", "x"], ["nope"], [],
-                 ["partitions", "maintain", "--ahead", "-1"], ["migrate", "--partitions-ahead", "100000"]):
+    for args in (
+        ["status", "--bogus"],
+        ["cleanup", "--days", "x"],
+        ["nope"],
+        [],
+        ["partitions", "maintain", "--ahead", "-1"],
+        ["migrate", "--partitions-ahead", "100000"],
+    ):
         r = _cli(args, clean_env(DATABASE_URL="postgresql://u@127.0.0.1:1/never-reached"))
         assert r.returncode == 2 and "usage: datalayer" in r.stderr and "Traceback" not in r.stderr, r.stderr
         if "ahead" in " ".join(args):  # refused before anything runs (migrate would apply, then refuse)
             assert f"from 0 to {MAX_AHEAD}" in r.stderr
 
 
-def test_restore_into_an_unmigrated_database_says_migrate(datalayer_server: TestServer, dl_pool: DataLayerPool,
-                                                          tmp_path: Path) -> None:
+def test_restore_into_an_unmigrated_database_says_migrate(
+    datalayer_server: TestServer, dl_pool: DataLayerPool, tmp_path: Path
+) -> None:
     assert _cli(["backup", str(tmp_path / "b.json")], _env(dl_pool)).returncode == 0
     name = f"dl_bare_cli_{os.getpid()}"
     janitor = datalayer_server.janitor(name)
@@ -233,7 +249,9 @@ def test_verbose_turns_on_datalayer_debug(dl_pool: DataLayerPool) -> None:
     loud = _cli(["-v", "stats"], _env(dl_pool))
     assert quiet.returncode == loud.returncode == 0
     assert "DEBUG" not in quiet.stderr
-    assert "DEBUG: datalayer: database postgresql://" in loud.stderr and "DEBUG: datalayer: running stats" in loud.stderr
+    assert (
+        "DEBUG: datalayer: database postgresql://" in loud.stderr and "DEBUG: datalayer: running stats" in loud.stderr
+    )
     assert "password" not in loud.stderr.replace("require_auth=!password", "")
 
 
@@ -256,7 +274,9 @@ def test_demo_first_run_reports_the_migrations_it_applied(tmp_path: Path) -> Non
     try:
         first = _cli(["demo"], env, timeout=300)
         assert first.returncode == 0, first.stderr
-        assert "migrations: applied 0001.core-tables, 0002.system-log" in first.stdout, first.stdout  # before: up to date
+        assert "migrations: applied 0001.core-tables, 0002.system-log" in first.stdout, (
+            first.stdout
+        )  # before: up to date
         second = _cli(["demo"], env, timeout=300)
         assert second.returncode == 0 and "migrations: up to date (none pending)" in second.stdout
     finally:
@@ -283,8 +303,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> Any:
-    return subprocess.run([str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _service(tmp_path: Path, table: str = 'migrations = ["migrations"]\nbuiltin = false\n') -> Path:
@@ -320,8 +341,15 @@ def test_path_from_a_wheel_layout(tmp_path: Path) -> None:
     env = clean_env(PYTHONPATH=str(site))
     code = "import sys\nfrom datalayer.cli import main\nsys.exit(main(['path', sys.argv[1]]))"
     for what in ("migrations", "sql"):
-        r = subprocess.run([sys.executable, "-c", code, what], env=env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=120, check=False)
+        r = subprocess.run(
+            [sys.executable, "-c", code, what],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout == f"{site / 'datalayer' / '_data' / what}\n"
 
@@ -338,15 +366,24 @@ def test_project_option_goes_before_or_after_the_command() -> None:
 def test_a_wrong_project_fails_every_command_in_one_line(tmp_path: Path) -> None:
     env = clean_env(DATABASE_URL="postgresql://u@127.0.0.1:1/never-reached")
     missing = tmp_path / "missing"
-    for args in (["--project", str(missing), "path", "sql"], ["path", "sql", "--project", str(missing)],
-                 ["--project", str(missing), "status"]):
+    for args in (
+        ["--project", str(missing), "path", "sql"],
+        ["path", "sql", "--project", str(missing)],
+        ["--project", str(missing), "status"],
+    ):
         r = _run(args, env, tmp_path)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-        assert r.stderr == (f"datalayer: ConfigError: --project must be a project folder holding a pyproject.toml, "
-                            f"but {missing} does not exist; give the folder of the service's pyproject.toml\n")
+        assert r.stderr == (
+            f"datalayer: ConfigError: --project must be a project folder holding a pyproject.toml, "
+            f"but {missing} does not exist; give the folder of the service's pyproject.toml\n"
+        )
     r = _run(["status"], {**env, "DATALAYER_PROJECT": str(tmp_path)}, tmp_path)
-    assert r.returncode == 1 and f"DATALAYER_PROJECT must be a project folder holding a pyproject.toml, but " \
-        f"{tmp_path} holds no pyproject.toml" in r.stderr
+    assert (
+        r.returncode == 1
+        and f"DATALAYER_PROJECT must be a project folder holding a pyproject.toml, but "
+        f"{tmp_path} holds no pyproject.toml"
+        in r.stderr
+    )
     # A typo in the working directory's [tool.datalayer] stops even the commands that need no database.
     root = _service(tmp_path, 'migration = ["migrations"]\n')
     r = _run(["path", "migrations"], env, root / "migrations")
@@ -359,6 +396,33 @@ def test_a_wrong_project_fails_every_command_in_one_line(tmp_path: Path) -> None
     assert r.returncode == 0 and f"DEBUG: datalayer: project {good} ([tool.datalayer])" in r.stderr, r.stderr
     r = _run(["-v", "path", "sql"], {**env, "DATALAYER_PROJECT": str(good)}, root)
     assert r.returncode == 0 and f"DEBUG: datalayer: project {good} ([tool.datalayer])" in r.stderr, r.stderr
+
+
+def test_project_file_problems_are_config_errors_not_internal_errors(tmp_path: Path) -> None:
+    env = clean_env(DATABASE_URL="postgresql://u@127.0.0.1:1/never-reached")
+    r = _run(["--project", "", "path", "sql"], env, tmp_path)  # not "the working directory"
+    assert r.returncode == 1 and r.stderr == (
+        "datalayer: ConfigError: --project needs a folder, got an empty value; give the folder of the service's "
+        "pyproject.toml\n"
+    ), r.stderr
+    root = _service(tmp_path)
+    (root / "pyproject.toml").write_bytes((root / "pyproject.toml").read_bytes() + b"\xff\xfe")
+    for args, cwd in ((["path", "sql"], root / "migrations"), (["--project", str(root), "status"], tmp_path)):
+        r = _run(args, env, cwd)
+        assert r.returncode == 1 and r.stderr == (
+            f"datalayer: ConfigError: cannot read {root / 'pyproject.toml'} (not UTF-8 text: byte 0xff on line 7); "
+            "save it as UTF-8\n"
+        ), r.stderr
+    # No pyproject.toml from here up: the log names none (it used to name <cwd>/pyproject.toml).
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert not any((d / "pyproject.toml").exists() for d in (bare, *bare.parents))
+    r = _run(["-v", "path", "sql"], env, bare)
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"DEBUG: datalayer: project {bare} (no pyproject.toml found from {bare} up: the built-in schema only)"
+        in r.stderr
+    ), r.stderr
 
 
 def test_a_service_project_through_the_cli(datalayer_server: TestServer, tmp_path: Path) -> None:
@@ -374,9 +438,11 @@ def test_a_service_project_through_the_cli(datalayer_server: TestServer, tmp_pat
         migrate = _run(["--project", str(root), "migrate"], env, elsewhere)
         assert migrate.returncode == 0, migrate.stderr
         assert migrate.stdout == "applied: 0001.notes\n"
-        for args, cwd, extra in ((["status", "--json", "--project", str(root)], elsewhere, {}),
-                                 (["status", "--json"], root / "migrations", {}),
-                                 (["status", "--json"], elsewhere, {"DATALAYER_PROJECT": str(root)})):
+        for args, cwd, extra in (
+            (["status", "--json", "--project", str(root)], elsewhere, {}),
+            (["status", "--json"], root / "migrations", {}),
+            (["status", "--json"], elsewhere, {"DATALAYER_PROJECT": str(root)}),
+        ):
             status = _run(args, {**env, **extra}, cwd)
             assert status.returncode == 0, status.stderr
             assert [(m["id"], m["applied"], m["changed"]) for m in json.loads(status.stdout)] == [
@@ -385,6 +451,12 @@ def test_a_service_project_through_the_cli(datalayer_server: TestServer, tmp_pat
         # From this repository's folder (no [tool.datalayer]) the same database is not the built-in schema.
         builtin = _run(["status"], env, REPO)
         assert builtin.returncode == 1 and "builtin" in builtin.stderr, builtin.stdout + builtin.stderr
+        assert f"builtin = true ({REPO / 'pyproject.toml'}, which has no [tool.datalayer]" in builtin.stderr
+        # From a folder with no pyproject.toml up the tree, the message names no file that does not exist.
+        assert not any((d / "pyproject.toml").exists() for d in (elsewhere, *elsewhere.parents))
+        bare = _run(["status"], env, elsewhere)
+        assert bare.returncode == 1, bare.stdout + bare.stderr
+        assert f"builtin = true (no pyproject.toml found from {elsewhere} up: the built-in schema only)" in bare.stderr
         plan = _run(["plan", "--sql", "--project", str(root)], env, elsewhere)
         assert plan.returncode == 0 and "-- migration" not in plan.stdout and "partition" not in plan.stdout
         health = _run(["health", "--json", "--project", str(root)], env, elsewhere)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Callable
@@ -48,6 +49,9 @@ def test_no_pyproject_up_the_tree_is_the_builtin_schema_only(tmp_path: Path) -> 
     assert p.migration_sources() == (MigrationSource("datalayer", builtin_migrations_dir(), builtin=True),)
     assert p.sql_folders() == (builtin_sql_dir(),)
     assert p.check_modules() == BUILTIN_MODULES
+    # Messages name no file that does not exist.
+    assert p.pyproject is None
+    assert p.origin() == f"no pyproject.toml found from {here} up: the built-in schema only"
 
 
 def test_a_pyproject_without_the_table_is_builtin_only_rooted_there(tmp_path: Path) -> None:
@@ -56,6 +60,13 @@ def test_a_pyproject_without_the_table_is_builtin_only_rooted_there(tmp_path: Pa
     deep.mkdir(parents=True)
     p = find_project(deep, environ={})
     assert p.root == root and not p.declared and p.builtin and p.migrations == ()
+    assert p.pyproject == root / "pyproject.toml"
+    assert p.origin() == f"{root / 'pyproject.toml'}, which has no [tool.datalayer]: the built-in schema only"
+    assert load_project(root).origin() == p.origin()
+    (tmp_path / "d").mkdir()
+    declared = _project(tmp_path / "d", "")
+    assert load_project(declared).origin() == str(declared / "pyproject.toml")
+    assert Project(root=tmp_path, builtin=False).origin() == f"a Project built in code, root {tmp_path}"
 
 
 def test_the_table_is_read_with_paths_from_the_root(tmp_path: Path) -> None:
@@ -141,6 +152,67 @@ def test_datalayer_project_must_be_a_project_folder(tmp_path: Path, make: Callab
         find_project(tmp_path, environ={"DATALAYER_PROJECT": "svc\x00"})
 
 
+def test_an_empty_project_folder_is_refused_not_taken_as_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(_project(tmp_path, ""))
+    with pytest.raises(ConfigError, match=r"^--project needs a folder, got an empty value; give the folder") as e:
+        load_project("")
+    assert e.value.variable == "--project"
+    assert find_project(environ={"DATALAYER_PROJECT": ""}).declared  # an empty variable still means unset
+
+
+def test_a_removed_working_directory_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(ConfigError, match=r"^the working directory cannot be read \(No such file or directory\)"):
+        find_project(environ={})
+    with pytest.raises(ConfigError, match="working directory cannot be read"):
+        load_project("svc")
+
+
+# What stands where pyproject.toml should be, and what the error says about it.
+BAD_FILES: list[tuple[str, Callable[[Path], None], str]] = [
+    (
+        "not UTF-8",
+        lambda f: f.write_bytes(f.read_bytes() + b"\xff\xfe"),
+        r"\(not UTF-8 text: byte 0xff on line 6\); save",
+    ),
+    ("nested", lambda f: f.write_text("a = " + "[" * 50_000 + "]" * 50_000), r"\(arrays or tables nested too deeply"),
+    ("huge", lambda f: f.write_text("# x\n" * 1_100_000), r"\(larger than 4 MiB, far more than a pyproject.toml"),
+    ("folder", lambda f: (f.unlink(), f.mkdir()), r"pyproject.toml is a folder, not a file;"),
+    ("pipe", lambda f: (f.unlink(), os.mkfifo(f)), r"pyproject.toml is not a regular file \(a pipe or a device\?\);"),
+    ("loop", lambda f: (f.unlink(), f.symlink_to(f)), r"pyproject.toml cannot be examined \(Too many levels of symb"),
+    ("dangling", lambda f: (f.unlink(), f.symlink_to(f.parent / "gone")), r"a symbolic link that leads nowhere;"),
+]
+
+
+@pytest.mark.parametrize(("spoil", "says"), [b[1:] for b in BAD_FILES], ids=[b[0] for b in BAD_FILES])
+def test_an_unreadable_pyproject_is_a_config_error_naming_it(
+    tmp_path: Path, spoil: Callable[[Path], None], says: str
+) -> None:
+    # An enclosing project: a broken pyproject.toml must stop the walk, not hand over the outer settings.
+    (tmp_path / "pyproject.toml").write_text('[tool.datalayer]\nmodules = ["outer"]\n')
+    root = _project(tmp_path, 'sql = ["sql"]\n')
+    spoil(root / "pyproject.toml")
+    with pytest.raises(ConfigError, match=says) as e:
+        load_project(root)
+    assert str(root / "pyproject.toml") in str(e.value) and e.value.variable == "--project"
+    with pytest.raises(ConfigError, match=says) as e:
+        find_project(root / "sql", environ={})
+    assert str(root / "pyproject.toml") in str(e.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_a_pyproject_without_read_permission_is_a_config_error(tmp_path: Path) -> None:
+    root = _project(tmp_path, "")
+    (root / "pyproject.toml").chmod(0)
+    with pytest.raises(ConfigError, match=r"cannot read .*pyproject.toml \(PermissionError: Permission denied\)"):
+        load_project(root)
+
+
 # (table text, the key the error names, what it says); folders sql/, migrations/, db/ and file README exist.
 BAD_TABLES = [
     ('sqls = ["sql"]\n', "sqls", "is not a setting; the settings are sql, migrations, modules, builtin"),
@@ -157,6 +229,13 @@ BAD_TABLES = [
     ('sql = ["sql", "sql"]\n', "sql", "names 'sql' twice; keep one"),
     ('sql = ["sql", "./sql/"]\n', "sql", "twice; keep one"),
     ('sql = ["db"]\nmigrations = ["db"]\n', "migrations", "with sql (yoyo would run the named queries"),
+    ('sql = ["sql\\u0000"]\n', "sql", "is not a valid path (it holds a NUL character); create it or fix"),
+    ('sql = ["loop"]\n', "sql", "cannot be examined (Too many levels of symbolic links)"),
+    ('sql = ["dangling"]\n', "sql", "is a symbolic link that leads nowhere; create it or fix the path"),
+    ('sql = ["sql", "alias"]\n', "sql", "names 'sql' and 'alias', both "),
+    ('migrations = ["migrations", "alias-m"]\n', "migrations", "names 'migrations' and 'alias-m', both"),
+    ('sql = ["alias"]\nmigrations = ["sql"]\n', "migrations", "svc/sql both lead to"),
+    ('modules = ["svc.re\\u0000po"]\n', "modules", "is not a dotted module name"),
     ('modules = ["svc.repo", "svc.repo"]\n', "modules", "names 'svc.repo' twice"),
     ('modules = ["svc/repo"]\n', "modules", "is not a dotted module name"),
     ('modules = ["svc.class"]\n', "modules", "is not a dotted module name"),
@@ -176,6 +255,10 @@ BAD_TABLES = [
 def test_a_bad_table_is_refused_naming_key_file_and_remedy(tmp_path: Path, table: str, key: str, says: str) -> None:
     root = _project(tmp_path, table, folders=("sql", "migrations", "db"))
     (root / "README").write_text("not a folder")
+    (root / "loop").symlink_to(root / "loop")
+    (root / "dangling").symlink_to(root / "nowhere")
+    (root / "alias").symlink_to(root / "sql")
+    (root / "alias-m").symlink_to("migrations")
     with pytest.raises(ConfigError) as e:
         find_project(root, environ={})
     text = str(e.value)
@@ -192,6 +275,41 @@ def test_the_builtin_folders_cannot_be_listed_as_the_services(tmp_path: Path) ->
         (root / "pyproject.toml").write_text(f'[tool.datalayer]\n{key} = ["{folder}"]\nbuiltin = false\n')
         with pytest.raises(ConfigError, match=rf"\[tool.datalayer\] {key} in .* names datalayer's built-in {key}/"):
             load_project(root)
+
+
+def test_sql_and_migrations_linked_to_one_folder_are_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    root = _project(tmp_path, 'sql = ["s"]\nmigrations = ["m"]\n', folders=())
+    (root / "s").symlink_to(shared)
+    (root / "m").symlink_to(shared)
+    with pytest.raises(ConfigError) as e:
+        load_project(root)
+    assert str(e.value) == (
+        f"[tool.datalayer] migrations in {root / 'pyproject.toml'} shares {root / 'm'} with sql, as {root / 's'} "
+        f"and {root / 'm'} both lead to {shared} (yoyo would run the named queries as migrations); keep queries "
+        "and migrations in separate folders"
+    )
+
+
+def test_a_sql_folder_with_queries_only_in_subfolders_says_to_list_them(tmp_path: Path) -> None:
+    root = _project(tmp_path, 'sql = ["sql"]\n', folders=("sql/users", "sql/notes/archive", "sql/empty"))
+    (root / "sql" / "users" / "users.sql").write_text("-- name: get :one\nSELECT 1;\n")
+    (root / "sql" / "notes" / "archive" / "old.sql").write_text("-- name: old :one\nSELECT 1;\n")
+    (root / "sql" / "README.md").write_text("queries by domain")
+    with pytest.raises(ConfigError) as e:
+        load_project(root)
+    assert str(e.value) == (
+        f"[tool.datalayer] sql in {root / 'pyproject.toml'} names 'sql', whose .sql files are all in subfolders, "
+        "and named queries are read from the folder itself only; list the subfolders instead: "
+        'sql = ["sql/notes/archive", "sql/users"]'
+    )
+    (root / "pyproject.toml").write_text('[tool.datalayer]\nsql = ["sql/users", "sql/notes/archive"]\n')
+    assert load_project(root).sql == (root / "sql" / "users", root / "sql" / "notes" / "archive")
+    # A folder with queries of its own (or none at all yet) may have other subfolders.
+    (root / "sql" / "top.sql").write_text("-- name: top :one\nSELECT 1;\n")
+    (root / "pyproject.toml").write_text('[tool.datalayer]\nsql = ["sql", "sql/empty"]\n')
+    assert load_project(root).sql == (root / "sql", root / "sql" / "empty")
 
 
 def test_a_symlinked_folder_inside_the_root_is_taken_as_written(tmp_path: Path) -> None:
