@@ -28,14 +28,24 @@ def control(kind: str, **fields: Any) -> bytes:
 
 
 def columns_of(db: psycopg.Connection[Any], table: str) -> list[str]:
-    """The table's columns in the database, in their order."""
+    """The table's stored columns in the database, in their order: generated columns are left out, as
+    PostgreSQL computes them (and COPY cannot write them)."""
+    return [c for c, generated in _columns(db, table) if not generated]
+
+
+def generated_columns_of(db: psycopg.Connection[Any], table: str) -> list[str]:
+    """The table's generated columns (``GENERATED ALWAYS AS (...)``), in their order."""
+    return [c for c, generated in _columns(db, table) if generated]
+
+
+def _columns(db: psycopg.Connection[Any], table: str) -> list[tuple[str, bool]]:
     rows = db.execute(
-        "SELECT attname FROM pg_catalog.pg_attribute "
+        "SELECT attname::text, attgenerated <> '' FROM pg_catalog.pg_attribute "
         "WHERE attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I', %s::text)) "
         "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (table,),
     ).fetchall()
-    return [r[0] for r in rows]
+    return [(str(r[0]), bool(r[1])) for r in rows]
 
 
 def copy_sql(table: str, columns: list[str], direction: str, *, into: str | None = None) -> sql.Composed:

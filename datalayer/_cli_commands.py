@@ -198,14 +198,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from datalayer.maintenance import get_database_stats
 
     with connection() as db:
-        stats = get_database_stats(db)
+        stats = get_database_stats(db, project=project_of(args))
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print("exact counts:")
-    print(f"  users {stats['users']:,}; analyses created in the last 24 h {stats['recent_analyses']:,}")
-    for key in ("analyses_by_status", "tool_generations_by_status", "log_events_last_hour"):
-        print(f"  {key.replace('_', ' ')}: " + ", ".join(f"{k} {v:,}" for k, v in stats[key].items()))
+    if "users" in stats:  # the built-in schema's counts: only for a project with builtin = true
+        print("exact counts:")
+        print(f"  users {stats['users']:,}; analyses created in the last 24 h {stats['recent_analyses']:,}")
+        for key in ("analyses_by_status", "tool_generations_by_status", "log_events_last_hour"):
+            print(f"  {key.replace('_', ' ')}: " + ", ".join(f"{k} {v:,}" for k, v in stats[key].items()))
     print("tables (size on disk; rows are the planner's estimate, 0 until the table is first ANALYZEd):")
     for name, t in stats["tables"].items():
         print(f"  {name:<18} ~{t['estimated_rows']:>12,} rows (estimate) {t['total_bytes'] / 1024:>12,.0f} KiB")

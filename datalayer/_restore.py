@@ -27,6 +27,7 @@ from datalayer._backup_format import (
     Progress,
     columns_of,
     copy_sql,
+    generated_columns_of,
     require_schema,
 )
 from datalayer._restore_stage import create_stage, derived_columns, unstage
@@ -234,7 +235,18 @@ def _restore_table(db: psycopg.Connection[Any], reader: _Reader, spec: Table, pr
     if len(set(columns)) != len(columns):
         raise BackupError(f"line {start}: the {table} section names a column twice", line=start)
     known = columns_of(db, table)
-    missing = [c for c in columns if c not in known]
+    # Generated columns: PostgreSQL computes them, and COPY cannot write them. A backup leaves them
+    # out; one from before that did holds values that are computed again rather than trusted.
+    generated = [c for c in generated_columns_of(db, table) if c in columns]
+    if generated:
+        log.warning(
+            "datalayer: line %d: the %s section holds the generated column(s) %s; their values in the file "
+            "are ignored, PostgreSQL computes them",
+            start,
+            table,
+            ", ".join(generated),
+        )
+    missing = [c for c in columns if c not in known and c not in generated]
     if missing:
         raise BackupError(
             f"line {start}: {table} has no column {_show(missing[0])} in this database; migrate it to the "
@@ -251,19 +263,20 @@ def _restore_table(db: psycopg.Connection[Any], reader: _Reader, spec: Table, pr
             "comes from another schema",
             line=start,
         )
-    stage = f"datalayer_restore_{table}" if derived or spec.partitioned_by_day else None
+    stage = f"datalayer_restore_{table}" if derived or generated or spec.partitioned_by_day else None
     if stage:
         create_stage(db, table, stage, derived)
     rows = _copy_section(db, reader, table, columns, stage=stage, progress=progress)
     if stage:
+        rows_at = f"lines {start + 1}-{reader.line - 1}"
         try:
             unstage(db, spec, stage, known, derived=derived, rows=rows)
         except psycopg.Error as e:
             if is_connection_lost(e, db):
                 raise
-            raise BackupError(
-                f"lines {start + 1}-{reader.line - 1}: {table} rows refused: {e.diag.message_primary or e}"
-            ) from e
+            raise BackupError(f"{rows_at}: {table} rows refused: {_refusal(e)}", line=start + 1) from e
+        except BackupError as e:
+            raise BackupError(f"{rows_at}: {e}", line=start + 1) from e
     log.debug("datalayer: restored %d %s rows (lines %d-%d)", rows, table, start + 1, reader.line - 1)
     if progress:
         progress(table, rows)
@@ -308,9 +321,7 @@ def _copy_section(
     except psycopg.Error as e:
         if is_connection_lost(e, db):
             raise
-        where = _copy_line(e)
-        line = start + where if where else None
-        raise BackupError(f"line {line or '?'}: {table} row refused: {e.diag.message_primary or e}", line=line) from e
+        raise _refused(e, table, stage or table, start=start, last=reader.line) from e
     if not raw:
         raise BackupError(
             f"the backup is truncated: the {table} section has no end marker (last line {reader.line})",
@@ -342,9 +353,25 @@ def _feed(copy: Any, digest: Any, lines: list[bytes]) -> int:
     return len(lines)
 
 
-def _copy_line(e: psycopg.Error) -> int | None:
-    m = re.search(r"line (\d+)", e.diag.context or "")
-    return int(m.group(1)) if m else None
+def _refused(e: psycopg.Error, table: str, copied: str, *, start: int, last: int) -> BackupError:
+    """The error for rows PostgreSQL refused, at the line of the row where COPY names it.
+
+    COPY names the row it was reading (its context: ``COPY <relation>, line N``); an error raised
+    before any row (the section's columns) or after the last (foreign keys are checked at the end of
+    the statement) names none: it points at the section header or at the section's rows.
+    """
+    m = re.match(rf"COPY {re.escape(copied)}, line (\d+)", e.diag.context or "")
+    if m:
+        line = start + int(m.group(1))
+        return BackupError(f"line {line}: {table} row refused: {_refusal(e)}", line=line)
+    if last <= start + 1:  # refused before its first row was read: the columns the header names
+        return BackupError(f"line {start}: the {table} section is refused: {_refusal(e)}", line=start)
+    return BackupError(f"lines {start + 1}-{last - 1}: {table} rows refused: {_refusal(e)}", line=start + 1)
+
+
+def _refusal(e: psycopg.Error) -> str:
+    detail = f" ({e.diag.message_detail})" if e.diag.message_detail else ""
+    return f"{e.diag.message_primary or e}{detail}"
 
 
 def _reset_identities(db: psycopg.Connection[Any], tables: list[Table]) -> None:

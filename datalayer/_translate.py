@@ -34,8 +34,11 @@ __all__ = [
 # Which table and input field each constraint guards, so that callers can point at the form field.
 # Filled by datalayer.registry.register (the built-in schema registers its own at import).
 _constraint_fields: dict[str, tuple[str, str]] = {}
-# What PostgreSQL's detail names for a unique or foreign-key violation: Key (column)=(value) ...
-_KEY_COLUMN = re.compile(r'Key \(("?)([A-Za-z_][A-Za-z0-9_$]*)\1\)=')
+# What PostgreSQL's detail names for a unique or foreign-key violation over one column: Key (column)=(value).
+# The column as quote_identifier writes it: bare, or in double quotes (doubled inside) when it holds
+# anything but lower-case ASCII letters, digits and underscores; several columns or an expression match
+# neither form.
+_KEY_COLUMN = re.compile(r'Key \((?:"((?:[^"]|"")+)"|([^\s(),"=]+))\)=')
 
 
 def register_constraint_fields(fields: Mapping[str, tuple[str, str]]) -> None:
@@ -186,7 +189,9 @@ def _field_of(diag: psycopg.errors.Diagnostic) -> str | None:
     if diag.column_name:
         return diag.column_name
     m = _KEY_COLUMN.match(diag.message_detail or "")
-    return m.group(2) if m else None
+    if m is None:
+        return None
+    return m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2)
 
 
 def describe_error(e: BaseException) -> str:

@@ -10,6 +10,7 @@ its bytes, so a truncated or corrupted file is refused, naming the line, before 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 import tempfile
@@ -40,6 +41,22 @@ if TYPE_CHECKING:
 
 __all__ = ["BACKUP_FORMAT_VERSION", "backup_database_data", "restore_database_data"]
 
+log = logging.getLogger("datalayer")
+
+# Tables of the database outside the current schema (where a project's tables live): not those of
+# PostgreSQL itself, of other sessions' temporary schemas, or of extensions (their own data).
+_ELSEWHERE = """
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.oid <> pg_catalog.current_schema()::regnamespace
+  AND n.nspname <> ALL (ARRAY['pg_catalog', 'information_schema', 'pg_toast'])
+  AND n.nspname !~ '^pg_(toast_)?temp_'
+  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY 1
+"""
+
 
 def backup_database_data(
     db: psycopg.Connection[Any],
@@ -49,11 +66,15 @@ def backup_database_data(
     registry: Registry | None = None,
     project: Project | None = None,
 ) -> bool:
-    """Write every table to ``path`` from one consistent snapshot; True when the file is complete.
+    """Write every table to ``path`` from one consistent snapshot; True when it holds all the data.
 
     The tables are ``registry``'s (those it backs up), by default the database's own tables with the
     facts registered for them (``datalayer.registry.resolve_registry``; ``project`` defaults to
-    ``find_project()``).
+    ``find_project()``): those of the current schema. Tables of other schemas (not PostgreSQL's or
+    an extension's) are not in the backup: with the default registry each is named in a warning on
+    the ``datalayer`` logger and in the file's header (``left_out``), and the backup, complete for
+    the project's tables, returns False; back those up with pg_dump. Generated columns are not
+    written: PostgreSQL computes them again on restore.
 
     Streaming (memory stays flat however large the tables), written to a new file with a random name
     next to ``path`` (created exclusively, never through a symbolic link, readable by its owner only:
@@ -83,6 +104,7 @@ def backup_database_data(
     except OSError as e:
         raise BackupError(f"cannot write a backup next to {target}: {e.strerror}") from e
     tmp = Path(tmp_name)
+    left_out: list[str] = []
     try:
         with os.fdopen(fd, "wb") as out:
             with transaction(db):
@@ -90,7 +112,17 @@ def backup_database_data(
                 db.execute("SET LOCAL statement_timeout = 0")
                 reg = resolve_registry(db, registry, project=project)
                 require_schema(db, reg, "back up")
-                _write_backup(db, reg, out, progress)
+                left_out = [] if registry is not None else [str(r[0]) for r in db.execute(_ELSEWHERE)]
+                if left_out:
+                    log.warning(
+                        "datalayer: the backup of %s leaves out %d table(s) outside schema %s: %s; back them "
+                        "up with pg_dump",
+                        db.info.dbname,
+                        len(left_out),
+                        _current_schema(db),
+                        ", ".join(left_out),
+                    )
+                _write_backup(db, reg, out, progress, left_out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
@@ -106,7 +138,12 @@ def backup_database_data(
         if isinstance(e, OSError):
             raise BackupError(f"writing the backup {target} failed: {e.strerror or e}") from e
         raise
-    return True
+    return not left_out
+
+
+def _current_schema(db: psycopg.Connection[Any]) -> str:
+    row = db.execute("SELECT pg_catalog.current_schema()::text").fetchone()
+    return str(row[0]) if row else "?"
 
 
 def restore_database_data(
@@ -130,7 +167,9 @@ def restore_database_data(
     return restore_from(db, check_path(path), progress, registry=registry, project=project)
 
 
-def _write_backup(db: psycopg.Connection[Any], registry: Registry, out: BinaryIO, progress: Progress | None) -> None:
+def _write_backup(
+    db: psycopg.Connection[Any], registry: Registry, out: BinaryIO, progress: Progress | None, left_out: list[str]
+) -> None:
     migrations = [r[0] for r in db.execute("SELECT migration_id FROM _yoyo_migration ORDER BY migration_id")]
     out.write(
         control(
@@ -140,6 +179,7 @@ def _write_backup(db: psycopg.Connection[Any], registry: Registry, out: BinaryIO
             server_version=db.info.server_version,
             migrations=migrations,
             tables=[t.name for t in registry.backed_up],
+            left_out=left_out,
         )
     )
     totals: dict[str, int] = {}

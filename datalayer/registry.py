@@ -145,42 +145,56 @@ def register(name: str, registry: Registry, *, builtin: bool = False) -> None:
 
     Error translation then names the field of each of its constraints, and backup/restore, roles
     and stats use its table facts for the tables the database holds. ``builtin``: the facts of
-    datalayer's own schema, used only for projects with ``builtin = true``.
+    datalayer's own schema, used only for projects with ``builtin = true``; they win over any other
+    registry's facts for the tables and constraints they name (a service registering its whole
+    catalog keeps ``users_email_key_key`` on the field ``users.email``). Two other registries naming
+    one constraint differently are refused (ValidationError): one fact, one place.
     """
     if not isinstance(registry, Registry):
         raise ValidationError({"registry": f"must be a datalayer.registry.Registry, got {type(registry).__name__}"})
-    # One fact in one place: a constraint another registry already names keeps its field, or this fails.
-    for other, (reg, _) in _registered.items():
-        if other == name:
-            continue
-        for constraint, field in registry.constraint_fields.items():
-            known = reg.constraint_fields.get(constraint)
-            if known is not None and known != field:
-                raise ValidationError(
-                    {
-                        "registry": f"constraint {constraint} is registered by {other!r} as {'.'.join(known)}, "
-                        f"not {'.'.join(field)}; register only your own tables' facts"
-                    }
-                )
+    if not builtin:
+        ruled = {c for reg, b in _registered.values() if b for c in reg.constraint_fields}
+        for other, (reg, other_builtin) in _registered.items():
+            if other == name or other_builtin:
+                continue
+            for constraint, field in registry.constraint_fields.items():
+                known = reg.constraint_fields.get(constraint)
+                if known is not None and known != field and constraint not in ruled:
+                    raise ValidationError(
+                        {
+                            "registry": f"constraint {constraint} is registered by {other!r} as "
+                            f"{'.'.join(known)}, not {'.'.join(field)}; register only your own tables' facts"
+                        }
+                    )
     _registered[name] = (registry, builtin)
-    merged: dict[str, tuple[str, str]] = {}
-    for reg, _ in _registered.values():
-        merged.update(reg.constraint_fields)
-    register_constraint_fields(merged)
+    register_constraint_fields(_merged(builtin=True).constraint_fields)
 
 
-def registered(*, builtin: bool = True) -> Registry:
-    """The facts of every registered registry (the built-in schema's too when ``builtin``), merged."""
+def _merged(*, builtin: bool) -> Registry:
+    # The built-in facts first for tables (the first fact of a table wins) and last for constraints
+    # (the last one wins), so that they win whatever the order of registration.
+    regs = sorted(_registered.values(), key=lambda r: not r[1])
     tables: dict[str, Table] = {}
     fields: dict[str, tuple[str, str]] = {}
-    for reg, is_builtin in _registered.values():
+    for reg, is_builtin in regs:
         if is_builtin and not builtin:
             continue
         for t in reg.tables:
             tables.setdefault(t.name, t)
+    for reg, is_builtin in reversed(regs):
+        if is_builtin and not builtin:
+            continue
         fields.update(reg.constraint_fields)
+    return Registry(tables=tuple(tables.values()), constraint_fields=fields)
+
+
+def registered(*, builtin: bool = True) -> Registry:
+    """The facts of every registered registry (the built-in schema's too when ``builtin``), merged."""
+    merged = _merged(builtin=builtin)
     # Facts only: order and references come from the catalog when overlaid.
-    return Registry(tables=tuple(attrs.evolve(t, references=()) for t in tables.values()), constraint_fields=fields)
+    return Registry(
+        tables=tuple(attrs.evolve(t, references=()) for t in merged.tables), constraint_fields=merged.constraint_fields
+    )
 
 
 def resolve_registry(

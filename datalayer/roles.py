@@ -241,6 +241,7 @@ def _grant(db: psycopg.Connection[Any], schema: str, app: str, ro: str, registry
         "pg_catalog.format('%%I.%%I', %s::text, t)) FROM pg_catalog.unnest(%s::text[]) t)) ORDER BY 1",
         (schema, [t.name for t in app_tables]),
     ).fetchall()
+    _grant_views(db, schema, app, ro, registry)
     if sequences:
         # regclass's text is a schema-qualified (when needed), quoted name from the catalog
         seqs = sql.SQL(", ").join(sql.SQL(q[0]) for q in sequences)
@@ -272,6 +273,65 @@ def _grant(db: psycopg.Connection[Any], schema: str, app: str, ro: str, registry
         # regprocedure's text is a schema-qualified (when needed), quoted signature from the catalog
         functions = sql.SQL(", ").join(sql.SQL(f[0]) for f in definers)
         db.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}").format(functions, sql.Identifier(app)))
+
+
+# The views and materialized views of the schema (not an extension's), each with the relations of the
+# schema it reads, through other views too.
+_VIEWS = """
+WITH RECURSIVE v AS (
+    SELECT c.oid, c.relname::text AS name, c.relkind = 'm' AS materialized,
+           pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER') AS owned, c.relowner::regrole::text AS owner
+    FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = pg_catalog.to_regnamespace(%(schema)s) AND c.relkind IN ('v', 'm')
+      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e WHERE e.classid = 'pg_catalog.pg_class'::regclass
+                      AND e.objid = c.oid AND e.deptype = 'e')
+), reads (view, rel, col) AS (
+    SELECT v.oid, d.refobjid, d.refobjsubid FROM v
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> v.oid
+    UNION
+    SELECT reads.view, d.refobjid, d.refobjsubid FROM reads
+    JOIN pg_catalog.pg_rewrite r ON r.ev_class = reads.rel
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid
+     AND d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> reads.rel
+)
+SELECT v.name, v.materialized, v.owned, v.owner,
+       ARRAY(SELECT DISTINCT c.relname::text FROM reads JOIN pg_catalog.pg_class c ON c.oid = reads.rel
+             WHERE reads.view = v.oid AND c.relnamespace = pg_catalog.to_regnamespace(%(schema)s))
+FROM v ORDER BY v.name
+"""
+
+
+def _grant_views(db: psycopg.Connection[Any], schema: str, app: str, ro: str, registry: Registry) -> None:
+    """Views like the tables they read: the application role may change what an updatable view shows
+    (SELECT and INSERT only over an append-only table); the read-only role may read a view unless it
+    reads a hidden table or one with secret columns (a view's privileges are checked as its owner, and
+    a view over a table names the whole table in the catalog, so which columns it shows cannot be told
+    apart). A materialized view: SELECT, for each role as above."""
+    views = db.execute(_VIEWS, {"schema": sql.Identifier(schema).as_string(db)}).fetchall()
+    other = next((v for v in views if not v[2]), None)
+    if other is not None:
+        raise ConfigError(
+            f"roles create must run as the owner of every view of the project; {other[0]} is owned by "
+            f"{other[3]}: run it as {other[3]} or give the views one owner",
+            variable="DATABASE_URL",
+        )
+    facts = {t.name: t for t in registry.tables}
+    for name, materialized, _, _, tables in views:
+        read = [facts[t] for t in tables if t in facts]
+        hidden = any(t.readonly_hidden or t.secret_columns for t in read)
+        view = sql.Identifier(schema, name)
+        db.execute(sql.SQL("REVOKE ALL ON {} FROM {}, {}").format(view, sql.Identifier(app), sql.Identifier(ro)))
+        if materialized:
+            app_privileges = "SELECT"
+        elif any(t.append_only for t in read):
+            app_privileges = "SELECT, INSERT"
+        else:
+            app_privileges = "SELECT, INSERT, UPDATE, DELETE"
+        db.execute(sql.SQL(f"GRANT {app_privileges} ON {{}} TO {{}}").format(view, sql.Identifier(app)))
+        if not hidden:
+            db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(view, sql.Identifier(ro)))
 
 
 def create_roles(
