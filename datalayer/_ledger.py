@@ -14,7 +14,8 @@ also reports an applied id that no source has a file for.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,20 @@ __all__ = [
     "LedgerEntry",
     "LedgerIssue",
     "applied",
+    "applied_since",
+    "builtin_in_use_at",
     "changed",
     "entries",
     "file_hashes",
     "is_migration_file",
     "migration_files",
     "record",
+    "snapshot",
     "verify",
+    "yoyo_lock_time",
 ]
+
+log = logging.getLogger("datalayer")
 
 BUILTIN_SOURCE = "datalayer"
 
@@ -146,7 +153,7 @@ def entries(conn: psycopg.Connection[Any]) -> dict[str, LedgerEntry]:
     return {r[0]: LedgerEntry(r[1], r[2], r[3]) for r in rows}
 
 
-def _files(sources: Mapping[str, Path]) -> dict[str, tuple[str, str]]:
+def snapshot(sources: Mapping[str, Path]) -> dict[str, tuple[str, str]]:
     """{migration id: (source, sha256)} over ``sources`` (ids are unique across them: checked before)."""
     out: dict[str, tuple[str, str]] = {}
     for name, directory in sources.items():
@@ -159,7 +166,7 @@ def changed(
     conn: psycopg.Connection[Any], sources: Mapping[str, Path], *, whole_project: bool = True
 ) -> list[LedgerIssue]:
     """Applied migrations of ``sources`` whose file changed (or vanished) since the ledger recorded them."""
-    files = _files(sources)
+    files = snapshot(sources)
     ledger = entries(conn)
     issues = []
     for mid, applied_at in sorted(applied(conn).items()):
@@ -190,31 +197,80 @@ def _ensure_table(conn: psycopg.Connection[Any]) -> None:
         conn.execute(ADD_SOURCE)
 
 
-def record(conn: psycopg.Connection[Any], sources: Mapping[str, Path]) -> None:
+def record(
+    conn: psycopg.Connection[Any],
+    sources: Mapping[str, Path],
+    *,
+    files: Mapping[str, tuple[str, str]] | None = None,
+    since: datetime | None = None,
+) -> list[str]:
     """Bring the ledger in line with what is applied: new rows for new applications of ``sources``' files,
-    none for rollbacks (of any source).
+    none for rollbacks (of any source). Returns the ids given a new row.
 
-    Rows that disagree with their file are left alone (``verify`` reports them); a row whose file is
-    now found in another source gets that source.
+    ``files`` is the ``snapshot`` taken before applying (default: the files now). An application before
+    ``since`` (the start of this run; None: unknown) that has no row was never recorded - plain yoyo without
+    the folder's hook, or a run stopped between applying and recording - so the content applied is unknown:
+    the file as it is now is recorded, with a warning. Rows that disagree with their file are left alone
+    (``verify`` reports them); a row whose file is now found in another source gets that source.
     """
-    files = _files(sources)
+    files = snapshot(sources) if files is None else files
     now_applied = applied(conn)
     _ensure_table(conn)
     ledger = entries(conn)
     gone = [mid for mid in ledger if mid not in now_applied]
     if gone:
         conn.execute("DELETE FROM datalayer_migration_ledger WHERE migration_id = ANY(%s)", (gone,))
-    for mid, applied_at in now_applied.items():
+    added = []
+    for mid, applied_at in sorted(now_applied.items()):
         if mid not in files:
             continue
         source, digest = files[mid]
         entry = ledger.get(mid)
         if entry is None or entry.applied_at < applied_at:
+            if entry is None and (since is None or applied_at < since):
+                log.warning(
+                    "datalayer: migration %s (%s) was applied at %s UTC but never recorded in the ledger (plain "
+                    "yoyo apply without the folder's post-apply hook, or a run stopped between applying and "
+                    "recording): recording its file as it is now (sha256 %s…), which cannot be checked against "
+                    "what was applied",
+                    mid,
+                    source_label(source),
+                    applied_at,
+                    digest[:12],
+                )
             conn.execute(
                 "INSERT INTO datalayer_migration_ledger (migration_id, sha256, applied_at, source) "
                 "VALUES (%s, %s, %s, %s) ON CONFLICT (migration_id) DO UPDATE SET sha256 = EXCLUDED.sha256, "
                 "applied_at = EXCLUDED.applied_at, source = EXCLUDED.source, recorded_at = now()",
                 (mid, digest, applied_at, source),
             )
+            added.append(mid)
         elif entry.source != source and entry.sha256 == digest:
             conn.execute("UPDATE datalayer_migration_ledger SET source = %s WHERE migration_id = %s", (source, mid))
+    return added
+
+
+def applied_since(conn: psycopg.Connection[Any], since: datetime) -> list[str]:
+    """The migration ids applied at or after ``since`` (UTC), in apply order."""
+    return [mid for mid, at in sorted(applied(conn).items(), key=lambda kv: kv[1]) if at >= since]
+
+
+def yoyo_lock_time(conn: psycopg.Connection[Any]) -> datetime | None:
+    """When the running yoyo apply took yoyo's lock (UTC), or None when no lock is held."""
+    if not _exists(conn, "yoyo_lock"):
+        return None
+    row = conn.execute("SELECT min(ctime) FROM yoyo_lock").fetchone()
+    return row[0] if row else None
+
+
+def builtin_in_use_at(conn: psycopg.Connection[Any], builtin_ids: Iterable[str], when: datetime) -> bool:
+    """True when yoyo's log shows a built-in migration applied (and not yet rolled back) at ``when`` (UTC)."""
+    if not _exists(conn, "_yoyo_log"):
+        return False
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM (SELECT DISTINCT ON (migration_id) operation FROM _yoyo_log "
+        "WHERE migration_id = ANY(%s) AND created_at_utc <= %s ORDER BY migration_id, created_at_utc DESC) last "
+        "WHERE operation IN ('apply', 'mark'))",
+        (list(builtin_ids), when),
+    ).fetchone()
+    return bool(row and row[0])

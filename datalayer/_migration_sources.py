@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from datalayer.errors import MigrationError
 from datalayer.project import MigrationSource, Project, find_project
 
 __all__ = [
+    "apply_recorded",
     "builtin_switch_problem",
     "check_builtin_switch",
     "check_sources",
@@ -28,6 +30,7 @@ __all__ = [
     "depends_problems",
     "duplicate_problems",
     "hook_source",
+    "hook_step",
     "in_order",
     "plan_lines",
     "read_sources",
@@ -163,32 +166,34 @@ def read_sources(sources: Sequence[MigrationSource]) -> list[tuple[MigrationSour
 def builtin_switch_problem(conn: psycopg.Connection[Any], project: Project) -> str | None:
     """Why ``project`` must not migrate this database (its ``builtin`` differs from the database's), or None.
 
-    Whether a database has the built-in schema is read from the ledger's sources (for rows it lacks, from
-    whether the id is a built-in one).
+    The database has the built-in schema when an applied id is a built-in one (its ledger row's source, else
+    the id), or when yoyo's log shows built-in migrations applied when its earliest applied migration was:
+    a database whose built-in migrations were rolled back from under a service's is still a built-in one.
     """
     done = _ledger.applied(conn)
     if not done:
         return None
     ledger = _ledger.entries(conn)
     builtin_ids = set(_ledger.migration_files(_project.builtin_migrations_dir()))
+    builtin_ids -= {mid for mid, e in ledger.items() if e.source != _ledger.BUILTIN_SOURCE}
     has_builtin = any(
         ledger[mid].source == _ledger.BUILTIN_SOURCE if mid in ledger else mid in builtin_ids for mid in done
-    )
+    ) or _ledger.builtin_in_use_at(conn, builtin_ids, min(done.values()))
     if has_builtin == project.builtin:
         return None
     pyproject = project.root / "pyproject.toml"
     if has_builtin:
         return (
             "this database was migrated with the built-in schema (builtin = true); the project now says "
-            f"builtin = false ({pyproject}): its migrations would run beside tables it does not know, and "
-            "a rollback would leave them behind; set builtin = true in [tool.datalayer] again, or migrate "
-            "a new, empty database"
+            f"builtin = false ({project.origin()}): its migrations would run beside tables it does not know, and "
+            f"a rollback would leave them behind; set builtin = true in [tool.datalayer] of {pyproject}, or "
+            "migrate a new, empty database"
         )
     return (
         "this database was migrated without the built-in schema (builtin = false); the project now says "
-        f"builtin = true ({pyproject}{'' if project.declared else ', the default without [tool.datalayer]'}): "
-        "the built-in tables would be added under a ledger that never had them; set builtin = false in "
-        "[tool.datalayer] again, or migrate a new, empty database"
+        f"builtin = true ({project.origin()}): "
+        f"the built-in tables would be added under a ledger that never had them; set builtin = false in "
+        f"[tool.datalayer] of {pyproject}, or migrate a new, empty database"
     )
 
 
@@ -215,6 +220,102 @@ def hook_source(directory: Path) -> str:
         return directory.relative_to(project.root.resolve()).as_posix()
     except ValueError:
         return directory.as_posix()
+
+
+def _shown_file(migration: Any, files: dict[str, tuple[str, str]]) -> str:
+    source = files.get(migration.id, (None,))[0]
+    path = Path(migration.path)
+    return str(path) if source in (None, _ledger.BUILTIN_SOURCE) else f"{source}/{path.name}"
+
+
+def apply_recorded(
+    backend: Any, conn: psycopg.Connection[Any], pending: Any, sources: dict[str, Path], where: str
+) -> None:
+    """Apply ``pending`` (``in_order``) one migration at a time, each recorded in the ledger as soon as yoyo
+    has applied it (the file content read before applying), then the post-apply hooks.
+
+    A failure is a MigrationError naming the migration and its file: the ones before it stay applied and
+    recorded, so a later edit of theirs is caught.
+    """
+    files = _ledger.snapshot(sources)
+    since = datetime.now(UTC).replace(tzinfo=None)  # yoyo stamps applications with this clock
+    done: list[str] = []
+    for m in pending:
+        try:
+            backend.apply_one(m)
+        except Exception as e:
+            before = f"; applied and recorded before it: {', '.join(done)}" if done else ""
+            undo = (
+                "its changes were rolled back"
+                if m.use_transactions
+                else "it runs outside a transaction: check what it left"
+            )
+            raise MigrationError(
+                f"migrating {where} failed at migration {m.id} ({_shown_file(m, files)}): {_describe(e)}"
+                f"{before}; {undo}, fix it and migrate again"
+            ) from e
+        done.append(m.id)
+        with conn.transaction():
+            _ledger.record(conn, sources, files=files, since=since)
+    for hook in pending.post_apply if done else []:  # as yoyo: hooks run when something was applied
+        try:
+            backend.apply_one(hook, mark=False)
+        except Exception as e:
+            raise MigrationError(
+                f"the post-apply hook {hook.path} failed after applying {', '.join(done)} to {where} "
+                f"(applied and recorded): {_describe(e)}"
+            ) from e
+    with conn.transaction():  # also records an application this run did not make (with a warning)
+        _ledger.record(conn, sources, files=files, since=since)
+
+
+def _describe(e: Exception) -> str:
+    from datalayer._translate import describe_error
+
+    return str(e) if isinstance(e, MigrationError) else describe_error(e)
+
+
+def hook_step(conn: psycopg.Connection[Any], directory: Path) -> None:
+    """The body of ``ledger_steps``: record what yoyo applied from ``directory``, then verify its files.
+
+    yoyo runs post-apply hooks after applying, in a transaction it rolls back when the hook fails, so the
+    record is written on a connection of its own: a refusal then leaves what yoyo applied recorded.
+    """
+    sources = {hook_source(directory): directory}
+    since = _ledger.yoyo_lock_time(conn)  # taken by this yoyo apply before it applied anything
+    with psycopg.connect(conn.info.dsn, password=conn.info.password, autocommit=True) as apart:
+        with apart.transaction():
+            recorded = _ledger.record(apart, sources, since=since)
+        issues = _ledger.changed(apart, sources, whole_project=False)
+        ran = _ledger.applied_since(apart, since) if since is not None else recorded
+    if not issues:
+        return
+    files = _ledger.migration_files(directory)
+    refused = "; ".join(
+        (
+            f"the edited file {_ledger.source_label(i.source)}{files[i.migration_id].name}"
+            if i.migration_id in files
+            else f"applied migration {i.migration_id}"
+        )
+        + f" was refused: {i.describe()}"
+        for i in issues
+    )
+    others = [mid for mid in ran if mid not in recorded]
+    applied_text = (
+        f"this yoyo apply applied {', '.join(ran)} (recorded in the ledger: {', '.join(recorded) or 'none'}"
+        + (
+            f"; {', '.join(others)} belong to other folders, whose own hook or `datalayer migrate` records them"
+            if others
+            else ""
+        )
+        + ")"
+        if ran
+        else "this yoyo apply applied nothing new"
+    )
+    raise MigrationError(
+        f"{applied_text}; {refused}. Plain yoyo apply runs this check only after applying; "
+        "`datalayer migrate` checks before applying anything"
+    )
 
 
 def in_order(backend: Any, sources: list[MigrationSource], *, rollback: bool = False) -> Any:

@@ -127,18 +127,18 @@ def yoyo_backend(target: DatabaseTarget, settings: Settings | None = None) -> An
 def ledger_steps(hook_file: str | os.PathLike[str]) -> None:
     """The checksum ledger as steps of a yoyo ``post-apply.py``: ``ledger_steps(__file__)``.
 
-    Verifies that no applied migration of the hook's folder changed since it was applied (MigrationError,
-    rolling back the hook, otherwise) and records the ones just applied, under the folder's source name.
-    Other folders' migrations are theirs to check. Call it at the top level of a post-apply file only.
+    Records the hook folder's migrations just applied, under the folder's source name, then verifies that
+    no applied migration of the folder changed since it was applied (MigrationError naming what yoyo
+    applied and what was refused). yoyo runs the hook after applying: the record is committed apart from
+    the hook's transaction, so a refusal does not leave yoyo's work unrecorded. Other folders' migrations
+    are theirs to check. Call it at the top level of a post-apply file only.
     """
     from yoyo import step
 
     directory = Path(hook_file).resolve().parent
 
     def verify_and_record(conn: psycopg.Connection[Any]) -> None:
-        sources = {_sources.hook_source(directory): directory}
-        _ledger.verify(conn, sources, whole_project=False)
-        _ledger.record(conn, sources)
+        _sources.hook_step(conn, directory)
 
     try:
         step(verify_and_record)
@@ -255,15 +255,13 @@ def setup_database(
                 applied = [m.id for m in pending]
                 if pending:
                     log.info("datalayer: applying migrations %s to %s", ", ".join(applied), target.display)
-                    backend.apply_migrations(pending)
+                _sources.apply_recorded(backend, conn, pending, directories, target.display)
         except MigrationError:
             raise
         except Exception as e:
             raise MigrationError(f"migrating {target.display} failed: {describe_error(e)}") from e
         finally:
             backend.connection.close()
-        with conn.transaction():
-            _ledger.record(conn, directories)
         if project.builtin:
             ensure_log_partitions(conn, ahead=ahead)
     return applied
@@ -273,16 +271,17 @@ def rollback_all(
     *, settings: Settings | None = None, target: DatabaseTarget | None = None, project: Project | None = None
 ) -> list[str]:
     """Roll back every applied migration of ``project``'s sources (newest first, the service's before the
-    built-in ones); returns their ids."""
+    built-in ones); returns their ids. Refuses, rolling back nothing, on what ``setup_database`` refuses
+    (an applied file changed or gone, duplicate ids, missing depends, a switched ``builtin``)."""
     project = project or find_project()
     sources = list(project.migration_sources())
-    problems = _sources.duplicate_problems(sources)
-    if problems:
-        raise MigrationError("; ".join(problems))
+    _sources.check_sources(sources)
     settings, target = _settings_and_target(settings, target)
     with _migration_lock(target, settings) as conn:
         _clear_stale_yoyo_lock(conn)
         _sources.check_builtin_switch(conn, project)
+        # A migration whose file is gone cannot be rolled back: dropping the others would strand it.
+        _ledger.verify(conn, _sources.source_dirs(sources))
         backend = yoyo_backend(target, settings)
         try:
             with backend.lock(timeout=LOCK_WAIT_SECONDS):
@@ -305,7 +304,8 @@ def reset_database(
     target: DatabaseTarget | None = None,
     project: Project | None = None,
 ) -> list[str]:
-    """Roll back every migration and apply them again: ALL DATA IS LOST. Refuses without confirm=True."""
+    """Roll back every migration and apply them again: ALL DATA IS LOST. Refuses without confirm=True, and
+    before dropping anything on what ``setup_database`` refuses."""
     if confirm is not True:
         raise MigrationError("reset_database drops every table and its data; call it with confirm=True")
     project = project or find_project()

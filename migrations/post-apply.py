@@ -1,9 +1,11 @@
 """Runs after every `yoyo apply` that applied something (yoyo's post-apply hook), also when CI calls
 plain yoyo, e.g. `yoyo apply --batch --database postgresql+psycopg://… "$(datalayer path migrations)" ./migrations`.
 
-Verifies that no applied built-in migration file changed since it was applied, and records the sha256
-of the ones just applied in datalayer_migration_ledger (source "datalayer"); a service's folder checks
-its own with the same one line. Then creates the system_log day partitions from today to 7 days ahead,
+Records the sha256 of the built-in migrations just applied in datalayer_migration_ledger (source
+"datalayer"), then verifies that no applied built-in migration file changed since it was applied; a
+service's folder does the same for its own with the same one line. yoyo runs this after applying, so a
+refusal here comes after the new migrations were applied (they stay recorded): `datalayer migrate`
+checks before applying anything. Then creates the system_log day partitions from today to 7 days ahead,
 as `datalayer migrate` does (yoyo runs this in one transaction: each day is a savepoint of it). Needs
 the datalayer package importable.
 """

@@ -15,7 +15,7 @@ from helpers import MIGRATION_IDS, clean_env, url_of
 from datalayer import MigrationError, check_database_health, migration_status, plan_sql, setup_database
 from datalayer.config import DatabaseTarget
 from datalayer.lint import lint_migrations
-from datalayer.migrate import ledger_steps, rollback_all
+from datalayer.migrate import ledger_steps, reset_database, rollback_all
 from datalayer.project import Project, builtin_migrations_dir, find_project
 from datalayer.testing import settings_for_tests
 
@@ -184,18 +184,30 @@ def test_plain_yoyo_apply_with_both_folders(dl_empty_target: DatabaseTarget, tmp
     (p.root / "migrations" / "0002.more.sql").write_text(LIMITS + "CREATE TABLE more (id int);\n")
     r = _yoyo(t, builtin_migrations_dir(), Path("migrations"), cwd=p.root)
     assert r.returncode != 0 and "0001.notes changed since it was applied" in r.stderr, r.stderr
+    # yoyo runs the hook after applying: what it applied is said, and recorded despite the refusal.
+    assert "this yoyo apply applied 0002.more (recorded in the ledger: 0002.more)" in r.stderr, r.stderr
+    assert "the edited file migrations/0001.notes.sql was refused" in r.stderr
+    assert "more" in _tables(t) and _ledger(t)["0002.more"] == "migrations"
+    more = p.root / "migrations" / "0002.more.sql"
+    more.write_text(more.read_text() + "-- edited too\n")
+    with pytest.raises(MigrationError, match="0002.more changed since it was applied"):
+        setup_database(target=t, settings=s, project=p)
 
 
 def test_plain_yoyo_without_a_service_hook_then_migrate_records_it(
-    dl_empty_target: DatabaseTarget, tmp_path: Path
+    dl_empty_target: DatabaseTarget, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     t, s = dl_empty_target, settings_for_tests()
     p = make_project(tmp_path / "svc", builtin=True)
     r = _yoyo(t, builtin_migrations_dir(), p.root / "migrations", cwd=tmp_path)
     assert r.returncode == 0, r.stderr  # the built-in hook leaves the service's id alone
     assert _ledger(t) == dict.fromkeys(MIGRATION_IDS, "datalayer")
-    assert setup_database(target=t, settings=s, project=p) == []
+    with caplog.at_level(logging.WARNING, logger="datalayer"):
+        assert setup_database(target=t, settings=s, project=p) == []
     assert _ledger(t)["0001.notes"] == "migrations"
+    # The content yoyo applied is unknown: the file is recorded as it is now, and that is said.
+    assert "migration 0001.notes (migrations/) was applied at" in caplog.text
+    assert "never recorded in the ledger" in caplog.text and "cannot be checked" in caplog.text
 
 
 def test_plain_yoyo_service_only_with_its_hook(dl_empty_target: DatabaseTarget, tmp_path: Path) -> None:
@@ -301,6 +313,10 @@ def test_service_only_database_refuses_builtin(dl_empty_target: DatabaseTarget, 
     ):
         setup_database(target=t, settings=s, project=make_project(tmp_path / "on", builtin=True))
     assert "users" not in _tables(t)
+    with pytest.raises(MigrationError) as e:  # the key may never have been written: no "again"
+        setup_database(target=t, settings=s, project=Project(root=tmp_path / "bare"))
+    assert f"set builtin = false in [tool.datalayer] of {tmp_path / 'bare' / 'pyproject.toml'}" in str(e.value)
+    assert "again" not in str(e.value)
 
 
 def test_a_ledger_from_before_sources_gains_the_column(dl_empty_target: DatabaseTarget, tmp_path: Path) -> None:
@@ -345,3 +361,81 @@ def test_stale_lock_is_cleared_for_a_service(
 def test_ledger_steps_outside_a_post_apply_file_is_explained() -> None:
     with pytest.raises(MigrationError, match="post-apply.py"):
         ledger_steps(__file__)
+
+
+def test_a_failed_migrate_records_what_it_applied_and_names_the_failure(
+    dl_empty_target: DatabaseTarget, tmp_path: Path
+) -> None:
+    s, t = settings_for_tests(), dl_empty_target
+    p = make_project(tmp_path / "svc", builtin=False)
+    folder = p.root / "migrations"
+    good, bad = folder / "0003.good.sql", folder / "0004.bad.sql"
+    good.write_text("-- depends: 0001.notes\n" + LIMITS + "CREATE TABLE t3 (id int);\n")
+    (folder / "0003.good.rollback.sql").write_text("DROP TABLE t3;\n")
+    bad.write_text("-- depends: 0003.good\n" + LIMITS + "CREATE TABLE t4 (id int);\nSELECT 1/0;\n")
+    (folder / "0004.bad.rollback.sql").write_text("DROP TABLE t4;\n")
+    with pytest.raises(MigrationError) as e:
+        setup_database(target=t, settings=s, project=p)
+    msg = str(e.value)
+    assert "failed at migration 0004.bad (migrations/0004.bad.sql): division by zero" in msg, msg
+    assert "applied and recorded before it: 0001.notes, 0003.good" in msg and "rolled back" in msg
+    assert "t3" in _tables(t) and "t4" not in _tables(t)
+    assert _ledger(t) == {"0001.notes": "migrations", "0003.good": "migrations"}
+
+    # An edit of the applied 0003.good is caught, though the run that applied it failed.
+    good.write_text(good.read_text() + "ALTER TABLE t3 ADD COLUMN x int;\n")
+    bad.write_text(bad.read_text().replace("SELECT 1/0;", "SELECT 1;"))
+    states = {st.id: st for st in migration_status(target=t, settings=s, project=p)}
+    assert states["0003.good"].changed and not states["0004.bad"].applied
+    with pytest.raises(MigrationError, match="0003.good changed since it was applied"):
+        setup_database(target=t, settings=s, project=p)
+    assert "t4" not in _tables(t)
+
+
+def test_reset_and_rollback_refuse_before_dropping_anything(dl_empty_target: DatabaseTarget, tmp_path: Path) -> None:
+    s, t = settings_for_tests(), dl_empty_target
+    p = make_project(tmp_path / "svc", builtin=True)
+    gone = p.root / "migrations" / "0002.gone.sql"
+    gone.write_text("-- depends: 0001.notes\n" + LIMITS + "CREATE TABLE gone (id int);\n")
+    (p.root / "migrations" / "0002.gone.rollback.sql").write_text("DROP TABLE gone;\n")
+    setup_database(target=t, settings=s, project=p)
+    text = gone.read_text()
+    gone.unlink()
+    for call in (rollback_all, lambda **kw: reset_database(confirm=True, **kw)):
+        with pytest.raises(MigrationError, match="0002.gone is applied but its file is gone from migrations/"):
+            call(target=t, settings=s, project=p)
+        assert {"users", "notes", "gone"} <= _tables(t)  # nothing was dropped
+    notes = p.root / "migrations" / "0001.notes.sql"
+    gone.write_text(text)
+    notes.write_text(notes.read_text() + "-- edited\n")
+    with pytest.raises(MigrationError, match="0001.notes changed since it was applied"):
+        reset_database(confirm=True, target=t, settings=s, project=p)
+    assert {"users", "notes", "gone"} <= _tables(t)
+
+
+def test_a_partly_rolled_back_builtin_database_stays_builtin(dl_empty_target: DatabaseTarget, tmp_path: Path) -> None:
+    """Built-in migrations rolled back from under a service's (as an old reset did) leave a built-in database."""
+    from yoyo import read_migrations
+    from yoyo.migrations import MigrationList
+
+    from datalayer.migrate import yoyo_backend
+
+    s, t = settings_for_tests(), dl_empty_target
+    p = make_project(tmp_path / "svc", builtin=True)
+    (p.root / "migrations" / "0002.kept.sql").write_text(LIMITS + "CREATE TABLE kept (id int);\n")
+    setup_database(target=t, settings=s, project=p)
+    backend = yoyo_backend(t, s)
+    try:
+        with backend.lock():
+            service = MigrationList([m for m in read_migrations(str(p.root / "migrations")) if m.id == "0001.notes"])
+            backend.rollback_migrations(backend.to_rollback(service))
+            backend.rollback_migrations(backend.to_rollback(read_migrations(str(builtin_migrations_dir()))))
+    finally:
+        backend.connection.close()
+    with _conn(t) as c:
+        c.execute("DELETE FROM datalayer_migration_ledger WHERE migration_id <> '0002.kept'")
+    assert "users" not in _tables(t) and "kept" in _tables(t)
+    without = make_project(tmp_path / "off", builtin=False)
+    with pytest.raises(MigrationError, match="migrated with the built-in schema"):
+        migration_status(target=t, settings=s, project=without)
+    assert setup_database(target=t, settings=s, project=p) == [*MIGRATION_IDS, "0001.notes"]  # recoverable
