@@ -18,14 +18,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Never, TypeVar, cast
 
 import attrs
 import psycopg
 from psycopg.rows import RowFactory, tuple_row
 
 from datalayer._connection import DataLayerConnection, known_dead
-from datalayer._run_failure import Rows, is_unsendable, shown, unstorable
+from datalayer._run_failure import Rows, column_problem, is_unsendable, row_failure, shown, unstorable
 from datalayer._sql import Query, QueryFile
 from datalayer._translate import is_connection_lost, lost_before_sending, translate
 from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError, ValidationError
@@ -153,7 +153,7 @@ class BoundQuery(Generic[T]):
     one is a QueryError naming both sets.
     """
 
-    __slots__ = ("_card", "_checked", "_factory", "_params", "_read_only", "_sql", "query", "result")
+    __slots__ = ("_card", "_checked", "_columns_ok", "_factory", "_params", "_read_only", "_sql", "query", "result")
 
     def __init__(self, query: Query, result: type[T] | None) -> None:
         self.query = query
@@ -167,11 +167,25 @@ class BoundQuery(Generic[T]):
         # What strict_records() checks each result against: the record class, or the single value's type.
         self._checked: type[Any] | None = result
         self._factory: RowFactory[Any] = tuple_row
+        # Rows fill a record by position: its columns are compared with its fields by name on the first
+        # run (and again on the failure path), so the hot path pays one flag test.
+        self._columns_ok = result is None or not attrs.has(result)
         if result is not None:
             self._factory = attrs_row(cast(Any, result)) if attrs.has(result) else value_row(cast(Any, result))
 
     def __repr__(self) -> str:
-        return f"<BoundQuery {self.query.location}>"
+        q = self.query
+        return f"<BoundQuery {q.file} missing {q.qualname}>" if self._card == _MISSING else f"<BoundQuery {q.location}>"
+
+    def _check_columns(self, cur: psycopg.Cursor[Any]) -> None:
+        """QueryError unless the result columns are the record's fields, by name and in order."""
+        if (problem := column_problem(self.query, cast(type, self.result), cur.description)) is not None:
+            raise problem
+        self._columns_ok = True
+
+    def _failed(self, cur: psycopg.Cursor[Any], error: Exception) -> QueryError:
+        """The QueryError for a row that could not become a ``T``, naming the field and the value's type."""
+        return row_failure(self.query, cast(type, self.result), cur, error)
 
     def _refuse(self, method: str) -> None:
         q = self.query
@@ -223,6 +237,8 @@ class BoundQuery(Generic[T]):
                     return self._retry_read(pool, params, e)
             write = not self._read_only and outside
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        if not self._columns_ok:
+            self._check_columns(cur)
         return cur
 
     def _retry_read(self, pool: DataLayerPool, params: dict[str, Any], first: psycopg.Error) -> Rows:
@@ -243,7 +259,14 @@ class BoundQuery(Generic[T]):
             try:
                 with _new_cursor(conn, self._factory) as cur:
                     cur.execute(self._sql, params)
-                    return Rows(cur.fetchall(), cur.rowcount)
+                    if not self._columns_ok:
+                        self._check_columns(cur)
+                    try:
+                        return Rows(cur.fetchall(), cur.rowcount)
+                    except psycopg.Error:
+                        raise
+                    except Exception as e:
+                        raise self._failed(cur, e) from None
             except psycopg.Error as e:
                 if not is_connection_lost(e, conn) or _expired(conn):
                     raise translate(e, self.query, conn=conn) from e
@@ -256,9 +279,14 @@ class BoundQuery(Generic[T]):
     def _mismatch(self, value: object, problem: str) -> QueryError:
         # Names the value's type only: the value itself may be a secret.
         where = self.query.location
+        if self.result is not None and attrs.has(self.result):
+            remedy = "fix the query (e.g. COALESCE, a join that cannot miss) or the field's type"
+        elif "got None" in problem:
+            remedy = "COALESCE the column, or bind the query with nullable=True"
+        else:
+            remedy = "bind the query to the type its first column holds (or cast the column in the query)"
         return QueryError(
-            f"{where}: strict records: {problem} (a {type(value).__name__} built from this query); fix the "
-            f"query (e.g. COALESCE, a join that cannot miss) or the field's type",
+            f"{where}: strict records: {problem} (a {type(value).__name__} built from this query); {remedy}",
             location=where,
         )
 
@@ -267,7 +295,12 @@ class BoundQuery(Generic[T]):
             if cur.rowcount == 0:
                 raise NotFound(f"no row for {self.query.location} ({shown(params)})")
             raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({shown(params)})")
-        row = cur.fetchone()
+        try:
+            row = cur.fetchone()
+        except psycopg.Error:
+            raise
+        except Exception as e:  # the row maker: a value that cannot become a T
+            raise self._failed(cast(psycopg.Cursor[Any], cur), e) from None
         if _strict is not None and self._checked is not None and (problem := _strict(row, self._checked)):
             raise self._mismatch(row, problem)
         return cast(T, row)
@@ -287,7 +320,12 @@ class BoundQuery(Generic[T]):
             raise MultipleRowsFound(
                 f"{cur.rowcount} rows for {self.query.location}, expected at most one ({shown(params)})"
             )
-        row: T | None = cur.fetchone()  # annotated, not cast(): no call on the hot path
+        try:
+            row: T | None = cur.fetchone()  # annotated, not cast(): no call on the hot path
+        except psycopg.Error:
+            raise
+        except Exception as e:  # the row maker: a value that cannot become a T
+            raise self._failed(cast(psycopg.Cursor[Any], cur), e) from None
         if (
             _strict is not None
             and row is not None
@@ -301,7 +339,13 @@ class BoundQuery(Generic[T]):
         """Every row."""
         if self._card != "many":
             self._refuse("many")
-        rows: list[T] = self._execute(db, params).fetchall()
+        cur = self._execute(db, params)
+        try:
+            rows: list[T] = cur.fetchall()
+        except psycopg.Error:
+            raise
+        except Exception as e:  # the row maker: a value that cannot become a T
+            raise self._failed(cast(psycopg.Cursor[Any], cur), e) from None
         if _strict is not None and self._checked is not None:
             for i, row in enumerate(rows):
                 if problem := _strict(row, self._checked):
@@ -321,10 +365,16 @@ class BoundQuery(Generic[T]):
         rowcount: int = self._execute(db, params).rowcount
         return rowcount
 
-    def copy(self, db: psycopg.Connection[Any], rows: Iterable[Sequence[Any]]) -> int:
+    def copy(self, db: psycopg.Connection[Any], rows: Iterable[Sequence[Any]] = (), /, **params: Never) -> int:
         """Stream ``rows`` through ``COPY … FROM STDIN``; returns how many were sent."""
         if self._card != "copy":
             self._refuse("copy")
+        if params:  # typed Never: mypy refuses them too
+            raise QueryError(
+                f"{self.query.location}: .copy(db, rows) takes the rows only, not {', '.join(sorted(params))}; "
+                "COPY has no parameters",
+                location=self.query.location,
+            )
         count = 0
         row: Sequence[Any] = ()
         cur = _new_cursor(db)  # first: it refuses what is not a sync connection

@@ -314,7 +314,7 @@ def _blocks(lines: list[str]) -> Iterator[tuple[int, list[str]]]:
 
 def parse_sql(source: str, *, domain: str, file: str) -> dict[str, Query]:
     """Parse the text of one SQL file; ``file`` is how errors name it (``sql/users.sql``)."""
-    lines = source.splitlines()
+    lines = source.removeprefix("\ufeff").splitlines()  # a byte order mark some editors write
     queries: dict[str, Query] = {}
     try:
         blocks = list(_blocks(lines))

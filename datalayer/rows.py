@@ -19,7 +19,7 @@ from psycopg.rows import RowFactory, RowMaker, args_row, scalar_row
 
 from datalayer.convert import converter
 
-__all__ = ["attrs_row", "value_row"]
+__all__ = ["attrs_row", "converted_fields", "value_row"]
 
 T = TypeVar("T")
 
@@ -42,6 +42,12 @@ def _converted(hints: dict[str, Any], fields: Sequence[attrs.Attribute[Any]]) ->
 
 
 @functools.cache
+def converted_fields(cls: type[Any]) -> list[tuple[int, Any, Any]]:
+    """(position, structure hook, type) of every init field of ``cls`` the converter builds."""
+    return _converted(typing.get_type_hints(cls), [f for f in attrs.fields(cls) if f.init])
+
+
+@functools.cache
 def attrs_row(cls: type[T]) -> RowFactory[T]:
     """A psycopg row factory returning ``cls`` records, columns matched to fields by position.
 
@@ -50,7 +56,7 @@ def attrs_row(cls: type[T]) -> RowFactory[T]:
     if not attrs.has(cls):
         raise TypeError(f"attrs_row needs an attrs class, got {cls!r}")
     fields = [f for f in attrs.fields(cls) if f.init]
-    convert = _converted(typing.get_type_hints(cls), fields)
+    convert = converted_fields(cls)
     # Keyword-only fields cannot be passed by position: build by keyword (init takes the aliases).
     names = tuple(f.alias for f in fields) if any(f.kw_only for f in fields) else None
     build = cast(Callable[..., T], cls)

@@ -16,10 +16,16 @@ it holding a ``pyproject.toml``).
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
+import types
+import typing
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
+from uuid import UUID
 
 import attrs
 
@@ -33,6 +39,30 @@ __all__ = ["CARDINALITIES", "Binding", "BoundQuery", "Query", "QueryFile", "bind
 
 T = TypeVar("T")
 
+SCALARS: tuple[type, ...] = (int, float, Decimal, str, bytes, bool, datetime, date, time, timedelta, UUID, dict, list)
+"""The single-value types ``bind`` takes (besides attrs records and Enum subclasses): what psycopg reads
+from a column (``dict`` / ``list`` for json and arrays)."""
+
+
+def _result_problem(result: object) -> str | None:
+    """Why ``result`` cannot be a binding's result type, or None."""
+    if result is None or (isinstance(result, type) and (attrs.has(result) or issubclass(result, enum.Enum))):
+        return None
+    if result in SCALARS or typing.get_origin(result) in (dict, list):
+        return None
+    if typing.get_origin(result) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(result) if m is not type(None)]
+        if len(members) == 1 and len(typing.get_args(result)) == 2:
+            return _result_problem(members[0])
+        return f"{result!r} is a union; bind one type (with nullable=True for NULL)"
+    if isinstance(result, type):
+        if issubclass(result, tuple) and hasattr(result, "_fields"):
+            return f"{result.__qualname__} is a NamedTuple; make it an attrs class (@attrs.frozen)"
+        if hasattr(result, "__dataclass_fields__"):
+            return f"{result.__qualname__} is a dataclass; make it an attrs class (@attrs.frozen)"
+        return f"{result.__qualname__} is neither an attrs class nor a column type"
+    return f"it takes a type, got a {type(result).__name__}"
+
 
 @attrs.frozen
 class QueryFile(_QueryFile):
@@ -42,17 +72,34 @@ class QueryFile(_QueryFile):
     def bind(self, name: str, result: None = None) -> BoundQuery[None]: ...
 
     @overload
-    def bind(self, name: str, result: type[T]) -> BoundQuery[T]: ...
+    def bind(self, name: str, result: type[T], *, nullable: Literal[False] = False) -> BoundQuery[T]: ...
 
-    def bind(self, name: str, result: type[Any] | None = None) -> BoundQuery[Any]:
-        """The query ``name`` bound to ``result``: an attrs class builds a record per row, any other type
-        takes the first column; None (for :exec and :copy) leaves rows as tuples.
+    @overload
+    def bind(self, name: str, result: type[T], *, nullable: Literal[True]) -> BoundQuery[T | None]: ...
+
+    def bind(self, name: str, result: type[Any] | None = None, *, nullable: bool = False) -> BoundQuery[Any]:
+        """The query ``name`` bound to ``result``: an attrs class builds a record per row; a column type
+        (``SCALARS`` or an Enum subclass) takes the first column; None (for :exec and :copy) leaves
+        rows as tuples. ``nullable=True`` types a single value that may be NULL as ``T | None``
+        (``bind("q", int, nullable=True)``; ``int | None`` works at run time but mypy refuses it).
 
         Bind once, at import. A name the file does not define does not break the import: ``datalayer
-        check`` reports it with the file, and calling it raises QueryError naming it.
+        check`` reports it with the file, and calling it raises QueryError naming it. Anything else as
+        ``result`` (a dataclass, a NamedTuple, an instance) is a QueryError.
         """
         if not isinstance(name, str):
             raise QueryError(f"{self.where}: bind takes the query's name as a str, got {type(name).__name__}")
+        if (problem := _result_problem(result)) is not None:
+            where = q.location if (q := self.queries.get(name)) is not None else f"{self.where} {name}"
+            raise QueryError(
+                f"{where}: cannot bind to {problem}; bind an attrs class (one record per row), a column type "
+                f"({', '.join(t.__name__ for t in SCALARS)}, an Enum), or nothing for :exec and :copy",
+                location=where,
+            )
+        if nullable:
+            if result is None or attrs.has(result):
+                raise QueryError(f"{self.where} {name}: nullable=True is for a single value, not a record")
+            result = result | None  # type: ignore[assignment]
         module = str(sys._getframe(1).f_globals.get("__name__", "?"))
         return bind_query(self, name, result, module=module)
 
@@ -82,6 +129,8 @@ def load(path: str | os.PathLike[str]) -> QueryFile:
     if given.suffix != ".sql":
         raise QueryError(f"{where}: not a .sql file; pass a .sql file or a folder of them", location=where)
     qf = load_file(given, where)
+    if not qf.queries:
+        raise QueryError(f"{where}: holds no '-- name:' query; add one or remove the file", location=where)
     return QueryFile(domain=qf.domain, path=given, queries=qf.queries, location=where)
 
 
@@ -96,7 +145,10 @@ def _load_folder(folder: Path, where: str) -> QueryFile:
             source = path.read_text("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise QueryError(f"{file}: cannot be read as UTF-8 text ({e})", location=file) from None
-        for name, query in parse_sql(source, domain=path.stem, file=file).items():
+        parsed = parse_sql(source, domain=path.stem, file=file)
+        if not parsed:
+            raise QueryError(f"{file}: holds no '-- name:' query; add one or remove the file", location=file)
+        for name, query in parsed.items():
             if (first := queries.get(name)) is not None:
                 raise QueryError(
                     f"{query.location}: the query name {name!r} is also defined at {first.location}; "

@@ -336,3 +336,189 @@ def test_sample_runs(db: DataLayerConnection) -> None:
     assert maybe == sql_sample.Note(1, "first") and one == sql_sample.Note(2, "two")
     assert [n.id for n in many] == [1, 2] and (total, changed, sent) == (2, 1, 2)
     assert sql.bindings()[-1].module == "sql_sample"
+
+
+# ------------------------------------------------------------------------------ rows that cannot be records
+
+REVIEW_SQL = """\
+-- name: pets :one
+SELECT 1 AS id, (SELECT coalesce(json_agg(json_build_object('id', x.id, 'name', x.name)), '[]'::json)
+                 FROM (VALUES (:'id'::jsonb, :'name'::jsonb)) AS x(id, name)) AS pets
+
+-- name: mood :many
+SELECT 1 AS id, :'mood' AS mood
+
+-- name: swapped :maybe
+SELECT 2 AS b, 1 AS a
+
+-- name: three :one
+SELECT 1 AS a, 2 AS b, 3 AS c
+
+-- name: n :scalar
+SELECT NULL::int
+
+-- name: stamp :scalar
+SELECT :'v'::json
+
+-- name: put :exec
+SELECT 1
+"""
+
+
+@attrs.frozen
+class PetJ:
+    id: int
+    name: str
+
+
+@attrs.frozen
+class Owner:
+    id: int
+    pets: list[PetJ]
+
+
+class Mood2(enum.Enum):
+    CALM = "calm"
+
+
+@attrs.frozen
+class Moody:
+    id: int
+    mood: Mood2
+
+
+@attrs.frozen
+class AB:
+    a: int
+    b: int
+
+
+@attrs.frozen
+class Tagged:
+    id: int
+    tag: str
+
+
+@attrs.frozen
+class Holder:
+    id: int
+    pets: list[Tagged]
+
+
+@pytest.fixture
+def review(tmp_path: Path) -> sql.QueryFile:
+    return sql.load(_project(tmp_path, {"sql/review.sql": REVIEW_SQL}) / "sql" / "review.sql")
+
+
+@pytest.mark.parametrize(
+    ("pet_id", "name", "problem"),
+    [
+        ("1.7", '"rex"', r"field pets\[0\]\.id: expected an integer, got a number"),
+        ("true", '"rex"', r"field pets\[0\]\.id: expected an integer, got a boolean"),
+        ('"3"', '"rex"', r"field pets\[0\]\.id: expected an integer, got a string"),
+        ("1", "2", r"field pets\[0\]\.name: expected a string, got an integer"),
+        ("null", '"rex"', r"field pets\[0\]\.id: expected an integer, got null"),
+    ],
+)
+def test_json_in_records_is_not_coerced(
+    review: sql.QueryFile, db: DataLayerConnection, pet_id: str, name: str, problem: str
+) -> None:
+    get = review.bind("pets", Owner)
+    assert get.one(db, id="1", name='"rex"') == Owner(1, [PetJ(1, "rex")])
+    with pytest.raises(
+        QueryError, match=r"sql/review\.sql:1 review\.pets: row 1 cannot become a Owner: " + problem
+    ) as e:
+        get.one(db, id=pet_id, name=name)
+    assert "rex" not in str(e.value) and "1.7" not in str(e.value)
+
+
+def test_json_record_missing_key_and_not_an_object(review: sql.QueryFile, db: DataLayerConnection) -> None:
+    with pytest.raises(QueryError, match=r"review\.pets: .*field pets\[0\]: the object has no key 'tag'"):
+        review.bind("pets", Holder).one(db, id="1", name='"rex"')
+
+
+def test_enum_value_the_enum_lacks_names_query_and_field(review: sql.QueryFile, db: DataLayerConnection) -> None:
+    assert review.bind("mood", Moody).many(db, mood="calm") == [Moody(1, Mood2.CALM)]
+    with pytest.raises(QueryError) as e:
+        review.bind("mood", Moody).many(db, mood="happy")
+    msg = str(e.value)
+    assert "sql/review.sql:5 review.mood" in msg and "field mood" in msg and "Mood2" in msg and "str" in msg
+    assert "happy" not in msg
+    with pytest.raises(QueryError, match=r"review\.mood: row 1 cannot become a Mood2: column 1: not one of Mood2"):
+        review.bind("mood", Mood2).many(db, mood="happy")
+
+
+def test_columns_are_compared_with_fields_by_name(review: sql.QueryFile, db: DataLayerConnection) -> None:
+    with pytest.raises(
+        QueryError,
+        match=r"review\.swapped: the result columns \(b, a\) are not the fields of AB \(a, b\): the same names in another order",
+    ):
+        review.bind("swapped", AB).maybe(db)
+    with pytest.raises(
+        QueryError, match=r"review\.three: the result columns \(a, b, c\) are not the fields of AB \(a, b\): extra c"
+    ):
+        review.bind("three", AB).one(db)
+
+    @attrs.frozen
+    class ABC:
+        a: int
+        c: int
+        b: int = 0
+
+    with pytest.raises(QueryError, match=r"are not the fields of .*ABC \(a, c, b\): the same names in another order"):
+        review.bind("three", ABC).one(db)
+
+
+def test_bind_refuses_what_is_not_a_record_or_column_type(review: sql.QueryFile) -> None:
+    import dataclasses
+    from typing import NamedTuple
+
+    @dataclasses.dataclass
+    class DC:
+        a: int
+
+    class NT(NamedTuple):
+        a: int
+
+    with pytest.raises(QueryError, match=r"review\.three: cannot bind to .*DC is a dataclass; make it an attrs class"):
+        review.bind("three", DC)
+    with pytest.raises(QueryError, match=r".*NT is a NamedTuple"):
+        review.bind("three", NT)
+    with pytest.raises(QueryError, match=r"cannot bind to it takes a type, got a int"):
+        review.bind("n", 5)  # type: ignore[call-overload]
+    with pytest.raises(QueryError, match=r"cannot bind to dict\[str, int\] \| list\[int\] is a union"):
+        review.bind("n", dict[str, int] | list[int])  # type: ignore[arg-type]
+    assert review.bind("n", dict[str, Any]).result == dict[str, Any]
+
+
+@pytest.mark.usefixtures("strict")
+def test_nullable_scalar_and_strict_wording(review: sql.QueryFile, db: DataLayerConnection) -> None:
+    assert review.bind("n", int, nullable=True).scalar(db) is None
+    assert review.bind("n", int | None).scalar(db) is None  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="COALESCE the column, or bind the query with nullable=True"):
+        review.bind("n", int).scalar(db)
+    with pytest.raises(QueryError) as e:
+        review.bind("stamp", str).scalar(db, v="1")
+    assert "bind the query to the type its first column holds" in str(e.value) and "COALESCE" not in str(e.value)
+    with pytest.raises(QueryError, match="nullable=True is for a single value"):
+        review.bind("three", AB, nullable=True)
+
+
+def test_loader_small_things(tmp_path: Path, review: sql.QueryFile, db: DataLayerConnection) -> None:
+    (tmp_path / "p").mkdir()
+    root = _project(
+        tmp_path / "p",
+        {
+            "sql/bom.sql": "\ufeff-- name: one :scalar\nSELECT 1\n",
+            "more/empty.sql": "",
+            "more/a.sql": "-- name: a :scalar\nSELECT 1\n",
+        },
+    )
+    assert sql.load(root / "sql" / "bom.sql").bind("one", int).scalar(db) == 1
+    with pytest.raises(QueryError, match=r"^more/empty\.sql: holds no '-- name:' query"):
+        sql.load(root / "more")
+    with pytest.raises(QueryError, match=r"^more/empty\.sql: holds no '-- name:' query"):
+        sql.load(root / "more" / "empty.sql")
+    assert repr(review.bind("nope", AB)) == "<BoundQuery sql/review.sql missing review.nope>"
+    with pytest.raises(QueryError, match=r"declared :exec; call it with \.exec\(\), not \.copy\(\)"):
+        review.bind("put").copy(db, id=1)  # type: ignore[arg-type]

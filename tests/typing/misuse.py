@@ -59,4 +59,6 @@ def sql_results_misused() -> None:
         record: Record = get.maybe(db, note_id=1)  # E: assignment
         title: str = count.scalar(db)  # E: assignment
         rows: list[str] = notes.bind("every", Record).many(db)  # E: assignment
-        print(record, title, rows)
+        nullable: int = notes.bind("count", int, nullable=True).scalar(db)  # E: assignment
+        notes.bind("load").copy(db, [], note_id=1)  # E: arg-type
+        print(record, title, rows, nullable)

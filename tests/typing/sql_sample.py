@@ -26,11 +26,13 @@ get = notes.bind("get", Note)
 get_one = notes.bind("get_one", Note)
 every = notes.bind("every", Note)
 count = notes.bind("count", int)
+maybe_count = notes.bind("count", int, nullable=True)
 rename = notes.bind("rename")
 load = notes.bind("load")
 
 assert_type(get, sql.BoundQuery[Note])
 assert_type(rename, sql.BoundQuery[None])
+assert_type(maybe_count, sql.BoundQuery[int | None])
 
 
 def run(db: DataLayerConnection) -> tuple[Note | None, Note, list[Note], int, int, int]:
