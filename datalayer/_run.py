@@ -24,11 +24,12 @@ import attrs
 import psycopg
 from psycopg.rows import RowFactory, tuple_row
 
-from datalayer._connection import DataLayerConnection, known_dead
+from datalayer._connection import known_dead
+from datalayer._run_cursor import check_connection, closed_error, expired, kept_cursor, new_cursor
 from datalayer._run_failure import Rows, column_problem, is_unsendable, row_failure, shown, unstorable
 from datalayer._sql import Query, QueryFile
 from datalayer._translate import is_connection_lost, lost_before_sending, translate
-from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError, ValidationError
+from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError
 from datalayer.pool import DataLayerPool, checkout, give_back
 from datalayer.rows import attrs_row, value_row
 from datalayer.transactions import in_transaction
@@ -58,67 +59,6 @@ _bindings: list[Binding] = []
 def bindings() -> list[Binding]:
     """Every query bound so far (import the repository modules first)."""
     return list(_bindings)
-
-
-def check_connection(db: object, *, open_: bool = False) -> None:
-    """ValidationError naming ``db`` unless it is a sync psycopg.Connection (and, with ``open_``, open).
-
-    Called where a cursor is made, and first by functions that do other work before their query
-    (system_log's writers keep partitions ahead, which logs rather than raises its own failures), so a
-    wrong or closed ``db`` is refused before anything else.
-    """
-    # Not per call: an AsyncConnection would hand back coroutines (and a RuntimeWarning) instead of
-    # rows, anything else an AttributeError.
-    if not isinstance(db, psycopg.Connection):
-        what = "a psycopg.AsyncConnection" if isinstance(db, psycopg.AsyncConnection) else type(db).__name__
-        raise ValidationError(
-            {
-                "db": f"must be a sync psycopg.Connection, got {what}; datalayer's repository functions are "
-                "synchronous: pass a connection from datalayer.connection() or get_db() (from async code, "
-                "call them in a worker thread, e.g. anyio.to_thread.run_sync)"
-            }
-        )
-    if open_ and db.closed and (closed := _closed(db)) is not None:
-        raise closed
-
-
-def _new_cursor(db: psycopg.Connection[Any], factory: RowFactory[Any] | None = None) -> psycopg.Cursor[Any]:
-    check_connection(db)
-    try:
-        if not isinstance(db, DataLayerConnection):
-            return db.cursor() if factory is None else db.cursor(row_factory=factory)
-        # Our own cursor leaves the session as it was: no reset round trip when the connection goes back.
-        dirty = db._dl_dirty
-        cur: psycopg.Cursor[Any] = db.cursor() if factory is None else db.cursor(row_factory=factory)
-        db._dl_dirty = dirty
-        return cur
-    except psycopg.OperationalError as e:
-        raise _closed(db) or translate(e, conn=db) from None
-
-
-def _closed(db: psycopg.Connection[Any]) -> ValidationError | None:
-    """The error for a connection its owner closed (one the server dropped is a TransientError).
-
-    Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
-    """
-    if db.closed and not db.broken and not _expired(db):  # closed by its deadline: the server never answered
-        return ValidationError(
-            {"db": "is closed; pass an open connection (use it inside `with datalayer.connection() as db:`)"}
-        )
-    return None
-
-
-def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)
-    if cur is None or cur.closed:
-        cur = _new_cursor(db)
-        if hasattr(db, "_dl_cursor"):  # a pooled connection (or a get_db() lease of one)
-            db._dl_cursor = cur
-    return cur
-
-
-def _expired(db: psycopg.Connection[Any]) -> bool:
-    return bool(getattr(db, "_dl_expired", False))
 
 
 # strict_records(): when set, the checker every record is passed through (None: off, the default).
@@ -215,7 +155,7 @@ class BoundQuery(Generic[T]):
             self._bad_params(params)
         cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)  # the kept cursor, inlined
         if cur is None or cur.closed:
-            cur = _cursor(db)  # first: it refuses what is not a sync connection (see _new_cursor)
+            cur = kept_cursor(db)  # first: it refuses what is not a sync connection (see new_cursor)
         if not self._read_only and db.autocommit and not in_transaction(db) and known_dead(db):
             raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
         if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
@@ -227,11 +167,11 @@ class BoundQuery(Generic[T]):
                 raise bad from None
             if not isinstance(e, psycopg.Error):
                 raise
-            if (closed := _closed(db)) is not None:  # a pooled connection's kept cursor outlives a close()
+            if (closed := closed_error(db)) is not None:  # a pooled connection's kept cursor outlives a close()
                 raise closed from None
             outside = db.autocommit and not in_transaction(db)
             # A read past its deadline is not run again: the caller gets its error on time.
-            if self._read_only and outside and is_connection_lost(e, db) and not _expired(db):
+            if self._read_only and outside and is_connection_lost(e, db) and not expired(db):
                 pool = getattr(db, "_pool", None)
                 if isinstance(pool, DataLayerPool):
                     return self._retry_read(pool, params, e)
@@ -257,7 +197,7 @@ class BoundQuery(Generic[T]):
             except PoolExhausted:
                 break
             try:
-                with _new_cursor(conn, self._factory) as cur:
+                with new_cursor(conn, self._factory) as cur:
                     cur.execute(self._sql, params)
                     if not self._columns_ok:
                         self._check_columns(cur)
@@ -268,7 +208,7 @@ class BoundQuery(Generic[T]):
                     except Exception as e:
                         raise self._failed(cur, e) from None
             except psycopg.Error as e:
-                if not is_connection_lost(e, conn) or _expired(conn):
+                if not is_connection_lost(e, conn) or expired(conn):
                     raise translate(e, self.query, conn=conn) from e
                 last = e
             finally:
@@ -377,7 +317,7 @@ class BoundQuery(Generic[T]):
             )
         count = 0
         row: Sequence[Any] = ()
-        cur = _new_cursor(db)  # first: it refuses what is not a sync connection
+        cur = new_cursor(db)  # first: it refuses what is not a sync connection
         if db.autocommit and not in_transaction(db) and known_dead(db):
             cur.close()
             raise lost_before_sending(self.query)
@@ -393,7 +333,7 @@ class BoundQuery(Generic[T]):
                     raise bad from None
             if not isinstance(e, psycopg.Error):
                 raise
-            if (closed := _closed(db)) is not None:
+            if (closed := closed_error(db)) is not None:
                 raise closed from None
             write = not in_transaction(db) and db.autocommit
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e

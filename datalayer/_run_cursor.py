@@ -1,0 +1,76 @@
+"""The connection side of running a query: refusing what is not an open sync connection, and the
+cursor datalayer keeps per pooled connection (reused, so a call does not build one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg.rows import RowFactory
+
+from datalayer._connection import DataLayerConnection
+from datalayer._translate import translate
+from datalayer.errors import ValidationError
+
+__all__ = ["check_connection", "closed_error", "expired", "kept_cursor", "new_cursor"]
+
+
+def check_connection(db: object, *, open_: bool = False) -> None:
+    """ValidationError naming ``db`` unless it is a sync psycopg.Connection (and, with ``open_``, open).
+
+    Called where a cursor is made, and first by functions that do other work before their query
+    (system_log's writers keep partitions ahead, which logs rather than raises its own failures), so a
+    wrong or closed ``db`` is refused before anything else.
+    """
+    # Not per call: an AsyncConnection would hand back coroutines (and a RuntimeWarning) instead of
+    # rows, anything else an AttributeError.
+    if not isinstance(db, psycopg.Connection):
+        what = "a psycopg.AsyncConnection" if isinstance(db, psycopg.AsyncConnection) else type(db).__name__
+        raise ValidationError(
+            {
+                "db": f"must be a sync psycopg.Connection, got {what}; datalayer's repository functions are "
+                "synchronous: pass a connection from datalayer.connection() or get_db() (from async code, "
+                "call them in a worker thread, e.g. anyio.to_thread.run_sync)"
+            }
+        )
+    if open_ and db.closed and (closed := closed_error(db)) is not None:
+        raise closed
+
+
+def new_cursor(db: psycopg.Connection[Any], factory: RowFactory[Any] | None = None) -> psycopg.Cursor[Any]:
+    check_connection(db)
+    try:
+        if not isinstance(db, DataLayerConnection):
+            return db.cursor() if factory is None else db.cursor(row_factory=factory)
+        # Our own cursor leaves the session as it was: no reset round trip when the connection goes back.
+        dirty = db._dl_dirty
+        cur: psycopg.Cursor[Any] = db.cursor() if factory is None else db.cursor(row_factory=factory)
+        db._dl_dirty = dirty
+        return cur
+    except psycopg.OperationalError as e:
+        raise closed_error(db) or translate(e, conn=db) from None
+
+
+def closed_error(db: psycopg.Connection[Any]) -> ValidationError | None:
+    """The error for a connection its owner closed (one the server dropped is a TransientError).
+
+    Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
+    """
+    if db.closed and not db.broken and not expired(db):  # closed by its deadline: the server never answered
+        return ValidationError(
+            {"db": "is closed; pass an open connection (use it inside `with datalayer.connection() as db:`)"}
+        )
+    return None
+
+
+def kept_cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)
+    if cur is None or cur.closed:
+        cur = new_cursor(db)
+        if hasattr(db, "_dl_cursor"):  # a pooled connection (or a get_db() lease of one)
+            db._dl_cursor = cur
+    return cur
+
+
+def expired(db: psycopg.Connection[Any]) -> bool:
+    return bool(getattr(db, "_dl_expired", False))
