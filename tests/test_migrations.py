@@ -64,8 +64,10 @@ def test_reset_requires_confirm(dl_empty_target: DatabaseTarget) -> None:
     s = settings_for_tests()
     setup_database(target=dl_empty_target, settings=s)
     with _conn(dl_empty_target) as c:
-        c.execute("INSERT INTO users (username, email, email_key, hashed_password) "
-                  "VALUES ('keep', 'k@example.com', 'k@example.com', 'h')")
+        c.execute(
+            "INSERT INTO users (username, email, email_key, hashed_password) "
+            "VALUES ('keep', 'k@example.com', 'k@example.com', 'h')"
+        )
     with pytest.raises(MigrationError, match="confirm=True"):
         reset_database(target=dl_empty_target, settings=s)
     with _conn(dl_empty_target) as c:
@@ -119,11 +121,13 @@ def test_stale_lock_from_dead_process_is_cleared(
 ) -> None:
     s = settings_for_tests()
     setup_database(target=dl_empty_target, settings=s)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     with _conn(dl_empty_target) as c:
-        c.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', %s)",
-                  (int(dead.stdout),))
+        c.execute(
+            "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', %s)", (int(dead.stdout),)
+        )
     setup_database(target=dl_empty_target, settings=s)
     assert "cleared a stale migration lock" in caplog.text and "no longer exists" in caplog.text
     with _conn(dl_empty_target) as c:
@@ -134,8 +138,10 @@ def test_old_lock_is_cleared(dl_empty_target: DatabaseTarget, caplog: pytest.Log
     s = settings_for_tests()
     setup_database(target=dl_empty_target, settings=s)
     with _conn(dl_empty_target) as c:
-        c.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC' - interval '1 hour', %s)",
-                  (os.getpid(),))
+        c.execute(
+            "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC' - interval '1 hour', %s)",
+            (os.getpid(),),
+        )
     setup_database(target=dl_empty_target, settings=s)
     assert "60 minutes old" in caplog.text
 
@@ -147,8 +153,12 @@ def test_concurrent_setup_from_two_processes(dl_empty_target: DatabaseTarget) ->
         print(json.dumps(setup_database()))
     """)
     env = clean_env(DATABASE_URL=url_of(dl_empty_target))
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     applied = sorted((json.loads(out) for out, _ in outs), key=len)
@@ -160,8 +170,9 @@ def test_concurrent_setup_from_two_processes(dl_empty_target: DatabaseTarget) ->
 def test_plain_yoyo_apply_with_repo_ini_runs_the_checksum_hook(dl_empty_target: DatabaseTarget) -> None:
     yoyo = Path(sys.executable).parent / "yoyo"
     url = url_of(dl_empty_target).replace("postgresql://", "postgresql+psycopg://", 1)
-    r = subprocess.run([str(yoyo), "apply", "--database", url], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120, check=False)
+    r = subprocess.run(
+        [str(yoyo), "apply", "--database", url], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert r.returncode == 0, r.stderr
     assert _tables(dl_empty_target) == TABLES
     with _conn(dl_empty_target) as c:
@@ -184,7 +195,9 @@ def test_plan_prints_pending_sql_without_running(dl_empty_target: DatabaseTarget
 
 
 def test_status_and_plan_of_an_unreachable_database_are_migration_errors(dl_empty_target: DatabaseTarget) -> None:
-    missing = DatabaseTarget(params={**dl_empty_target.params, "dbname": "dl_no_such_db"}, password=dl_empty_target.password)
+    missing = DatabaseTarget(
+        params={**dl_empty_target.params, "dbname": "dl_no_such_db"}, password=dl_empty_target.password
+    )
     for call in (migrate_mod.migration_status, plan_sql):
         with pytest.raises(MigrationError, match="dl_no_such_db"):
             call(target=missing, settings=settings_for_tests())
@@ -203,11 +216,14 @@ def test_partitions_ahead_and_waiting_rows(db: psycopg.Connection[Any]) -> None:
         assert f"system_log_p{today + timedelta(days=i):%Y%m%d}" in names
     assert "system_log_default" in names
     far = datetime.now(UTC) + timedelta(days=20)
-    db.execute("INSERT INTO system_log (service, level, message, created_at) VALUES ('svc', 'INFO', 'early', %s)",
-               (far,))
+    db.execute(
+        "INSERT INTO system_log (service, level, message, created_at) VALUES ('svc', 'INFO', 'early', %s)", (far,)
+    )
     assert db.execute("SELECT tableoid::regclass::text FROM system_log").fetchone() == ("system_log_default",)
-    assert check_database_health(target=db_target(db), settings=settings_for_tests())["checks"]["default_partition"][
-        "ok"] is False
+    assert (
+        check_database_health(target=db_target(db), settings=settings_for_tests())["checks"]["default_partition"]["ok"]
+        is False
+    )
     created = ensure_log_partitions(db, ahead=21)
     assert created == 21 - 7
     row = db.execute("SELECT tableoid::regclass::text, message FROM system_log").fetchone()
@@ -218,9 +234,10 @@ def test_partitions_ahead_and_waiting_rows(db: psycopg.Connection[Any]) -> None:
 
 def db_target(db: psycopg.Connection[Any]) -> DatabaseTarget:
     info = db.info
-    return DatabaseTarget(params={"host": info.host, "port": str(info.port), "user": info.user,
-                                  "dbname": info.dbname},
-                          password=Secret(info.password) if info.password else None)  # the embedded server asks
+    return DatabaseTarget(
+        params={"host": info.host, "port": str(info.port), "user": info.user, "dbname": info.dbname},
+        password=Secret(info.password) if info.password else None,
+    )  # the embedded server asks
 
 
 def test_health_healthy_and_unreachable(db: psycopg.Connection[Any]) -> None:
@@ -244,18 +261,26 @@ def test_health_reports_missing_partitions_and_invalid_indexes(db: psycopg.Conne
 
 
 def test_on_delete_cascade_from_users(db: psycopg.Connection[Any]) -> None:
-    uid = db.execute("INSERT INTO users (username, email, email_key, hashed_password) "
-                     "VALUES ('own', 'o@example.com', 'o@example.com', 'h') "
-                     "RETURNING id").fetchone()[0]  # type: ignore[index]
-    aid = db.execute("INSERT INTO data_analyses (user_id, name, analysis_type) VALUES (%s, 'a', 't') RETURNING id",
-                     (uid,)).fetchone()[0]  # type: ignore[index]
-    db.execute("INSERT INTO analysis_files (analysis_id, filename, file_type, size_bytes, storage_uri) "
-               "VALUES (%s, 'f.csv', 'csv', 1, 's3://b/f.csv')", (aid,))
+    uid = db.execute(
+        "INSERT INTO users (username, email, email_key, hashed_password) "
+        "VALUES ('own', 'o@example.com', 'o@example.com', 'h') "
+        "RETURNING id"
+    ).fetchone()[0]  # type: ignore[index]
+    aid = db.execute(
+        "INSERT INTO data_analyses (user_id, name, analysis_type) VALUES (%s, 'a', 't') RETURNING id", (uid,)
+    ).fetchone()[0]  # type: ignore[index]
+    db.execute(
+        "INSERT INTO analysis_files (analysis_id, filename, file_type, size_bytes, storage_uri) "
+        "VALUES (%s, 'f.csv', 'csv', 1, 's3://b/f.csv')",
+        (aid,),
+    )
     db.execute("INSERT INTO tool_generations (user_id, tool_type) VALUES (%s, 'chart')", (uid,))
     db.execute("INSERT INTO system_log (service, level, message, user_id) VALUES ('s', 'INFO', 'm', %s)", (uid,))
     db.execute("DELETE FROM users WHERE id = %s", (uid,))
-    counts = db.execute("SELECT (SELECT count(*) FROM data_analyses), (SELECT count(*) FROM analysis_files), "
-                        "(SELECT count(*) FROM tool_generations), (SELECT count(*) FROM system_log)").fetchone()
+    counts = db.execute(
+        "SELECT (SELECT count(*) FROM data_analyses), (SELECT count(*) FROM analysis_files), "
+        "(SELECT count(*) FROM tool_generations), (SELECT count(*) FROM system_log)"
+    ).fetchone()
     assert counts == (0, 0, 0, 1)  # owned rows go with the user; log lines stay
 
 
