@@ -3,8 +3,9 @@
 A bound query is found by identity, not by name: ``_get = notes.bind(…)``, an alias of it, ``from repo
 import _get``, ``repo._get`` from another module and ``q = _a if newest else _b`` all resolve to the same
 objects. Calls whose parameters cannot be seen (``**kwargs``, ``functools.partial``, a query handed to a
-helper or stored in a container) are reported as unverifiable: the run time check of exact parameters
-covers them.
+helper or stored in a container, reached by ``getattr`` with a computed name or through ``vars()``) are
+reported as unverifiable: the run time check of exact parameters covers them. ``getattr(repo, "_get")``
+with a constant name resolves like ``repo._get``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,43 @@ class _Finder(ast.NodeVisitor):
             return [obj] if is_bound(obj) else []
         if isinstance(node, ast.IfExp):
             return self.resolve(node.body) + self.resolve(node.orelse)
+        if (owner := self._getattr_owner(node)) is not None and isinstance(node, ast.Call) and len(node.args) > 1:
+            name = node.args[1]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                found = inspect.getattr_static(owner, name.value, None)
+                return [found] if is_bound(found) else []
         return []
+
+    def _getattr_owner(self, node: ast.AST) -> Any:
+        """The module or class ``getattr(owner, name…)`` / ``vars(owner)`` / ``owner.__dict__`` reads."""
+        if isinstance(node, ast.Attribute) and node.attr == "__dict__":
+            base = self._object(node.value)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "vars")
+            and node.func.id not in self.ns
+            and node.args
+            and not any(node.func.id in env for env in self.env)
+        ):
+            if node.func.id == "getattr" and len(node.args) < 2:
+                return None
+            base = self._object(node.args[0])
+        else:
+            return None
+        return base if isinstance(base, types.ModuleType) or inspect.isclass(base) else None
+
+    def _computed_access(self, node: ast.AST, where: str) -> None:
+        """A bound query reached by a name check cannot read: a note on every query the owner holds."""
+        owner = self._getattr_owner(node)
+        if owner is None or (isinstance(node, ast.Call) and self.resolve(node)):
+            return
+        name = node.args[1] if isinstance(node, ast.Call) and len(node.args) > 1 else None
+        if isinstance(name, ast.Constant):
+            return  # a constant name of something that is no bound query
+        held = [v for v in vars(owner).values() if is_bound(v)]
+        why = f"reached through {ast.unparse(node)}, a name check cannot read: its calls cannot be followed"
+        self.add(held, Use(None, frozenset(), True, 0, where, why))
 
     def _object(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Name):
@@ -177,6 +214,7 @@ class _Finder(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         where = f"{self.file}:{node.lineno}"
         func = node.func
+        self._computed_access(node, where)
         if id(node) not in self.handled and (keys := self._bind_keys(node)):
             why = "bound without a name of its own (inside a call or a container): its calls cannot be followed"
             for key in keys:
@@ -222,6 +260,7 @@ class _Finder(ast.NodeVisitor):
         self._value_use(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        self._computed_access(node, f"{self.file}:{node.lineno}")
         if not self._value_use(node):
             self.generic_visit(node)
 

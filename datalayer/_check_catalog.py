@@ -26,6 +26,7 @@ class TypeInfo:
     kind: str  # pg_type.typtype of the base type: b(ase), e(num), r(ange), m(ultirange), c(omposite), p
     element: TypeInfo | None  # for arrays
     shown: str  # as findings show it: "text[]", "mood (enum)", "email (domain over text)"
+    labels: tuple[str, ...] = ()  # an enum's labels
 
 
 # A NOT NULL constraint added NOT VALID (PostgreSQL 18) sets attnotnull although old rows may be NULL.
@@ -58,6 +59,8 @@ class Catalog:
         self._columns: dict[int, list[Column]] = {}
         self._types: dict[int, TypeInfo] = {}
         self._domains: dict[str, bool] = {}
+        self._named: dict[str, TypeInfo | None] = {}
+        self._column_types: dict[int, list[int]] = {}
 
     def relation(self, name: str) -> tuple[str, int] | None:
         """(relkind, oid) of a table, view … as the query would resolve ``name``; None if unknown."""
@@ -95,6 +98,24 @@ class Catalog:
             self._domains[type_name] = bool(row and row[0])
         return self._domains[type_name]
 
+    def column_types(self, oid: int) -> list[int]:
+        """The type oids of a relation's columns (attnum order, as :meth:`columns`)."""
+        if oid not in self._column_types:
+            rows = self.conn.execute(
+                "SELECT atttypid::int8 FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum",
+                (oid,),
+            ).fetchall()
+            self._column_types[oid] = [int(r[0]) for r in rows]
+        return self._column_types[oid]
+
+    def type_named(self, name: str) -> TypeInfo | None:
+        """The type a cast to ``name`` yields (None: no such type)."""
+        if name not in self._named:
+            row = self.conn.execute("SELECT to_regtype(%s)::oid::int8", (name,)).fetchone()
+            self._named[name] = None if row is None or row[0] is None else self.type_info(int(row[0]))
+        return self._named[name]
+
     def type_info(self, oid: int) -> TypeInfo:
         if oid not in self._types:
             self._types[oid] = self._resolve(oid, 0)
@@ -115,5 +136,11 @@ class Catalog:
         if category == "A" and elem:
             element = self._resolve(int(elem), depth + 1)
             return TypeInfo(name=str(name), kind=str(kind), element=element, shown=f"{element.shown}[]")
+        labels: tuple[str, ...] = ()
+        if kind == "e":
+            found = self.conn.execute(
+                "SELECT enumlabel::text FROM pg_enum WHERE enumtypid = %s ORDER BY enumsortorder", (oid,)
+            ).fetchall()
+            labels = tuple(str(r[0]) for r in found)
         label = {"e": " (enum)", "r": " (range)", "m": " (multirange)", "c": " (composite)"}.get(str(kind), "")
-        return TypeInfo(name=str(name), kind=str(kind), element=None, shown=f"{name}{label}")
+        return TypeInfo(name=str(name), kind=str(kind), element=None, shown=f"{name}{label}", labels=labels)

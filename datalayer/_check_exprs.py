@@ -17,6 +17,7 @@ from datalayer._check_functions import (
     WINDOW_NOT_NULL,
 )
 from datalayer._check_scope import Scope, Unsure, Verdict, node_name
+from datalayer._check_sqltypes import sql_type
 
 if TYPE_CHECKING:
     from datalayer._check_nullability import Analysis
@@ -97,8 +98,15 @@ def _a_expr(an: Analysis, node: Any, scope: Scope) -> Verdict:
         return Verdict("NULLIF returns NULL when its arguments are equal")
     operands = [o for o in (node.lexpr, node.rexpr) if o is not None]
     flat: list[Any] = []
-    for o in operands:
-        flat += list(o) if isinstance(o, list | tuple) else [o]
+    pending = list(operands)
+    while pending:  # a row constructor's comparison is NULL when a member decides nothing: compare members
+        o = pending.pop(0)
+        if isinstance(o, list | tuple):
+            pending += list(o)
+        elif type(o).__name__ == "RowExpr":
+            pending += list(o.args or ())
+        else:
+            flat.append(o)
     verdicts = [an.expr(o, scope) for o in flat]
     if why := _first(verdicts):
         return Verdict(why)
@@ -178,6 +186,8 @@ def _func(an: Analysis, node: Any, scope: Scope) -> Verdict:
     if node.over is not None:
         if fname in WINDOW_NOT_NULL:
             return NOT_NULL
+        if fname in ("lead", "lag") and len(node.args or ()) == 3:  # the default fills the missing row
+            return Verdict(_first([an.expr(a, scope) for a in node.args]))
         return Verdict(f"the window function {fname}() may be NULL (no such row in the frame)")
     if fname == "count":
         return NOT_NULL
@@ -204,6 +214,11 @@ def _func(an: Analysis, node: Any, scope: Scope) -> Verdict:
         return Verdict(f"{fname}() is NULL when {how}", elements)
     if fname in ALWAYS_VALUE:
         return NOT_NULL
+    if fname in ("lower", "upper") and len(args) == 1:
+        typ = sql_type(an, args[0], scope)
+        if typ is None or typ.kind in ("r", "m"):  # a range's bound is NULL when it is empty or unbounded
+            why = "its argument may be a range (NULL when empty or unbounded); cast it to text if it is text"
+            return Verdict(f"{fname}() of a range is NULL when the range is empty or unbounded" if typ else why)
     if fname in STRICT:
         return Verdict(_first([an.expr(a, scope) for a in args]))
     if fname in FIRST_ARG_STRICT:

@@ -4,6 +4,8 @@ Anything not listed here may return NULL (and says so, with the function's name)
 an annotation, a false pass costs an outage. Add a function only when PostgreSQL's documentation says it
 cannot return NULL for non-NULL arguments (``array_length`` of an empty array, a non-matching
 ``substring``, ``to_char``/``extract`` of ``infinity`` and ``current_schema`` can, so they are absent).
+``lower``/``upper`` are listed for text; of a range or multirange they are NULL when it is empty or
+unbounded, so :mod:`_check_exprs` accepts them only for an argument whose type it knows is no range.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A USING column of an inner join is equal on both sides, so neither is NULL; of a LEFT/RIGHT join it is
 the preserved side's. A row a WHERE (or an inner join's ON) keeps has non-NULL values in every column a
-strict comparison of its AND-ed terms names (``x = 1``, ``x LIKE …``, ``x IS NOT NULL`` …).
+strict comparison of its AND-ed terms names (``x = 1``, ``x LIKE …``, ``x IS NOT NULL`` …), and the
+outer-joined FROM item owning such a column was matched, so its other columns are as NULL as in the item.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datalayer._check_scope import Scope, Unsure, Verdict, node_name
 if TYPE_CHECKING:
     from datalayer._check_nullability import Analysis
 
-__all__ = ["filtered", "merged"]
+__all__ = ["filtered", "matched", "merged"]
 
 
 def _owner(an: Analysis, names: list[str], scope: Scope) -> tuple[int, str] | None:
@@ -40,6 +41,20 @@ def filtered(an: Analysis, names: list[str], scope: Scope) -> bool:
         scope.proven = {o for r in refs if (o := _owner(an, r, scope)) is not None}
     owner = _owner(an, names, scope)
     return owner is not None and owner in scope.proven
+
+
+def matched(an: Analysis, names: list[str], scope: Scope) -> Verdict | None:
+    """The column's verdict inside its outer-joined FROM item when the WHERE proves another column of that
+    item non-NULL: a NULL-extended row is NULL in every column, so that item's row was really matched."""
+    owner = _owner(an, names, scope)
+    filtered(an, names, scope)  # resolves scope.proven
+    if owner is None or not any(o[0] == owner[0] for o in scope.proven or ()):
+        return None
+    entry = next((e for e in scope.entries if id(e) == owner[0]), None)
+    if entry is None or not entry.outer or entry.inner is None:
+        return None
+    hits = [c for c in entry.inner if c.name == owner[1]]
+    return hits[0].verdict if len(hits) == 1 else None
 
 
 def merged(an: Analysis, column: str, scope: Scope) -> Verdict | None:

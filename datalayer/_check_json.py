@@ -8,11 +8,16 @@ checks what the rows really hold).
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from datalayer._check_catalog import TypeInfo
+from datalayer._check_json_types import json_problem
 from datalayer._check_scope import Scope, Unsure, Verdict, node_name
+from datalayer._check_sqltypes import entry_types, sql_type
 from datalayer._check_types import init_fields, label, optional, sequence_element
 
 if TYPE_CHECKING:
@@ -29,15 +34,19 @@ class Shape:
     element: Shape | None = None
     element_null: str | None = None
     is_array: bool = False
+    types: dict[str, TypeInfo] = attrs.field(factory=dict)  # the SQL type of a key's value, where known
+    element_types: tuple[TypeInfo | None, ...] = ()  # of an array's elements (None: not known)
 
 
 def needs_shape(py: Any) -> bool:
-    """Does the field type hold records (directly or in lists), so the json's shape matters?"""
+    """Does the field type say what the json holds (records, ``list[X]``, ``dict[str, X]``)?"""
     inner, _ = optional(py)
     if isinstance(inner, type) and attrs.has(inner):
         return True
-    elem = sequence_element(inner)
-    return elem is not None and elem is not Any and needs_shape(elem)
+    elem = sequence_element(inner) if inner not in (list, tuple) else None
+    if elem is None and typing.get_origin(inner) in (dict, Mapping, typing.Mapping):
+        elem = (typing.get_args(inner) or (Any, Any))[-1]
+    return elem is not None and elem is not Any and elem is not object
 
 
 def shape_of(an: Analysis, node: Any, scope: Scope) -> Shape | None:
@@ -61,7 +70,10 @@ def shape_of(an: Analysis, node: Any, scope: Scope) -> Shape | None:
             cols = an.entry_columns(entry)
         except Unsure:
             return None
-        return Shape(keys={str(c.name): (c.verdict, None) for c in cols if c.name})
+        col_types = entry_types(an, entry)
+        row: dict[str, tuple[Verdict, Shape | None]] = {str(c.name): (c.verdict, None) for c in cols if c.name}
+        typed = {str(c.name): t for c, t in zip(cols, col_types, strict=False) if c.name and t}
+        return Shape(keys=row, types=typed)
     if kind == "SubLink" and int(node.subLinkType) == 4:
         sub = node.subselect
         if type(sub).__name__ != "SelectStmt" or len(sub.targetList or ()) != 1:
@@ -77,17 +89,26 @@ def shape_of(an: Analysis, node: Any, scope: Scope) -> Shape | None:
     args = list(node.args or ())
     if fname in ("json_agg", "jsonb_agg") and len(args) == 1:
         element = an.expr(args[0], scope)
-        return Shape(element=shape_of(an, args[0], scope), element_null=element.why, is_array=True)
+        nested = shape_of(an, args[0], scope)
+        kinds = () if nested is not None else (sql_type(an, args[0], scope),)
+        return Shape(element=nested, element_null=element.why, is_array=True, element_types=kinds)
+    if fname in ("json_build_array", "jsonb_build_array"):
+        verdicts = [an.expr(a, scope) for a in args]
+        why = next((v.why for v in verdicts if v.why), None)
+        return Shape(is_array=True, element_null=why, element_types=tuple(sql_type(an, a, scope) for a in args))
     if fname in ("row_to_json", "to_json", "to_jsonb") and args:
         return shape_of(an, args[0], scope)
     if fname in ("json_build_object", "jsonb_build_object") and len(args) % 2 == 0:
         keys: dict[str, tuple[Verdict, Shape | None]] = {}
+        types: dict[str, TypeInfo] = {}
         for k, v in zip(args[::2], args[1::2], strict=True):
             key = getattr(getattr(k, "val", None), "sval", None)
             if type(k).__name__ != "A_Const" or not isinstance(key, str):
                 return None
             keys[key] = (an.expr(v, scope), shape_of(an, v, scope))
-        return Shape(keys=keys)
+            if keys[key][1] is None and (t := sql_type(an, v, scope)) is not None:
+                types[key] = t
+        return Shape(keys=keys, types=types)
     return None
 
 
@@ -112,23 +133,36 @@ def compare(py: Any, shape: Shape | None, path: str) -> tuple[list[str], list[st
         problems: list[str] = []
         if shape.element_null and not elem_optional:
             problems.append(f"{path}[]: an element may be NULL ({shape.element_null}) but it is {label(elem)}")
+        problems += [p for t in shape.element_types if t and (p := json_problem(elem_type, t, f"{path}[]"))]
+        if shape.element is None and (not shape.element_types or None in shape.element_types):
+            if needs_shape(elem_type) or elem_type not in (Any, object):
+                return problems, [f"{path}[]: json elements loaded as {label(elem)} (check cannot read their type)"]
+            return problems, []
         more, unsure = compare(elem_type, shape.element, f"{path}[]")
         return problems + more, unsure
     if shape.keys is None:
         return [f"{path}: the json is an array but the field is {label(inner)}"], []
+    if not (isinstance(inner, type) and attrs.has(inner)):  # dict[str, X]: every value is an X
+        value = (typing.get_args(inner) or (Any, Any))[-1]
+        fields = [(k, value, False) for k in shape.keys]
+    else:
+        hints = _hints(inner)
+        fields = [(f.name, hints.get(f.name, Any), f.default is attrs.NOTHING) for f in init_fields(inner)]
     problems, unsure = [], []
-    hints = _hints(inner)
-    for f in init_fields(inner):
-        where = f"{path}.{f.name}"
-        if f.name not in shape.keys:
-            if f.default is attrs.NOTHING:
-                problems.append(f"{where}: the json object has no key {f.name!r} (keys: {', '.join(shape.keys)})")
+    for name, ftype, required in fields:
+        where = f"{path}.{name}"
+        if name not in shape.keys:
+            if required:
+                problems.append(f"{where}: the json object has no key {name!r} (keys: {', '.join(shape.keys)})")
             continue
-        verdict, nested = shape.keys[f.name]
-        ftype = hints.get(f.name, Any)
-        _, is_optional = optional(ftype)
+        verdict, nested = shape.keys[name]
+        bare, is_optional = optional(ftype)
         if verdict.why and not is_optional:
             problems.append(f"{where}: may be NULL ({verdict.why}) but it is {label(ftype)}")
+        if name in shape.types:
+            if problem := json_problem(bare, shape.types[name], where):
+                problems.append(problem)
+            continue
         more, more_unsure = compare(ftype, nested, where)
         problems += more
         unsure += more_unsure

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from datalayer._check_catalog import Catalog
-from datalayer._check_joins import filtered, merged
+from datalayer._check_joins import filtered, matched, merged
 from datalayer._check_scope import (
     Cte,
     Entry,
@@ -225,6 +225,7 @@ class Analysis:
                     Out(entry.colnames[i] if i < len(entry.colnames) else c.name, c.verdict, c.node)
                     for i, c in enumerate(cols)
                 ]
+                entry.inner = renamed
                 if entry.outer:
                     why = f"{entry.alias or 'it'} is on the nullable side of an outer join"
                     renamed = [Out(c.name, Verdict(why, c.verdict.elements), c.node) for c in renamed]
@@ -331,8 +332,11 @@ class Analysis:
                     return Verdict(
                         "GROUP BY ROLLUP / CUBE / GROUPING SETS makes grouping columns NULL in subtotal rows"
                     )
-                if found.why and not whole_row and s.filtered and filtered(self, names, s):
-                    return Verdict(None, found.elements)
+                if found.why and not whole_row and s.filtered:
+                    if filtered(self, names, s):
+                        return Verdict(None, found.elements)
+                    if (real := matched(self, names, s)) is not None:
+                        return real
                 return found
             s = s.parent
         return Verdict(f"cannot tell where {'.'.join(names)} comes from")

@@ -70,6 +70,7 @@ class Entry:
     outer: bool = False  # on the nullable side of an outer join
     lateral_scope: Scope | None = None
     columns: list[Out] | None = None  # computed on first use
+    inner: list[Out] | None = None  # the columns before an outer join NULL-extends them
     failed: str | None = None  # why its columns could not be worked out
 
 

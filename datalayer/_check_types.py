@@ -111,11 +111,22 @@ def type_problem(py: Any, info: TypeInfo) -> str | None:
         problem = type_problem(elem, info.element)
         return problem and f"array element: {problem}"
     if info.kind == "e":  # enum: psycopg loads the label as str unless an Enum is registered
-        if py is str or (isinstance(py, type) and issubclass(py, enum.Enum)):
+        if py is str:
             return None
-        if typing.get_origin(py) is Literal and all(isinstance(a, str) for a in typing.get_args(py)):
-            return None
-        return f"column is {info.shown} but the field is {label(py)}; use str, a str Enum, or Any"
+        values: list[object] | None = None
+        if isinstance(py, type) and issubclass(py, enum.Enum):
+            values = [m.value for m in py]
+        elif typing.get_origin(py) is Literal and all(isinstance(a, str) for a in typing.get_args(py)):
+            values = list(typing.get_args(py))
+        if values is None:
+            return f"column is {info.shown} but the field is {label(py)}; use str, a str Enum, or Any"
+        lacking = [v for v in info.labels if v not in values]
+        if lacking:
+            return (
+                f"column is {info.shown} with label(s) {', '.join(map(repr, lacking))} that {label(py)} lacks; "
+                "add them to it (or use str)"
+            )
+        return None
     if info.kind in ("r", "m"):
         from psycopg.types.multirange import Multirange
         from psycopg.types.range import Range

@@ -24,6 +24,7 @@ Every finding names ``<file>.sql:<line>`` relative to the project root, the quer
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -64,12 +65,14 @@ def check_contracts(
     root: Path | None = None,
     paths: dict[tuple[str, str], Path] | None = None,
     notes: bool = False,
+    quiet: Iterable[str] = (),
 ) -> list[Finding]:
     """Every finding for the ``bound`` queries, plus each of ``queries`` that nothing binds.
 
     Call sites are read from the modules that bound the queries and from ``modules``; ``root`` is what
     file names are relative to (the working directory by default); with ``notes``, what check could not
-    verify is listed too (as ``Finding(note=True)``).
+    verify is listed too (as ``Finding(note=True)``), except about queries bound in ``quiet`` modules
+    (datalayer's own: their notes are nothing a project can act on; their findings mean a broken install).
     """
     try:
         import pglast  # noqa: F401
@@ -78,6 +81,7 @@ def check_contracts(
             "datalayer check needs pglast: pip install 'sqlfirst-datalayer[check]' (or '.[check]' from a checkout)"
         ) from None
     catalog = Catalog(conn)
+    quiet = tuple(quiet)
     base = root or Path.cwd()
     scanned = {m.__name__: m for m in modules}
     sources = dict(paths or {})
@@ -91,27 +95,44 @@ def check_contracts(
     uses = find_uses(scanned.values(), lambda p: _relative(p, base), failures)
     findings = [Finding(f.partition(":")[0], f"could not read the call sites: {f}") for f in failures]
     seen: set[tuple[str, str]] = set()
+    results: dict[tuple[str, str], set[tuple[str, int]]] = {}
+    for b in bound:
+        if b.query is not None:
+            results.setdefault((str(b.query.file), str(b.query.name)), set()).add((b.module, id(b.result)))
+    done: set[tuple[str, str, int]] = set()
     for n, b in enumerate(bound):
         if b.query is None:
             where = getattr(b, "file", None) or f"sql/{b.domain}.sql"
             findings.append(Finding(str(where), f"{b.module} binds query {b.name!r}, which the file does not define"))
             continue
         key = (str(b.query.file), str(b.query.name))
-        if key in seen:
+        # Every binding is checked on its own: one query bound to two records must match both.
+        if (*key, id(b.result)) in done:
             continue
-        seen.add(key)
+        done.add((*key, id(b.result)))
+        own = _quiet(b.module, quiet)
         try:
             path = sources.get(key) or _source_path(b.query, base)
-            findings += check_query(conn, catalog, b, n, not_null_annotations(b.query, path))
+            found = check_query(conn, catalog, b, n, not_null_annotations(b.query, path))
         except Exception as e:  # one query's analysis must never stop the check: it becomes a finding
             if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
                 conn.rollback()
-            findings.append(Finding(b.query.location, f"could not analyse: {type(e).__name__}: {e}"))
-        findings += _check_uses(b, uses.get(key, []))
+            found = [Finding(b.query.location, f"could not analyse: {type(e).__name__}: {e}")]
+        if len(results[key]) > 1:  # say which binding a finding is about
+            shown = f"{b.query.location} (bound to {getattr(b.result, '__name__', b.result)} in {b.module})"
+            found = [dataclasses.replace(f, location=shown) if f.location == b.query.location else f for f in found]
+        findings += [f for f in found if not (own and f.note)]
+        if key not in seen:
+            seen.add(key)
+            findings += [f for f in _check_uses(b, uses.get(key, [])) if not (own and f.note)]
     for q in queries:
         if (str(q.file), str(q.name)) not in seen:
             findings.append(Finding(q.location, "no function uses this query; bind it in a module or delete it"))
     return findings if notes else [f for f in findings if not f.note]
+
+
+def _quiet(module: str, quiet: Iterable[str]) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in quiet)
 
 
 def _source_path(query: Any, root: Path) -> Path | None:
@@ -188,6 +209,11 @@ def _is_test_module(name: str, file: Path, root: Path) -> bool:
     return bool(set(parts[:-1]) & {"tests", "test", ".venv", "venv", "site-packages"}) or parts[-1] == "conftest.py"
 
 
+def _under(module: types.ModuleType | None, root: Path) -> bool:
+    source = getattr(module, "__file__", None)
+    return bool(source) and Path(str(source)).resolve().is_relative_to(root.resolve())
+
+
 def check(db: psycopg.Connection[Any], *, project: Project | None = None, notes: bool = False) -> list[Finding]:
     """Check every query of ``project`` (default: the one found from the working directory) on ``db``.
 
@@ -228,7 +254,9 @@ def check(db: psycopg.Connection[Any], *, project: Project | None = None, notes:
         path = Path(source).resolve()
         if path.is_relative_to(root) and not _is_test_module(mod.__name__, path, root):
             modules.append(mod)
-    findings += check_contracts(db, ours, queries, modules=modules, root=root, paths=paths, notes=notes)
+    # Notes about datalayer's own repositories are nothing a project can act on (unless it is datalayer).
+    quiet = [m for m in names if m not in proj.modules and not _under(sys.modules.get(m), root)]
+    findings += check_contracts(db, ours, queries, modules=modules, root=root, paths=paths, notes=notes, quiet=quiet)
     return findings
 
 

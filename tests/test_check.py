@@ -182,3 +182,14 @@ def test_a_module_that_cannot_import_is_a_finding(db: psycopg.Connection[Any], t
     (f,) = check(db, project=project)
     assert f.location == "no_such_module_for_check"
     assert "cannot import module no_such_module_for_check: ModuleNotFoundError" in f.message
+
+
+def test_a_service_sees_no_notes_about_datalayers_own_queries(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    from datalayer.project import Project
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'svc'\n")
+    findings = check(db, project=Project(root=tmp_path, builtin=True), notes=True)
+    assert findings == [], "\n".join(map(str, findings))
+    # Run from the datalayer checkout itself, its repositories are the project's own: their notes show.
+    own = check(db, project=Project(root=Path(__file__).parents[1], builtin=True), notes=True)
+    assert own and all(f.note for f in own), "\n".join(map(str, own))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import enum
 import importlib
 import sys
+import typing
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -578,3 +580,227 @@ def test_values_union_and_returning(verdict: Any) -> None:
 def test_json_column_into_a_scalar_type_is_a_type_finding(verdict: Any) -> None:
     f = verdict("SELECT doc AS v FROM t_items", Text)
     assert len(f) == 1 and "column is jsonb but the field is str" in f[0]
+
+
+# ------------------------------------------------------------------- second review: every binding, types
+
+
+@pytest.fixture
+def multi(tdb: psycopg.Connection[Any]) -> Any:
+    tdb.execute("CREATE TABLE t_orders (id bigint PRIMARY KEY, name text NOT NULL, nick text NOT NULL)")
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        repo = importlib.import_module("checkmulti.repo")
+        other = importlib.import_module("checkmulti.other")
+    finally:
+        sys.path.remove(str(FIXTURES))
+
+    def run(*modules: Any) -> list[str]:
+        names = {m.__name__ for m in modules}
+        bound = [b for b in sql.bindings() if b.module in names]
+        return [str(f) for f in check_contracts(tdb, bound, [], modules=modules)]
+
+    return run, repo, other
+
+
+def test_every_binding_of_a_query_is_checked(multi: Any) -> None:
+    run, repo, other = multi
+    assert run(repo) == []
+    both = run(repo, other)
+    assert len(both) == 3, both
+    assert any("bound to IdAsText" in f and "column is int8 but the field is str" in f for f in both), both
+    assert any("bound to Swapped" in f and "order differs" in f for f in both), both
+    assert any("bound to Reordered" in f and "order differs" in f for f in both), both
+    assert len(run(other)) == 3
+
+
+def test_lower_and_upper_of_a_range_may_be_null(verdict: Any, tdb: psycopg.Connection[Any]) -> None:
+    tdb.execute("INSERT INTO t_items VALUES (3, 'three', NULL, 'sad', 'empty', '{}', 'c@x.org', '{}', now())")
+    for fn in ("lower", "upper"):
+        f = verdict(f"SELECT {fn}(span) AS v FROM t_items", Int)
+        assert len(f) == 1 and "range is empty or unbounded" in f[0], f
+        assert None in [r[0] for r in tdb.execute(f"SELECT {fn}(span) FROM t_items")]
+        assert verdict(f"SELECT {fn}(name) AS v FROM t_items", Text) == []
+        assert verdict(f"SELECT {fn}(name::text) AS v FROM t_items", Text) == []
+    # An argument check cannot type (a subquery's column) may be a range: a finding, not a pass.
+    assert len(verdict("SELECT lower(s.x) AS v FROM (SELECT span AS x FROM t_items) s", Int)) == 1
+
+
+def test_row_comparisons_are_null_when_a_member_is(verdict: Any, tdb: psycopg.Connection[Any]) -> None:
+    for text in ("ROW(name, note) = ROW('one', 'x')", "(name, note) < ('a', 'b')", "(id, note) IN ((1, 'x'))"):
+        f = verdict(f"SELECT {text} AS v FROM t_items", Flag)
+        assert len(f) == 1 and "column note is nullable" in f[0], (text, f)
+    assert None in [r[0] for r in tdb.execute("SELECT ROW(name, note) = ROW('one', 'x') FROM t_items")]
+    assert verdict("SELECT ROW(id, name) = ROW(1, 'one') AS v FROM t_items", Flag) == []
+
+
+class PartMood(enum.StrEnum):
+    HAPPY = "happy"
+
+
+@attrs.frozen
+class MoodPart:
+    mood: PartMood
+
+
+@attrs.frozen
+class MoodLiteral:
+    mood: typing.Literal["sad"]
+
+
+@attrs.frozen
+class MoodFullLiteral:
+    mood: typing.Literal["happy", "sad"]
+
+
+def test_enum_labels_the_python_type_lacks(verdict: Any) -> None:
+    f = verdict("SELECT mood FROM t_items", MoodPart)
+    assert len(f) == 1 and "'sad'" in f[0] and "lacks" in f[0], f
+    f = verdict("SELECT mood FROM t_items", MoodLiteral)
+    assert len(f) == 1 and "'happy'" in f[0], f
+    assert verdict("SELECT mood FROM t_items", MoodFullLiteral) == []
+
+
+def test_where_proves_an_outer_joined_column(verdict: Any, tdb: psycopg.Connection[Any]) -> None:
+    tdb.execute("CREATE TABLE t_pets (id bigint PRIMARY KEY, owner bigint NOT NULL, name text NOT NULL, nick text)")
+
+    @attrs.frozen
+    class IdPet:
+        id: int
+        pet: int
+
+    @attrs.frozen
+    class IdPetName:
+        id: int
+        pet: int
+        pet_name: str
+
+    text = "SELECT i.id, x.id AS pet FROM t_items i LEFT JOIN t_pets x ON x.owner = i.id WHERE x.id IS NOT NULL"
+    assert verdict(text, IdPet) == []
+    # x.id is not NULL, so x's row was matched (a NULL-extended row is NULL everywhere): x.name is NOT NULL
+    # in the table, x.nick stays nullable.
+    assert verdict(text.replace("x.id AS pet", "x.id AS pet, x.name AS pet_name"), IdPetName) == []
+    f = verdict(text.replace("x.id AS pet", "x.id AS pet, x.nick AS pet_name"), IdPetName)
+    assert len(f) == 1 and "field 'pet_name'" in f[0] and "column nick is nullable" in f[0], f
+    f = verdict(text.replace("WHERE x.id IS NOT NULL", "WHERE i.id IS NOT NULL"), IdPet)
+    assert len(f) == 1 and "nullable side of an outer join" in f[0], f
+
+
+def test_lead_and_lag_with_a_default(verdict: Any, tdb: psycopg.Connection[Any]) -> None:
+    for fn in ("lead", "lag"):
+        text = f"SELECT {fn}(id, 1, 0::bigint) OVER (ORDER BY id) AS v FROM t_items"
+        assert verdict(text, Int) == []
+        assert None not in [r[0] for r in tdb.execute(text)]
+        assert len(verdict(f"SELECT {fn}(id, 1) OVER (ORDER BY id) AS v FROM t_items", Int)) == 1
+        assert len(verdict(f"SELECT {fn}(id, 1, NULL::bigint) OVER (ORDER BY id) AS v FROM t_items", Int)) == 1
+        assert len(verdict(f"SELECT {fn}(note, 1, 'x') OVER (ORDER BY id) AS v FROM t_items", Text)) == 1
+
+
+def test_getattr_on_a_module_of_bound_queries(tdb: psycopg.Connection[Any]) -> None:
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        repo = importlib.import_module("checkcalls.repo")
+        dynamic = importlib.import_module("checkcalls.dynamic")
+    finally:
+        sys.path.remove(str(FIXTURES))
+    bound = [b for b in sql.bindings() if b.module == repo.__name__]
+    found = check_contracts(tdb, bound, [], modules=[dynamic], notes=True)
+    hits = _about(found, "by_getattr")
+    assert any("zzz passed but not used" in f and "dynamic.py:" in f for f in hits), hits
+    assert any("missing parameter(s) :user_id" in f for f in hits), hits
+    # A computed name may reach any bound query of the module: a note on each.
+    for name in ("by_getattr_name", "get", "find"):
+        notes = [f.message for f in found if f" calls.{name}" in f.location and f.note]
+        assert any("getattr(repo, which)" in m for m in notes), (name, notes)
+        assert any("vars(repo)" in m for m in notes), (name, notes)
+
+
+@attrs.frozen
+class IntMap:
+    v: dict[str, int]
+
+
+@attrs.frozen
+class StrList:
+    v: list[str]
+
+
+def test_json_values_against_dict_and_list_types(verdict: Any) -> None:
+    f = verdict("SELECT json_build_object('a', name) AS v FROM t_items", IntMap)
+    assert len(f) == 1 and "v.a: the json value is text but the field is int" in f[0], f
+    assert verdict("SELECT json_build_object('a', id) AS v FROM t_items", IntMap) == []
+    f = verdict("SELECT json_build_array(id, note) AS v FROM t_items", StrList)
+    assert len(f) == 2 and any("an element may be NULL" in x for x in f), f
+    assert any("v[]: the json value is int8 but the field is str" in x for x in f), f
+    assert verdict("SELECT json_build_array(name, 'x') AS v FROM t_items", StrList) == []
+    f = verdict("SELECT json_agg(id) AS v FROM t_items GROUP BY name", StrList)
+    assert len(f) == 1 and "int8" in f[0], f
+    # A json column's contents are unknown to check: a note, not a silent pass.
+    for record in (IntMap, StrList):
+        notes = verdict("SELECT doc AS v FROM t_items", record, notes=True)
+        assert len(notes) == 1 and "note: unverifiable" in notes[0], notes
+        assert verdict("SELECT doc AS v FROM t_items", record) == []
+
+
+@attrs.frozen
+class Typed:
+    n: int
+
+
+@attrs.frozen
+class TypedText:
+    n: str
+
+
+@attrs.frozen
+class TypedWhen:
+    n: datetime
+
+
+@attrs.frozen
+class HasTyped:
+    v: Typed
+
+
+@attrs.frozen
+class HasTypedText:
+    v: TypedText
+
+
+@attrs.frozen
+class HasTypedWhen:
+    v: TypedWhen
+
+
+@attrs.frozen
+class NameAsInt:
+    id: int
+    name: int
+
+
+@attrs.frozen
+class Agg:
+    v: list[NameAsInt] | None
+
+
+_HOLDERS: dict[type[Any], type[Any]] = {Typed: HasTyped, TypedText: HasTypedText, TypedWhen: HasTypedWhen}
+
+
+def test_nested_record_keys_against_field_types(verdict: Any) -> None:
+    def one(value: str, record: type[Any]) -> list[str]:
+        return verdict(f"SELECT json_build_object('n', {value}) AS v FROM t_items", _HOLDERS[record])
+
+    for value, record, sql_type in [
+        ("1.7", Typed, "numeric"),
+        ("true", Typed, "bool"),
+        ("id", TypedText, "int8"),
+        ("name", Typed, "text"),
+        ("name", TypedWhen, "text"),
+    ]:
+        f = one(value, record)
+        assert len(f) == 1 and f"v.n: the json value is {sql_type}" in f[0], (value, f)
+    assert one("id", Typed) == [] and one("name", TypedText) == [] and one("at", TypedWhen) == []
+    # json_agg of table rows: each column's type against its field.
+    text = "SELECT json_agg(i) AS v FROM t_items i WHERE false"
+    f = verdict(text, Agg)
+    assert len(f) == 1 and "v[].name: the json value is text but the field is int" in f[0], f
