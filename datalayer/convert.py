@@ -19,6 +19,8 @@ it into a QueryError naming the query, the field's path and the value's type.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -45,6 +47,31 @@ def _json_type(value: Any) -> str:
         type(None): "null",
     }
     return names.get(type(value)) or ("an object" if isinstance(value, dict) else type(value).__name__)
+
+
+def _structure_enum(value: Any, tp: type[enum.Enum]) -> Any:
+    try:
+        return tp(value)
+    except ValueError:
+        # The labels are the type's, not data: naming them tells the reader what the column may hold.
+        labels = ", ".join(repr(m.value) for m in tp)
+        raise ValueError(
+            f"expected one of {tp.__name__}'s values ({labels}), got {_json_type(value)} that is not one"
+        ) from None
+
+
+def _enums_first(hook: Callable[[Any, Any], Any], base: type) -> Callable[[Any, Any], Any]:
+    """``hook`` for ``base`` itself; enums that subclass it (StrEnum, IntEnum) are built as enums.
+
+    cattrs dispatches a class hook to its subclasses too, so ``str``'s hook would get ``StrEnum`` fields.
+    """
+
+    def structure(value: Any, tp: Any) -> Any:
+        if tp is not base and isinstance(tp, type) and issubclass(tp, enum.Enum):
+            return _structure_enum(value, tp)
+        return hook(value, tp)
+
+    return structure
 
 
 def _structure_int(value: Any, _: type) -> int:
@@ -141,7 +168,7 @@ def make_converter(*, forbid_extra_keys: bool = False, detailed_validation: bool
         (datetime, _structure_datetime),
         (date, _structure_date),
     ):
-        conv.register_structure_hook(tp, hook)
+        conv.register_structure_hook(tp, _enums_first(hook, tp))
     conv.register_unstructure_hook(datetime, lambda dt: dt.isoformat())
     conv.register_unstructure_hook(date, lambda d: d.isoformat())
     conv.register_unstructure_hook(UUID, str)
