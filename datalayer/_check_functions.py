@@ -162,22 +162,14 @@ AGGREGATES = frozenset(
         "mode",
     }
 )
-# Aggregates whose value is never NULL for a non-empty group of non-NULL inputs.
-GROUP_STRICT = frozenset(
-    {
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "array_agg",
-        "string_agg",
-        "json_agg",
-        "jsonb_agg",
-        "bool_and",
-        "bool_or",
-        "every",
-        "bit_and",
-        "bit_or",
-    }
-)
+# Aggregates whose value is never NULL for a non-empty group of non-NULL inputs: all but these.
+GROUP_STRICT = AGGREGATES - {
+    "json_object_agg",
+    "jsonb_object_agg",
+    "stddev",  # NULL for a single row
+    "variance",
+    "percentile_cont",  # ordered-set aggregates
+    "percentile_disc",
+    "mode",
+}
 WINDOW_NOT_NULL = frozenset({"row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "count"})
