@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Never, TypeVar, cast
 
@@ -53,12 +54,14 @@ class Binding:
     module: str
 
 
-_bindings: list[Binding] = []
+# Weakly: a binding nobody holds any more cannot be called, so check has nothing to say about it.
+_bindings: list[tuple[Binding, weakref.ref[Any]]] = []
 
 
 def bindings() -> list[Binding]:
-    """Every query bound so far (import the repository modules first)."""
-    return list(_bindings)
+    """Every query bound and still held somewhere (import the repository modules first)."""
+    _bindings[:] = [(b, ref) for b, ref in _bindings if ref() is not None]
+    return [b for b, _ in _bindings]
 
 
 # strict_records(): when set, the checker every record is passed through (None: off, the default).
@@ -93,7 +96,18 @@ class BoundQuery(Generic[T]):
     one is a QueryError naming both sets.
     """
 
-    __slots__ = ("_card", "_checked", "_columns_ok", "_factory", "_params", "_read_only", "_sql", "query", "result")
+    __slots__ = (
+        "__weakref__",
+        "_card",
+        "_checked",
+        "_columns_ok",
+        "_factory",
+        "_params",
+        "_read_only",
+        "_sql",
+        "query",
+        "result",
+    )
 
     def __init__(self, query: Query, result: type[T] | None) -> None:
         self.query = query
@@ -351,8 +365,7 @@ def bind_query(queries: QueryFile, name: str, result: type[T] | None, *, module:
     A missing name does not break the import: ``check`` reports it with its file, and a call raises
     QueryError naming it.
     """
-    query = queries.queries.get(name)
-    _bindings.append(Binding(query=query, domain=queries.domain, name=name, result=result, module=module))
+    found = query = queries.queries.get(name)
     if query is None:
         query = Query(
             name=name,
@@ -368,7 +381,10 @@ def bind_query(queries: QueryFile, name: str, result: type[T] | None, *, module:
             annotations={},
             statement="",
         )
-    return BoundQuery(query, result)
+    bound = BoundQuery(query, result)
+    binding = Binding(query=found, domain=queries.domain, name=name, result=result, module=module)
+    _bindings.append((binding, weakref.ref(bound)))
+    return bound
 
 
 def bind(queries: QueryFile, name: str, result: type[T] | None) -> BoundQuery[T]:

@@ -522,3 +522,15 @@ def test_loader_small_things(tmp_path: Path, review: sql.QueryFile, db: DataLaye
     assert repr(review.bind("nope", AB)) == "<BoundQuery sql/review.sql missing review.nope>"
     with pytest.raises(QueryError, match=r"declared :exec; call it with \.exec\(\), not \.copy\(\)"):
         review.bind("put").copy(db, id=1)  # type: ignore[arg-type]
+
+
+def test_a_binding_nobody_holds_leaves_the_check(tmp_path: Path) -> None:
+    # check reads bindings(): a query bound for a moment (a test, a script) must not be checked for ever
+    f = tmp_path / "scratch.sql"
+    f.write_text("-- name: one_row :scalar\nSELECT 1;\n")
+    held = sql.load(f).bind("one_row", int)
+    dropped = sql.load(f).bind("one_row", str)
+    assert {b.result for b in sql.bindings() if b.domain == "scratch"} == {int, str}
+    del dropped
+    assert [b.result for b in sql.bindings() if b.domain == "scratch"] == [int]
+    assert held.query.name == "one_row"
