@@ -15,6 +15,7 @@ from uuid import UUID
 import attrs
 
 from datalayer._check_catalog import TypeInfo
+from datalayer.rows import init_fields
 
 __all__ = ["init_fields", "label", "optional", "sequence_element", "type_problem"]
 
@@ -56,11 +57,6 @@ _PY_TYPES: dict[str, tuple[Any, ...]] = {
     "tsvector": (str,),
     "tsquery": (str,),
 }
-
-
-def init_fields(cls: type[Any]) -> list[attrs.Attribute[Any]]:
-    """The fields a row fills, in the order ``datalayer.rows.attrs_row`` matches columns to them."""
-    return [f for f in attrs.fields(cls) if f.init]
 
 
 def optional(tp: Any) -> tuple[Any, bool]:

@@ -20,6 +20,7 @@ from psycopg.types.json import Json, Jsonb
 from datalayer._sql import Query
 from datalayer.convert import make_converter
 from datalayer.errors import QueryError, ValidationError
+from datalayer.rows import converted_fields, init_fields
 from datalayer.text import nested_text_problem
 
 __all__ = ["Rows", "is_unsendable", "row_problem", "shown", "unstorable"]
@@ -134,7 +135,7 @@ def row_problem(result: type[Any], values: Sequence[Any], converted: Iterable[tu
     """
     if not attrs.has(result):
         return _value_problem(values[0], result, "column 1") if values and values[0] is not None else None
-    fields = [f for f in attrs.fields(result) if f.init]
+    fields = init_fields(result)
     if len(values) != len(fields):
         return f"{len(values)} columns for the {len(fields)} fields of {result.__qualname__}"
     vals = list(values)
@@ -165,7 +166,7 @@ def row_problem(result: type[Any], values: Sequence[Any], converted: Iterable[tu
 
 
 def _field_names(result: type[Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    fields = [f for f in attrs.fields(result) if f.init]
+    fields = init_fields(result)
     return tuple(f.name for f in fields), tuple(f.alias for f in fields)
 
 
@@ -196,8 +197,6 @@ def column_problem(query: Query, result: type[Any], description: Sequence[Any] |
 
 def row_failure(query: Query, result: type[Any], cur: psycopg.Cursor[Any], error: Exception) -> QueryError:
     """The QueryError for a row the row maker could not turn into a ``result`` (failure path only)."""
-    from datalayer.rows import converted_fields  # rows imports the converter; only needed here
-
     where = query.location
     if attrs.has(result) and (bad := column_problem(query, result, cur.description)) is not None:
         return bad

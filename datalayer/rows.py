@@ -19,9 +19,17 @@ from psycopg.rows import RowFactory, RowMaker, args_row, scalar_row
 
 from datalayer.convert import converter
 
-__all__ = ["attrs_row", "converted_fields", "value_row"]
+__all__ = ["attrs_row", "converted_fields", "init_fields", "value_row"]
 
 T = TypeVar("T")
+
+
+def init_fields(cls: type[Any]) -> list[Any]:
+    """The fields a row fills, in the order its columns fill them (``init=False`` fields take no column).
+
+    ``attrs.Attribute`` objects, typed Any: attrs' stubs make ``alias`` optional though attrs always sets it.
+    """
+    return [f for f in attrs.fields(cls) if f.init]
 
 
 def _needs_converter(tp: Any) -> bool:
@@ -44,7 +52,7 @@ def _converted(hints: dict[str, Any], fields: Sequence[attrs.Attribute[Any]]) ->
 @functools.cache
 def converted_fields(cls: type[Any]) -> list[tuple[int, Any, Any]]:
     """(position, structure hook, type) of every init field of ``cls`` the converter builds."""
-    return _converted(typing.get_type_hints(cls), [f for f in attrs.fields(cls) if f.init])
+    return _converted(typing.get_type_hints(cls), init_fields(cls))
 
 
 @functools.cache
@@ -55,7 +63,7 @@ def attrs_row(cls: type[T]) -> RowFactory[T]:
     """
     if not attrs.has(cls):
         raise TypeError(f"attrs_row needs an attrs class, got {cls!r}")
-    fields = [f for f in attrs.fields(cls) if f.init]
+    fields = init_fields(cls)
     convert = converted_fields(cls)
     # Keyword-only fields cannot be passed by position: build by keyword (init takes the aliases).
     names = tuple(f.alias for f in fields) if any(f.kw_only for f in fields) else None
