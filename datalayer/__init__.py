@@ -10,6 +10,7 @@ over psycopg 3 connections from a psycopg_pool pool.
 
 from typing import TYPE_CHECKING, Any
 
+from datalayer import builtin_schema as _builtin_schema  # noqa: F401 - registers the built-in schema's facts
 from datalayer._connection import DataLayerConnection as Connection
 from datalayer.backup import backup_database_data, restore_database_data
 from datalayer.config import Settings

@@ -14,7 +14,6 @@ it; the built-in schema does the same (``datalayer.builtin_schema``).
 from __future__ import annotations
 
 import heapq
-import importlib
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from types import MappingProxyType
@@ -212,10 +211,7 @@ def resolve_registry(
         from datalayer.project import find_project
 
         project = find_project()
-    if project.builtin and not any(b for _, b in _registered.values()):
-        # The built-in schema registers its facts when imported; it sits above this layer, so it is
-        # loaded by name rather than imported.
-        importlib.import_module("datalayer.builtin_schema")
+    # The built-in facts are registered by datalayer.builtin_schema, which the datalayer package imports.
     return registry_from_catalog(db).overlaid(registered(builtin=project.builtin))
 
 
