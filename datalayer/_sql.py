@@ -27,11 +27,13 @@ import attrs
 from datalayer._paths import sql_dir
 from datalayer.errors import QueryError
 
-__all__ = ["CARDINALITIES", "Query", "QueryFile", "load_file", "load_queries", "parse_sql"]
+__all__ = ["CARDINALITIES", "QUERY_NAME", "Query", "QueryFile", "load_file", "load_queries", "parse_sql"]
 
 CARDINALITIES = ("one", "maybe", "many", "scalar", "exec", "copy")
 
-_HEADER = re.compile(r"^--\s*name:\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?::(?P<card>[a-z]+))?\s*$")
+# What a query name may be: the header spells it, bind checks it.
+QUERY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER = re.compile(r"^--\s*name:\s*(?P<name>" + QUERY_NAME.pattern + r")\s*(?::(?P<card>[a-z]+))?\s*$")
 _ANNOTATION = re.compile(r"^--\s*(?P<key>[a-z][a-z-]*):\s*(?P<value>.*)$")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORD_BEFORE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*$")

@@ -31,7 +31,7 @@ import attrs
 
 from datalayer._paths import sql_dir
 from datalayer._run import Binding, BoundQuery, bind_query, bindings, strict_records
-from datalayer._sql import CARDINALITIES, Query, load_file, parse_sql
+from datalayer._sql import CARDINALITIES, QUERY_NAME, Query, load_file, parse_sql
 from datalayer._sql import QueryFile as _QueryFile
 from datalayer.errors import QueryError
 
@@ -89,6 +89,10 @@ class QueryFile(_QueryFile):
         """
         if not isinstance(name, str):
             raise QueryError(f"{self.where}: bind takes the query's name as a str, got {type(name).__name__}")
+        if not QUERY_NAME.fullmatch(name):
+            # No '-- name:' header can spell it, so no file will ever hold it: refuse now, not at call time.
+            shown = name if len(name) <= 60 else name[:60] + "…"
+            raise QueryError(f"{self.where}: {shown!r} cannot be a query name; names are letters, digits and _")
         if (problem := _result_problem(result)) is not None:
             where = q.location if (q := self.queries.get(name)) is not None else f"{self.where} {name}"
             raise QueryError(
@@ -115,6 +119,10 @@ def load(path: str | os.PathLike[str]) -> QueryFile:
     defined twice (in one file or two files of the folder) and SQL the loader refuses are QueryErrors
     naming the file and line.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise QueryError(f"sql.load takes a path (str or pathlib.Path), got {type(path).__name__}")
+    if "\x00" in os.fspath(path):
+        raise QueryError("sql.load: the path holds a NUL character, which no file name can")
     given = Path(path)
     where = _relative(given.resolve())
     if not given.exists():

@@ -534,3 +534,17 @@ def test_a_binding_nobody_holds_leaves_the_check(tmp_path: Path) -> None:
     del dropped
     assert [b.result for b in sql.bindings() if b.domain == "scratch"] == [int]
     assert held.query.name == "one_row"
+
+
+@pytest.mark.parametrize(("path", "says"), [("a\x00b.sql", "NUL"), (5, "takes a path")])
+def test_load_refuses_what_cannot_be_a_path(path: object, says: str) -> None:
+    with pytest.raises(QueryError, match=says):
+        sql.load(path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", "a-b", "get by id", "1st"])
+def test_bind_refuses_a_name_no_header_can_spell(tmp_path: Path, name: str) -> None:
+    f = tmp_path / "names.sql"
+    f.write_text("-- name: ok :scalar\nSELECT 1;\n")
+    with pytest.raises(QueryError, match="cannot be a query name"):
+        sql.load(f).bind(name, int)
