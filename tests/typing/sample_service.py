@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -213,6 +214,11 @@ def cached_user(cache: CacheManager, db: DataLayerConnection, user_id: int) -> U
 
 def cache_flow(db: DataLayerConnection, user: User) -> dict[str, object]:
     cache = get_cache_manager()
+    # A new manager keeps nothing in L1 until its invalidation listener is subscribed (messages sent
+    # before that could be missed): wait for it, bounded, so the second read below can hit L1.
+    deadline = time.monotonic() + 5
+    while not cache.stats()["subscribed"] and time.monotonic() < deadline:
+        time.sleep(0.01)
     first = cached_user(cache, db, user.id)
     again = cached_user(cache, db, user.id)
     cache.cache_analysis_result("analysis_123", {"result": "data"}, ttl=3600)
