@@ -1,6 +1,10 @@
 """The lease ``get_db()`` hands out: a stand-in for a pooled connection whose slot comes back when the
 lease itself is dropped.
 
+Sync only, and hand-kept: ``db = next(get_db())`` (the seed's idiom) drops the generator at once, so
+the loan must outlive it. ``datalayer.aio.get_db()`` needs no lease: an async generator is not
+resumed by ``next()``, and under FastAPI's ``Depends`` both end with the request.
+
 The pool lends the same connection objects again and again, so the connection's own reference count
 says nothing about the caller that holds it now (a variable left from an earlier ``with
 connection() as x:`` keeps it alive for good). A lease is a new object per loan: its finalizer, not
@@ -13,15 +17,14 @@ import logging
 import queue
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any, cast
 
+from datalayer._pooled import DataLayerConnection
 from datalayer.errors import DataLayerError
+from datalayer.pool import DataLayerPool, checkout, give_back
 
-if TYPE_CHECKING:
-    from datalayer._connection import DataLayerConnection
-    from datalayer.pool import DataLayerPool
-
-__all__ = ["Lease"]
+__all__ = ["Lease", "lend"]
 
 log = logging.getLogger("datalayer")
 
@@ -104,3 +107,29 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"<get_db lease of {self._dl_conn!r}>"
+
+
+def lend(pool: DataLayerPool) -> Iterator[DataLayerConnection]:
+    """A generator lending one connection of ``pool``: the body of ``datalayer.get_db()``.
+
+    Used with FastAPI's ``Depends``, the connection returns to the pool when the request ends. With
+    ``db = next(...)`` the generator is dropped at once; the connection stays yours until you drop
+    the value you got (whatever else still names the same pooled connection), then its slot goes back
+    to the pool (closed, and replaced by a fresh one).
+    """
+    lease = Lease(checkout(pool), pool)
+    try:
+        yield cast(DataLayerConnection, lease)
+    except GeneratorExit:
+        raise  # next(get_db()): the lease's finalizer returns the slot when the caller drops it
+    except BaseException:
+        _end(pool, lease)
+        raise
+    else:
+        _end(pool, lease)
+
+
+def _end(pool: DataLayerPool, lease: Lease) -> None:
+    conn = lease.release()
+    if conn is not None:
+        give_back(pool, conn)

@@ -32,8 +32,9 @@ from typing import Any, TypeVar, overload
 import psycopg
 
 from datalayer import _default_target, embedded, transactions
+from datalayer._lease import lend
 from datalayer.config import DatabaseTarget, Settings
-from datalayer.pool import DataLayerConnection, DataLayerPool, lend
+from datalayer.pool import DataLayerConnection, DataLayerPool
 from datalayer.pool import connection as _pool_connection
 from datalayer.pool import open_pool as _open_pool
 
@@ -45,6 +46,7 @@ __all__ = [
     "get_db",
     "on_exit",
     "open_pool",
+    "ready_target",
     "resolve_database",
     "set_default_pool",
     "transaction",
@@ -92,13 +94,21 @@ def open_pool(
     wrong password or host fails here with a clear message.
     """
     settings = settings or Settings.from_env()
+    return _open_pool(settings, target=ready_target(settings, target), name=name, wait=wait)
+
+
+def ready_target(settings: Settings, target: DatabaseTarget | None = None) -> DatabaseTarget:
+    """The database a pool of the process defaults opens on, ready: ``target``, else the configured
+    one, else the embedded one (started on demand). An embedded server is migrated first; a configured
+    server never is. It blocks (server start, migrations): async code runs it in a worker thread.
+    """
     target = target or resolve_database(settings)
     if target.embedded:
         # Layer 6 (tools) below this one: a module-level import would be fine, but keep import time short.
         from datalayer.migrate import setup_database
 
         setup_database(target=target, settings=settings)
-    return _open_pool(settings, target=target, name=name, wait=wait)
+    return target
 
 
 def default_pool() -> DataLayerPool:

@@ -1,8 +1,11 @@
+# Generated from datalayer/pool_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """The connection pool, and only the pool: settings and a target in, a pool out, connections lent from it.
 
-It never starts a server, runs a migration or picks a default: ``datalayer.defaults`` does that (the
-default pool, the embedded server, migrate-on-open) and lends from here. Connections are lent in
-autocommit mode: a single statement commits by itself and reads pay no BEGIN/COMMIT round trip;
+One source for both APIs: ``datalayer.pool`` (``DataLayerPool``, sync) is generated from this file,
+``datalayer.pool_async`` (``AsyncDataLayerPool``) is ``datalayer.aio``'s. It never starts a server, runs
+a migration or picks a default: the process defaults (``datalayer.defaults``, ``datalayer.aio``) do
+that (the default pool, the embedded server, migrate-on-open) and lend from here. Connections are lent
+in autocommit mode: a single statement commits by itself and reads pay no BEGIN/COMMIT round trip;
 ``transaction(db)`` groups statements.
 
 >>> pool = open_pool(settings, target=settings.database)     # doctest: +SKIP
@@ -13,18 +16,19 @@ autocommit mode: a single statement commits by itself and reads pay no BEGIN/COM
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
-from datalayer._connection import DataLayerConnection, alive_idle, network_params, reset_session, wait_limit
-from datalayer._lease import Lease
+from datalayer._acompat import Job, spawn
+from datalayer._liveness import alive_idle, network_params, wait_limit
+from datalayer._pooled import DataLayerConnection, reset_session
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import ConfigError, PoolExhausted, TransientError
@@ -37,7 +41,6 @@ __all__ = [
     "connect_kwargs",
     "connection",
     "give_back",
-    "lend",
     "open_pool",
 ]
 
@@ -61,13 +64,32 @@ class _ReconnectAttempt(AttemptWithBackoff):
 
 
 class DataLayerPool(ConnectionPool[DataLayerConnection]):
-    """A psycopg_pool ConnectionPool that knows its settings and where it points."""
+    """A psycopg_pool pool that knows its settings and where it points."""
 
     def __init__(self, settings: Settings, target: DatabaseTarget, **kwargs: Any) -> None:
         self.settings = settings
         self.target = target
         self._last_purge = 0.0
         super().__init__(**kwargs)
+
+    def putconn(self, conn: DataLayerConnection) -> None:
+        """Return ``conn``, reset as it was lent (autocommit, and the session if the caller changed it).
+
+        The reset runs here, in the caller: psycopg_pool hands a connection with a ``reset=`` callback to
+        a worker and the next borrower waits for that handoff (measured: most of a checkout's cost under
+        threads). psycopg_pool still rolls back and closes what it must.
+        """
+        if not conn.closed:
+            try:
+                status = conn.pgconn.transaction_status
+                if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                    conn.rollback()
+                if status != TransactionStatus.ACTIVE:  # psycopg_pool closes a connection still busy
+                    reset_session(conn)
+            except psycopg.Error as e:
+                log.warning("datalayer: resetting a returned connection failed, closing it: %s", e)
+                conn.close()
+        super().putconn(conn)
 
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         # psycopg_pool creates the attempt on the first failure path: give it ours, with the capped delay.
@@ -83,7 +105,7 @@ class DataLayerPool(ConnectionPool[DataLayerConnection]):
         if now - self._last_purge < 1.0:
             return
         self._last_purge = now
-        threading.Thread(target=self._purge, name="datalayer-pool-purge", daemon=True).start()
+        spawn(self._purge, name="datalayer-pool-purge")
 
     def _purge(self) -> None:
         try:
@@ -103,7 +125,7 @@ def connect_kwargs(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _configure(settings: Settings) -> Callable[[DataLayerConnection], None]:
+def _configure(settings: Settings) -> Job[DataLayerConnection, None]:
     limit, cancel = wait_limit(settings), float(settings.connect_timeout)
 
     def configure(conn: DataLayerConnection) -> None:
@@ -146,7 +168,6 @@ def open_pool(
         kwargs=connect_kwargs(settings),
         connection_class=DataLayerConnection,
         configure=_configure(settings),
-        reset=reset_session,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         timeout=settings.pool_timeout,
@@ -197,7 +218,8 @@ def connect(settings: Settings, target: DatabaseTarget, **overrides: Any) -> Dat
 
 
 def _probe(settings: Settings, target: DatabaseTarget) -> None:
-    connect(settings, target).close()
+    conn = connect(settings, target)
+    conn.close()
 
 
 def checkout(pool: DataLayerPool, timeout: float | None = None) -> DataLayerConnection:
@@ -242,7 +264,7 @@ def _exhausted(pool: DataLayerPool, waited: float) -> PoolExhausted:
 def connection(pool: DataLayerPool, *, timeout: float | None = None) -> Iterator[DataLayerConnection]:
     """Borrow a connection of ``pool`` in autocommit mode for the ``with`` block.
 
-    ``datalayer.connection()`` does the same on the default pool.
+    ``datalayer.connection()`` (``datalayer.aio.connection()``) does the same on the default pool.
 
     >>> with connection(pool) as db:               # doctest: +SKIP
     ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
@@ -251,30 +273,4 @@ def connection(pool: DataLayerPool, *, timeout: float | None = None) -> Iterator
     try:
         yield conn
     finally:
-        give_back(pool, conn)
-
-
-def lend(pool: DataLayerPool) -> Iterator[DataLayerConnection]:
-    """A generator lending one connection of ``pool``: the body of ``datalayer.get_db()``.
-
-    Used with FastAPI's ``Depends``, the connection returns to the pool when the request ends. With
-    ``db = next(...)`` the generator is dropped at once; the connection stays yours until you drop
-    the value you got (whatever else still names the same pooled connection), then its slot goes back
-    to the pool (closed, and replaced by a fresh one).
-    """
-    lease = Lease(checkout(pool), pool)
-    try:
-        yield cast(DataLayerConnection, lease)
-    except GeneratorExit:
-        raise  # next(get_db()): the lease's finalizer returns the slot when the caller drops it
-    except BaseException:
-        _end(pool, lease)
-        raise
-    else:
-        _end(pool, lease)
-
-
-def _end(pool: DataLayerPool, lease: Lease) -> None:
-    conn = lease.release()
-    if conn is not None:
         give_back(pool, conn)

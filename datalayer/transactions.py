@@ -1,4 +1,9 @@
+# Generated from datalayer/transactions_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Units of work: ``transaction()``, savepoints, and hooks that run after COMMIT or ROLLBACK.
+
+One source for both APIs: ``datalayer.transactions`` (sync) is generated from this file; in async code
+every call here but ``in_transaction`` and ``current_transaction`` is awaited, and a hook may be an
+``async def`` (its result is awaited).
 
 >>> with transaction(db):                                     # doctest: +SKIP
 ...     user = user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
@@ -15,16 +20,16 @@ from __future__ import annotations
 import contextvars
 import logging
 import random
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
 import psycopg
 
-from datalayer._connection import known_dead
+from datalayer._acompat import Hook, Job, call_hook, sleep
+from datalayer._liveness import known_dead
 from datalayer._translate import is_connection_lost, lost_before_sending, never_sent, translate
 from datalayer.errors import CommitUnknown, TransientError, ValidationError
 
@@ -47,7 +52,6 @@ _ISOLATION = {"read committed": "READ COMMITTED", "repeatable read": "REPEATABLE
 
 log = logging.getLogger("datalayer")
 
-Hook = Callable[[], object]
 T = TypeVar("T")
 C = TypeVar("C", bound=psycopg.Connection[Any])
 
@@ -116,7 +120,7 @@ def on_rollback(hook: Hook, db: psycopg.Connection[Any] | None = None) -> None:
 def _run_hooks(hooks: list[Hook]) -> None:
     for hook in hooks:
         try:
-            hook()
+            call_hook(hook)
         except Exception:
             # The transaction's outcome is settled; a failing hook must not turn it into an error.
             log.exception("datalayer: transaction hook %r failed", hook)
@@ -178,8 +182,8 @@ def transaction(db: C) -> Iterator[C]:
 
 
 def run_in_transaction(
-    db: psycopg.Connection[Any],
-    fn: Callable[[psycopg.Connection[Any]], T],
+    db: C,
+    fn: Job[C, T],
     retries: int = 3,
     *,
     isolation: str | None = None,
@@ -189,7 +193,8 @@ def run_in_transaction(
     exponential backoff) when PostgreSQL reports a serialization failure or a deadlock.
 
     ``fn`` must be safe to run again: it is the whole unit of work, and side effects outside the
-    database belong in ``on_commit`` hooks (they run once, after the successful attempt).
+    database belong in ``on_commit`` hooks (they run once, after the successful attempt). In async
+    code ``fn`` is an ``async def`` taking the connection.
 
     >>> def transfer(db):                                                   # doctest: +SKIP
     ...     ...
@@ -221,4 +226,4 @@ def run_in_transaction(
             log.info(
                 "datalayer: %s; retrying the transaction (%d/%d) in %.0f ms", e.sqlstate, attempt, retries, delay * 1000
             )
-            time.sleep(delay)
+            sleep(delay)

@@ -355,4 +355,4 @@ def test_transaction_types_reach_the_caller(tmp_path: Path) -> None:
         cwd=Path(__file__).parent.parent, capture_output=True, text=True, timeout=600, check=False,
     )
     revealed = re.findall(r'Revealed type is "([^"]+)"', r.stdout)
-    assert revealed == ["datalayer._connection.DataLayerConnection"] * 3, r.stdout + r.stderr
+    assert revealed == ["datalayer._pooled.DataLayerConnection"] * 3, r.stdout + r.stderr

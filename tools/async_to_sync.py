@@ -47,17 +47,40 @@ REPLACEMENTS = {
     "ablocking": "blocking",
     "acall_hook": "call_hook",
     "AHook": "Hook",
+    "AJob": "Job",
+    "AThunk": "Thunk",
+    "AProducer": "Producer",
+    "aproduce": "produce",
+    "ASignal": "Signal",
+    "ARLock": "RLock",
+    "AShared": "Shared",
+    # datalayer/cache/_acompat.py: redis.asyncio against redis (a dotted name is several tokens)
+    "ARedis": "Redis",
+    "aredis_client": "redis_client",
+    "aclose_redis": "close_redis",
+    # datalayer/_aio_defaults.py is hand-kept beside datalayer/defaults.py: the async process defaults
+    "_aio_defaults": "defaults",
+    # datalayer/cache/manager_async.py
+    "AsyncCacheManager": "CacheManager",
     "aclose_quietly": "close_quietly",
-    # datalayer/_run.py: the async twins of BoundQuery's private runners live beside the sync ones
+    # datalayer/repos/_common.py: the connection check of the async repository sources
+    "check_aconnection": "check_connection",
+    "AAPI": "API",
+    "ARows": "Rows",
+    "_afailed": "_failed",
+    "_aonly_row": "_only_row",
+    "AsyncDataLayerPool": "DataLayerPool",
+    "AsyncDataLayerConnection": "DataLayerConnection",
+    # datalayer/_run.py: BoundQuery is both runners; its async methods are the sync ones' names with an 'a'
     "_AsyncRunner": "_SyncRunner",
     "_aexecute": "_execute",
     "_aretry_read": "_retry_read",
-    "_aone": "_one",
-    "_amaybe": "_maybe",
-    "_amany": "_many",
-    "_ascalar": "_scalar",
-    "_aexec": "_exec",
-    "_acopy": "_copy",
+    "aone": "one",
+    "amaybe": "maybe",
+    "amany": "many",
+    "ascalar": "scalar",
+    "aexec": "exec",
+    "acopy": "copy",
 }
 
 HEADER = "# Generated from {source} by tools/async_to_sync.py: edit that file, then run the tool.\n"
@@ -90,8 +113,18 @@ def generate(source: Path, names: dict[str, str], work: Path) -> str:
     if out.returncode != 0:
         raise SystemExit(f"ruff format failed on the sync twin of {source}: {out.stderr}")
     fixed = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--fix-only", "--select", "I,F401", "--stdin-filename",
-         str(target(source)), "-"],
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--fix-only",
+            "--select",
+            "I,F401",
+            "--stdin-filename",
+            str(target(source)),
+            "-",
+        ],
         input=out.stdout,
         capture_output=True,
         text=True,

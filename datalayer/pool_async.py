@@ -1,0 +1,277 @@
+"""The connection pool, and only the pool: settings and a target in, a pool out, connections lent from it.
+
+One source for both APIs: ``datalayer.pool`` (``DataLayerPool``, sync) is generated from this file,
+``datalayer.pool_async`` (``AsyncDataLayerPool``) is ``datalayer.aio``'s. It never starts a server, runs
+a migration or picks a default: the process defaults (``datalayer.defaults``, ``datalayer.aio``) do
+that (the default pool, the embedded server, migrate-on-open) and lend from here. Connections are lent
+in autocommit mode: a single statement commits by itself and reads pay no BEGIN/COMMIT round trip;
+``transaction(db)`` groups statements.
+
+>>> pool = open_pool(settings, target=settings.database)     # doctest: +SKIP
+>>> with connection(pool) as db:
+...     user = user_repo.get_by_id(db, 1)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
+
+from datalayer._acompat import AJob, aspawn
+from datalayer._liveness import alive_idle, network_params, wait_limit
+from datalayer._pooled_async import AsyncDataLayerConnection, reset_session
+from datalayer._translate import describe_error
+from datalayer.config import DatabaseTarget, Settings
+from datalayer.errors import ConfigError, PoolExhausted, TransientError
+
+__all__ = [
+    "AsyncDataLayerConnection",
+    "AsyncDataLayerPool",
+    "checkout",
+    "connect",
+    "connect_kwargs",
+    "connection",
+    "give_back",
+    "open_pool",
+]
+
+log = logging.getLogger("datalayer")
+
+
+class _ReconnectAttempt(AttemptWithBackoff):
+    """psycopg_pool's reconnection backoff (1 s, doubling) capped at half a second.
+
+    After a 10 s outage the default schedule's next attempt can be 5 s after the server is back; with
+    the cap the pool serves again within about 0.5 s of the server accepting connections. Attempts
+    are cheap while the server is down (the connection is refused at once).
+    """
+
+    INITIAL_DELAY = 0.1
+    MAX_DELAY = 0.5
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, self.MAX_DELAY)
+
+
+class AsyncDataLayerPool(AsyncConnectionPool[AsyncDataLayerConnection]):
+    """A psycopg_pool pool that knows its settings and where it points."""
+
+    def __init__(self, settings: Settings, target: DatabaseTarget, **kwargs: Any) -> None:
+        self.settings = settings
+        self.target = target
+        self._last_purge = 0.0
+        super().__init__(**kwargs)
+
+    async def putconn(self, conn: AsyncDataLayerConnection) -> None:
+        """Return ``conn``, reset as it was lent (autocommit, and the session if the caller changed it).
+
+        The reset runs here, in the caller: psycopg_pool hands a connection with a ``reset=`` callback to
+        a worker and the next borrower waits for that handoff (measured: most of a checkout's cost under
+        threads). psycopg_pool still rolls back and closes what it must.
+        """
+        if not conn.closed:
+            try:
+                status = conn.pgconn.transaction_status
+                if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+                    await conn.rollback()
+                if status != TransactionStatus.ACTIVE:  # psycopg_pool closes a connection still busy
+                    await reset_session(conn)
+            except psycopg.Error as e:
+                log.warning("datalayer: resetting a returned connection failed, closing it: %s", e)
+                await conn.close()
+        await super().putconn(conn)
+
+    async def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        # psycopg_pool creates the attempt on the first failure path: give it ours, with the capped delay.
+        await super()._add_connection(attempt or _ReconnectAttempt(timeout=self.reconnect_timeout), growing=growing)
+
+    def schedule_purge(self) -> None:
+        """Check every idle connection in the background (once a second at most).
+
+        Called when a lent connection turns out dead: after a server restart every idle connection is
+        dead too, and each would otherwise cost a caller one failed attempt.
+        """
+        now = time.monotonic()
+        if now - self._last_purge < 1.0:
+            return
+        self._last_purge = now
+        aspawn(self._purge, name="datalayer-pool-purge")
+
+    async def _purge(self) -> None:
+        try:
+            await self.check()
+        except Exception as e:  # the pool may be closing; nothing to purge then
+            log.debug("datalayer: pool purge skipped: %s", e)
+
+
+def connect_kwargs(settings: Settings) -> dict[str, Any]:
+    """Connection parameters every datalayer connection gets (beyond the target's)."""
+    return {
+        "autocommit": True,
+        "application_name": settings.application_name,
+        "options": settings.session_options(),
+        "connect_timeout": str(settings.connect_timeout),
+        **network_params(settings),
+    }
+
+
+def _configure(settings: Settings) -> AJob[AsyncDataLayerConnection, None]:
+    limit, cancel = wait_limit(settings), float(settings.connect_timeout)
+
+    async def configure(conn: AsyncDataLayerConnection) -> None:
+        conn._dl_wait_limit = limit
+        conn._dl_cancel_timeout = cancel
+
+    return configure
+
+
+async def open_pool(
+    settings: Settings | None = None,
+    *,
+    target: DatabaseTarget | None = None,
+    name: str = "datalayer",
+    wait: bool = False,
+) -> AsyncDataLayerPool:
+    """Open a pool on ``target`` (default: the database ``settings`` configure) with ``settings``
+    (default: from the environment).
+
+    POOL_SIZE connections are kept (POOL_MIN_SIZE of them opened eagerly), up to MAX_OVERFLOW more under
+    load; POOL_TIMEOUT bounds the wait for one and POOL_RECYCLE their lifetime. The first connection is
+    made right away, so that a wrong password or host fails here with a clear message. Nothing is
+    started or migrated: ``datalayer.open_pool`` (``datalayer.defaults``) also falls back to the
+    embedded server and migrates it.
+    """
+    settings = settings or Settings.from_env()
+    if target is None:
+        target = settings.database
+    if target is None:
+        raise ConfigError(
+            "no database is configured for this pool; set DATABASE_URL, pass target=, or use "
+            "datalayer.open_pool() (which falls back to the embedded PostgreSQL)",
+            variable="DATABASE_URL",
+        )
+    await _probe(settings, target)
+    pool = AsyncDataLayerPool(
+        settings,
+        target,
+        conninfo=target.conninfo(),
+        kwargs=connect_kwargs(settings),
+        connection_class=AsyncDataLayerConnection,
+        configure=_configure(settings),
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        timeout=settings.pool_timeout,
+        max_lifetime=settings.pool_recycle,
+        name=name,
+        open=False,
+    )
+    await pool.open(wait=wait, timeout=settings.pool_timeout)
+    return pool
+
+
+# libpq reports these at connect time without a SQLSTATE: they are settings to fix, not outages to wait out.
+_CONFIG_FAILURES = (
+    "password authentication failed",
+    "no password supplied",
+    "does not exist",  # role or database
+    "pg_hba.conf",
+    "certificate",
+    "ssl",
+    "authentication method requirement",  # require_auth (e.g. the default !password) refused the server
+    "channel binding",  # channel_binding=require against a server that cannot (no TLS, trust, md5)
+    "gssapi encryption required",  # gssencmode=require without Kerberos credentials or server support
+    "protocol version",  # min_protocol_version above what the server speaks
+    "requirepeer",  # the socket's owner is not the user requirepeer names
+)
+
+
+async def connect(settings: Settings, target: DatabaseTarget, **overrides: Any) -> AsyncDataLayerConnection:
+    """One connection outside any pool, with the pool's parameters and deadline (for checks and tools).
+
+    Every wait on it gives up after STATEMENT_TIMEOUT + CONNECT_TIMEOUT, as a pooled one does. A
+    failure to connect is a ConfigError (a setting to fix) or a TransientError (try again later).
+    """
+    try:
+        conn = await AsyncDataLayerConnection.connect(target.conninfo(), **{**connect_kwargs(settings), **overrides})
+    except psycopg.OperationalError as e:
+        reason = describe_error(e)
+        msg = f"cannot connect to {target.display}: {reason}"
+        text = str(e).lower()
+        if any(m in text for m in _CONFIG_FAILURES) or e.sqlstate in ("28P01", "28000", "3D000"):
+            raise ConfigError(
+                f"{msg}; check DATABASE_URL (user, password, database name, TLS and authentication parameters)",
+                variable="DATABASE_URL",
+            ) from None
+        raise TransientError(f"{msg}; is the server running and reachable?", sqlstate=e.sqlstate) from None
+    await _configure(settings)(conn)
+    return conn
+
+
+async def _probe(settings: Settings, target: DatabaseTarget) -> None:
+    conn = await connect(settings, target)
+    await conn.close()
+
+
+async def checkout(pool: AsyncDataLayerPool, timeout: float | None = None) -> AsyncDataLayerConnection:
+    """Borrow a live connection; PoolExhausted when none is free within ``timeout`` (POOL_TIMEOUT)."""
+    wait = pool.timeout if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            conn = await pool.getconn(max(remaining, 0.001))
+        except PoolTimeout:
+            raise _exhausted(pool, wait) from None
+        if alive_idle(conn):
+            return conn
+        await conn.close()
+        await pool.putconn(conn)
+        pool.schedule_purge()
+
+
+async def give_back(pool: AsyncDataLayerPool, conn: AsyncDataLayerConnection) -> None:
+    """Return a borrowed connection (the pool rolls back anything left open)."""
+    await pool.putconn(conn)
+
+
+def _exhausted(pool: AsyncDataLayerPool, waited: float) -> PoolExhausted:
+    stats = pool.get_stats()
+    size, available = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    in_use = max(size - available, 0)
+    if size < pool.max_size and stats.get("connections_errors", 0):
+        return PoolExhausted(
+            f"no database connection within {waited:g} s: the pool could not open new connections to "
+            f"{pool.target.display} (max_size {pool.max_size}, {in_use} in use); is the server up?"
+        )
+    return PoolExhausted(
+        f"no database connection free within {waited:g} s (POOL_TIMEOUT): pool {pool.name!r} has "
+        f"max_size {pool.max_size} (POOL_SIZE {pool.settings.pool_size} + MAX_OVERFLOW "
+        f"{pool.settings.max_overflow}), {in_use} in use; release connections sooner or raise the limits"
+    )
+
+
+@asynccontextmanager
+async def connection(
+    pool: AsyncDataLayerPool, *, timeout: float | None = None
+) -> AsyncIterator[AsyncDataLayerConnection]:
+    """Borrow a connection of ``pool`` in autocommit mode for the ``with`` block.
+
+    ``datalayer.connection()`` (``datalayer.aio.connection()``) does the same on the default pool.
+
+    >>> with connection(pool) as db:               # doctest: +SKIP
+    ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
+    """
+    conn = await checkout(pool, timeout)
+    try:
+        yield conn
+    finally:
+        await give_back(pool, conn)

@@ -1,0 +1,230 @@
+"""Units of work: ``transaction()``, savepoints, and hooks that run after COMMIT or ROLLBACK.
+
+One source for both APIs: ``datalayer.transactions`` (sync) is generated from this file; in async code
+every call here but ``in_transaction`` and ``current_transaction`` is awaited, and a hook may be an
+``async def`` (its result is awaited).
+
+>>> with transaction(db):                                     # doctest: +SKIP
+...     user = user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
+...     on_commit(lambda: cache.invalidate_user_cache(user.id))   # only if the COMMIT succeeds
+
+``transaction(db)`` runs on the connection given (``datalayer.transaction()``, without one, borrows
+from the default pool: ``datalayer.defaults``). Nested ``transaction(db)`` blocks are savepoints. A
+hook registered inside a savepoint that rolls back is dropped (its ``on_rollback`` hooks run); one
+registered inside a savepoint that is released waits for the outermost COMMIT.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import random
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import attrs
+import psycopg
+
+from datalayer._acompat import AHook, AJob, acall_hook, asleep
+from datalayer._liveness import known_dead
+from datalayer._translate import is_connection_lost, lost_before_sending, never_sent, translate
+from datalayer.errors import CommitUnknown, TransientError, ValidationError
+
+__all__ = [
+    "RETRYABLE_STATES",
+    "current_transaction",
+    "in_transaction",
+    "on_commit",
+    "on_rollback",
+    "run_in_transaction",
+    "transaction",
+]
+# Our own generator: jitter never moves the global random state a service (or its tests) may seed.
+_rng = random.Random()  # noqa: S311 - jitter, not secrets
+
+# Serialization failure and deadlock: PostgreSQL rolled the whole transaction back; running it
+# again from the start is the documented remedy.
+RETRYABLE_STATES = ("40001", "40P01")
+_ISOLATION = {"read committed": "READ COMMITTED", "repeatable read": "REPEATABLE READ", "serializable": "SERIALIZABLE"}
+
+log = logging.getLogger("datalayer")
+
+T = TypeVar("T")
+C = TypeVar("C", bound=psycopg.AsyncConnection[Any])
+
+
+class _DeadBeforeCommit(Exception):
+    """The connection died before COMMIT was sent (internal: becomes a TransientError)."""
+
+
+@attrs.define
+class _Frame:
+    after_commit: list[tuple[AHook, bool]] = attrs.Factory(list)
+    after_rollback: list[AHook] = attrs.Factory(list)
+
+
+_frames: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], list[_Frame]] = weakref.WeakKeyDictionary()
+_current: contextvars.ContextVar[psycopg.AsyncConnection[Any] | None] = contextvars.ContextVar(
+    "datalayer_transaction", default=None
+)
+
+
+def _key(db: psycopg.AsyncConnection[Any]) -> psycopg.AsyncConnection[Any]:
+    # A get_db() lease and the pooled connection it stands for are one transaction, whichever is passed.
+    conn: psycopg.AsyncConnection[Any] | None = getattr(db, "_dl_conn", None)
+    return conn if conn is not None else db
+
+
+def in_transaction(db: psycopg.AsyncConnection[Any]) -> bool:
+    """True while ``db`` is inside a ``transaction()`` block."""
+    return bool(_frames.get(_key(db)))
+
+
+def current_transaction() -> psycopg.AsyncConnection[Any] | None:
+    """The connection of the innermost ``transaction()`` open in this thread or task, if any."""
+    db = _current.get()
+    return db if db is not None and in_transaction(db) else None
+
+
+def _frame_for(db: psycopg.AsyncConnection[Any] | None) -> _Frame | None:
+    db = db if db is not None else current_transaction()
+    if db is None:
+        return None
+    frames = _frames.get(_key(db))
+    return frames[-1] if frames else None
+
+
+async def on_commit(
+    hook: AHook, db: psycopg.AsyncConnection[Any] | None = None, *, also_if_unknown: bool = False
+) -> None:
+    """Run ``hook`` after the outermost COMMIT of the current transaction; at once when there is none.
+
+    ``also_if_unknown``: run it too when the COMMIT's outcome is unknown (CommitUnknown); right for
+    cache invalidation, where invalidating too much is harmless.
+    """
+    frame = _frame_for(db)
+    if frame is None:
+        await _run_hooks([hook])
+    else:
+        frame.after_commit.append((hook, also_if_unknown))
+
+
+async def on_rollback(hook: AHook, db: psycopg.AsyncConnection[Any] | None = None) -> None:
+    """Run ``hook`` if the current transaction (or savepoint) rolls back; never when there is none."""
+    frame = _frame_for(db)
+    if frame is not None:
+        frame.after_rollback.append(hook)
+
+
+async def _run_hooks(hooks: list[AHook]) -> None:
+    for hook in hooks:
+        try:
+            await acall_hook(hook)
+        except Exception:
+            # The transaction's outcome is settled; a failing hook must not turn it into an error.
+            log.exception("datalayer: transaction hook %r failed", hook)
+
+
+@asynccontextmanager
+async def transaction(db: C) -> AsyncIterator[C]:
+    """Group statements on ``db`` into one unit of work: COMMIT at the end of the block, ROLLBACK on
+    error; yields ``db``. Inside another ``transaction(db)`` block on the same connection it is a savepoint.
+
+    ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
+    """
+    frames = _frames.setdefault(_key(db), [])
+    frame = _Frame()
+    frames.append(frame)
+    token = _current.set(db)
+    outermost = len(frames) == 1
+    explicit_rollback = False
+    body_done = False
+    try:
+        try:
+            async with db.transaction():
+                try:
+                    yield db
+                except psycopg.Rollback:
+                    explicit_rollback = True
+                    raise
+                body_done = True
+                if outermost and known_dead(db):
+                    # Closed by the server while the body ran: COMMIT would be sent to nobody, and its
+                    # failure would look like a lost answer (CommitUnknown) when nothing can have committed.
+                    raise _DeadBeforeCommit
+        finally:
+            frames.pop()
+            _current.reset(token)
+    except _DeadBeforeCommit:
+        await _run_hooks(frame.after_rollback)
+        raise lost_before_sending() from None
+    except psycopg.Error as e:
+        if body_done and outermost and is_connection_lost(e, db) and not never_sent(e):
+            await _run_hooks([h for h, unknown in frame.after_commit if unknown])
+            raise CommitUnknown(
+                "the connection was lost during COMMIT: the transaction may or may not have committed; "
+                "read back what you wrote before retrying"
+            ) from e
+        await _run_hooks(frame.after_rollback)
+        raise translate(e, conn=db) from e
+    except BaseException:
+        await _run_hooks(frame.after_rollback)
+        raise
+    if explicit_rollback:
+        await _run_hooks(frame.after_rollback)
+    elif frames:
+        parent = frames[-1]
+        parent.after_commit.extend(frame.after_commit)
+        parent.after_rollback.extend(frame.after_rollback)
+    else:
+        await _run_hooks([h for h, _ in frame.after_commit])
+
+
+async def run_in_transaction(
+    db: C,
+    fn: AJob[C, T],
+    retries: int = 3,
+    *,
+    isolation: str | None = None,
+    backoff: float = 0.05,
+) -> T:
+    """Run ``fn(db)`` in a transaction, running it again (up to ``retries`` more times, with jittered
+    exponential backoff) when PostgreSQL reports a serialization failure or a deadlock.
+
+    ``fn`` must be safe to run again: it is the whole unit of work, and side effects outside the
+    database belong in ``on_commit`` hooks (they run once, after the successful attempt). In async
+    code ``fn`` is an ``async def`` taking the connection.
+
+    >>> def transfer(db):                                                   # doctest: +SKIP
+    ...     ...
+    >>> run_in_transaction(db, transfer, isolation="serializable")
+    """
+    if type(retries) is not int or not 0 <= retries <= 100:
+        raise ValidationError({"retries": "must be an integer between 0 and 100"})
+    level = None
+    if isolation is not None:
+        level = _ISOLATION.get(isolation.lower())
+        if level is None:
+            raise ValidationError({"isolation": f"must be one of {', '.join(_ISOLATION)}"})
+    if in_transaction(db):
+        raise ValidationError(
+            {"db": "is inside a transaction; pass a connection outside any (a retry restarts the whole transaction)"}
+        )
+    attempt = 0
+    while True:
+        try:
+            async with transaction(db):
+                if level is not None:
+                    await db.execute(f"SET TRANSACTION ISOLATION LEVEL {level}")  # one of three constants
+                return await fn(db)
+        except TransientError as e:
+            if e.sqlstate not in RETRYABLE_STATES or attempt >= retries:
+                raise
+            attempt += 1
+            delay = backoff * (2 ** (attempt - 1)) * _rng.uniform(0.5, 1.5)
+            log.info(
+                "datalayer: %s; retrying the transaction (%d/%d) in %.0f ms", e.sqlstate, attempt, retries, delay * 1000
+            )
+            await asleep(delay)
