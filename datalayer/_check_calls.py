@@ -19,9 +19,16 @@ from typing import Any
 
 import attrs
 
-__all__ = ["METHODS", "Use", "find_uses", "is_bound"]
+__all__ = ["METHODS", "Use", "find_uses", "is_bound", "sync_method"]
 
-METHODS = frozenset({"one", "maybe", "many", "scalar", "exec", "copy", "copy_in"})
+_SYNC = ("one", "maybe", "many", "scalar", "exec", "copy")
+# The async twins are the same names with an "a" (``await q.amaybe(adb, ...)``).
+METHODS = frozenset({*_SYNC, *(f"a{m}" for m in _SYNC), "copy_in"})
+
+
+def sync_method(method: str) -> str:
+    """The cardinality method a (sync or async) method name stands for: ``amaybe`` -> ``maybe``."""
+    return method[1:] if method[1:] in _SYNC and method[0] == "a" else method
 
 
 def is_bound(value: object) -> bool:

@@ -1,51 +1,53 @@
-"""The connection side of running a query: refusing what is not an open sync connection, and the
-cursor datalayer keeps per pooled connection (reused, so a call does not build one)."""
+# Generated from datalayer/_run_cursor_async.py by tools/async_to_sync.py: edit that file, then run the tool.
+"""The connection side of running a query: refusing what is not an open connection of the right kind,
+and the cursor datalayer keeps per pooled connection (reused, so a call does not build one)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import psycopg
-from psycopg.rows import RowFactory
 
-from datalayer._connection import DataLayerConnection
+from datalayer._acompat import API
 from datalayer._translate import translate
 from datalayer.errors import ValidationError
+
+# Where a connection of this kind comes from (the sync twin names ``datalayer``), for the messages.
+_API = API
 
 __all__ = ["check_connection", "closed_error", "expired", "kept_cursor", "new_cursor"]
 
 
 def check_connection(db: object, *, open_: bool = False) -> None:
-    """ValidationError naming ``db`` unless it is a sync psycopg.Connection (and, with ``open_``, open).
+    """ValidationError naming ``db`` unless it is a psycopg.AsyncConnection (and, with ``open_``, open).
 
     Called where a cursor is made, and first by functions that do other work before their query
     (system_log's writers keep partitions ahead, which logs rather than raises its own failures), so a
     wrong or closed ``db`` is refused before anything else.
     """
-    # Not per call: an AsyncConnection would hand back coroutines (and a RuntimeWarning) instead of
-    # rows, anything else an AttributeError.
+    # Not per call: a connection of the other kind would hand back coroutines (or refuse to be
+    # awaited) instead of rows, anything else an AttributeError.
     if not isinstance(db, psycopg.Connection):
-        what = "a psycopg.AsyncConnection" if isinstance(db, psycopg.AsyncConnection) else type(db).__name__
+        wanted = psycopg.Connection.__name__
         raise ValidationError(
             {
-                "db": f"must be a sync psycopg.Connection, got {what}; datalayer's repository functions are "
-                "synchronous: pass a connection from datalayer.connection() or get_db() (from async code, "
-                "call them in a worker thread, e.g. anyio.to_thread.run_sync)"
+                "db": f"must be a psycopg.{wanted}, got {type(db).__name__}; the functions of {_API} take "
+                f"one: pass a connection from {_API}.connection() or {_API}.get_db() (datalayer.aio for "
+                "async code, datalayer for sync code)"
             }
         )
     if open_ and db.closed and (closed := closed_error(db)) is not None:
         raise closed
 
 
-def new_cursor(db: psycopg.Connection[Any], factory: RowFactory[Any] | None = None) -> psycopg.Cursor[Any]:
+def new_cursor(db: psycopg.Connection[Any], factory: Any = None) -> psycopg.Cursor[Any]:
     check_connection(db)
     try:
-        if not isinstance(db, DataLayerConnection):
-            return db.cursor() if factory is None else db.cursor(row_factory=factory)
         # Our own cursor leaves the session as it was: no reset round trip when the connection goes back.
-        dirty = db._dl_dirty
+        dirty = getattr(db, "_dl_dirty", None)
         cur: psycopg.Cursor[Any] = db.cursor() if factory is None else db.cursor(row_factory=factory)
-        db._dl_dirty = dirty
+        if dirty is not None:
+            db._dl_dirty = dirty  # type: ignore[attr-defined]
         return cur
     except psycopg.OperationalError as e:
         raise closed_error(db) or translate(e, conn=db) from None
@@ -58,7 +60,7 @@ def closed_error(db: psycopg.Connection[Any]) -> ValidationError | None:
     """
     if db.closed and not db.broken and not expired(db):  # closed by its deadline: the server never answered
         return ValidationError(
-            {"db": "is closed; pass an open connection (use it inside `with datalayer.connection() as db:`)"}
+            {"db": f"is closed; pass an open connection (use it inside the block of {_API}.connection())"}
         )
     return None
 

@@ -14,7 +14,6 @@ import attrs
 import cattrs
 import psycopg
 from cattrs.errors import AttributeValidationNote, ForbiddenExtraKeysError, IterableValidationNote
-from psycopg.rows import tuple_row
 from psycopg.types.json import Json, Jsonb
 
 from datalayer._sql import Query
@@ -23,7 +22,7 @@ from datalayer.errors import QueryError, ValidationError
 from datalayer.rows import converted_fields, init_fields
 from datalayer.text import nested_text_problem
 
-__all__ = ["Rows", "is_unsendable", "row_problem", "shown", "unstorable"]
+__all__ = ["ARows", "Rows", "is_unsendable", "row_problem", "shown", "unstorable"]
 
 _SECRET_PARAMS = frozenset({"hashed_password", "password", "token", "secret", "value"})
 
@@ -43,6 +42,18 @@ class Rows:
     def fetchall(self) -> list[Any]:
         rows, self._rows = self._rows, []
         return rows
+
+
+class ARows(Rows):
+    """``Rows`` read like an async cursor (the async twin's retried read)."""
+
+    __slots__ = ()
+
+    async def fetchone(self) -> Any:
+        return super().fetchone()
+
+    async def fetchall(self) -> list[Any]:  # type: ignore[override]
+        return super().fetchall()
 
 
 def shown(params: dict[str, Any]) -> str:
@@ -195,15 +206,19 @@ def column_problem(query: Query, result: type[Any], description: Sequence[Any] |
     )
 
 
-def row_failure(query: Query, result: type[Any], cur: psycopg.Cursor[Any], error: Exception) -> QueryError:
-    """The QueryError for a row the row maker could not turn into a ``result`` (failure path only)."""
+def row_failure(
+    query: Query, result: type[Any], error: Exception, *, description: Sequence[Any] | None, first: int, rows: list[Any]
+) -> QueryError:
+    """The QueryError for a row the row maker could not turn into a ``result`` (failure path only).
+
+    ``rows`` are the cursor's rows from the failing one on, fetched again as tuples; ``first`` is its
+    row number.
+    """
     where = query.location
-    if attrs.has(result) and (bad := column_problem(query, result, cur.description)) is not None:
+    if attrs.has(result) and (bad := column_problem(query, result, description)) is not None:
         return bad
     converted = converted_fields(result) if attrs.has(result) else []
-    first = cur.rownumber or 0
-    cur.row_factory = tuple_row  # the same rows, as fetched: the failing one is still unread
-    for i, values in enumerate(cur.fetchall(), start=first + 1):
+    for i, values in enumerate(rows, start=first + 1):
         if (problem := row_problem(result, values, converted)) is not None:
             return QueryError(f"{where}: row {i} cannot become a {result.__qualname__}: {problem}", location=where)
     return QueryError(f"{where}: a row cannot become a {result.__qualname__} ({type(error).__name__})", location=where)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg
@@ -66,7 +66,9 @@ _TRANSIENT_STATES = {
 }
 
 
-def is_connection_lost(e: BaseException, conn: psycopg.Connection[object] | None = None) -> bool:
+def is_connection_lost(
+    e: BaseException, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None
+) -> bool:
     """True when the error means the connection is gone (not a problem with the statement)."""
     if not isinstance(e, psycopg.OperationalError):
         return False
@@ -102,7 +104,7 @@ def translate(
     e: psycopg.Error,
     query: Query | None = None,
     *,
-    conn: psycopg.Connection[object] | None = None,
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None,
     write_may_have_committed: bool = False,
 ) -> DataLayerError:
     """The datalayer error for a psycopg error raised while running ``query``.

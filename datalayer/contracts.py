@@ -36,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from datalayer._check_calls import Use, find_uses, is_bound
+from datalayer._check_calls import Use, find_uses, is_bound, sync_method
 from datalayer._check_catalog import Catalog
 from datalayer._check_query import Finding, check_query, not_null_annotations
 from datalayer._default_target import resolve_database
@@ -160,9 +160,11 @@ def _check_uses(b: Any, uses: list[Use]) -> list[Finding]:
     expected = _METHOD_FOR[query.cardinality]
     for use in uses:
         where = f"{query.location} (called at {use.where})"
-        if use.method is not None and use.method != expected and not (expected == "copy" and use.method == "copy_in"):
+        method = None if use.method is None else sync_method(use.method)
+        if method is not None and method != expected and not (expected == "copy" and method == "copy_in"):
+            wanted = expected if method == use.method else f"a{expected}"
             findings.append(
-                Finding(where, f"is declared :{query.cardinality} but called with .{use.method}(); use .{expected}()")
+                Finding(where, f"is declared :{query.cardinality} but called with .{use.method}(); use .{wanted}()")
             )
         if query.cardinality == "copy" or (use.method is None and use.unverifiable is None):
             continue

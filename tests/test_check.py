@@ -193,3 +193,24 @@ def test_a_service_sees_no_notes_about_datalayers_own_queries(db: psycopg.Connec
     # Run from the datalayer checkout itself, its repositories are the project's own: their notes show.
     own = check(db, project=Project(root=Path(__file__).parents[1], builtin=True), notes=True)
     assert own and all(f.note for f in own), "\n".join(map(str, own))
+
+
+def test_async_call_sites_are_checked_like_sync_ones(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    """``await q.amaybe(db, ...)`` is a call of ``maybe``: parameters and cardinality are checked."""
+    from datalayer.project import load_project
+
+    root, pkg = _service(tmp_path, broken=False)
+    (root / pkg / "admin.py").write_text(
+        "from pathlib import Path\nfrom typing import Any\n\nfrom datalayer import sql\n\n"
+        '_count = sql.load(Path(__file__).parent.parent / "sql").bind("count", int)\n\n\n'
+        "async def count(db: Any, title: str) -> int:\n    return await _count.ascalar(db, titel=title)\n\n\n"
+        "async def every(db: Any, title: str) -> list[int]:\n    return await _count.amany(db, title=title)\n"
+    )
+    db.execute((root / "migrations" / "0001.notes.sql").read_text())
+    findings = [str(f) for f in check(db, project=load_project(root))]
+    assert any(f"called at {pkg}/admin.py:10" in f and "missing parameter(s) :title" in f for f in findings), findings
+    assert any(
+        f"called at {pkg}/admin.py:14" in f and "declared :scalar but called with .amany(); use .ascalar()" in f
+        for f in findings
+    ), findings
+    assert not [f for f in findings if "used as a value" in f or "unverifiable" in f], findings

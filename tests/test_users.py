@@ -295,7 +295,8 @@ def test_async_connection_is_a_clear_error(datalayer_server: Any, dl_pool: Any, 
         return errors
 
     errors = asyncio.run(main())
-    assert all("AsyncConnection" in e.errors["db"] and "sync psycopg.Connection" in e.errors["db"] for e in errors)
+    assert all("must be a psycopg.Connection, got AsyncConnection" in e.errors["db"]
+               and "datalayer.aio for async code" in e.errors["db"] for e in errors)
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no un-awaited coroutine
     copy = _adhoc(tmp_path, "system_log", "-- name: copy_tmp :copy\nCOPY pg_temp.h1_copy (t) FROM STDIN\n").bind(
         "copy_tmp")
@@ -306,7 +307,7 @@ def test_async_connection_is_a_clear_error(datalayer_server: Any, dl_pool: Any, 
                      lambda: copy.copy(not_a_connection, [("x",)])):  # type: ignore[arg-type]
             with pytest.raises(ValidationError) as e:
                 call()
-            assert "sync psycopg.Connection" in e.value.errors["db"]
+            assert "must be a psycopg.Connection" in e.value.errors["db"]
 
 
 # --- item 2: one identity key, computed in Python, stored, unique, looked up by equality -----------------

@@ -1,0 +1,77 @@
+"""The connection side of running a query: refusing what is not an open connection of the right kind,
+and the cursor datalayer keeps per pooled connection (reused, so a call does not build one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from datalayer._acompat import AAPI
+from datalayer._translate import translate
+from datalayer.errors import ValidationError
+
+# Where a connection of this kind comes from (the sync twin names ``datalayer``), for the messages.
+_API = AAPI
+
+__all__ = ["check_connection", "closed_error", "expired", "kept_cursor", "new_cursor"]
+
+
+def check_connection(db: object, *, open_: bool = False) -> None:
+    """ValidationError naming ``db`` unless it is a psycopg.AsyncConnection (and, with ``open_``, open).
+
+    Called where a cursor is made, and first by functions that do other work before their query
+    (system_log's writers keep partitions ahead, which logs rather than raises its own failures), so a
+    wrong or closed ``db`` is refused before anything else.
+    """
+    # Not per call: a connection of the other kind would hand back coroutines (or refuse to be
+    # awaited) instead of rows, anything else an AttributeError.
+    if not isinstance(db, psycopg.AsyncConnection):
+        wanted = psycopg.AsyncConnection.__name__
+        raise ValidationError(
+            {
+                "db": f"must be a psycopg.{wanted}, got {type(db).__name__}; the functions of {_API} take "
+                f"one: pass a connection from {_API}.connection() or {_API}.get_db() (datalayer.aio for "
+                "async code, datalayer for sync code)"
+            }
+        )
+    if open_ and db.closed and (closed := closed_error(db)) is not None:
+        raise closed
+
+
+def new_cursor(db: psycopg.AsyncConnection[Any], factory: Any = None) -> psycopg.AsyncCursor[Any]:
+    check_connection(db)
+    try:
+        # Our own cursor leaves the session as it was: no reset round trip when the connection goes back.
+        dirty = getattr(db, "_dl_dirty", None)
+        cur: psycopg.AsyncCursor[Any] = db.cursor() if factory is None else db.cursor(row_factory=factory)
+        if dirty is not None:
+            db._dl_dirty = dirty  # type: ignore[attr-defined]
+        return cur
+    except psycopg.OperationalError as e:
+        raise closed_error(db) or translate(e, conn=db) from None
+
+
+def closed_error(db: psycopg.AsyncConnection[Any]) -> ValidationError | None:
+    """The error for a connection its owner closed (one the server dropped is a TransientError).
+
+    Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
+    """
+    if db.closed and not db.broken and not expired(db):  # closed by its deadline: the server never answered
+        return ValidationError(
+            {"db": f"is closed; pass an open connection (use it inside the block of {_API}.connection())"}
+        )
+    return None
+
+
+def kept_cursor(db: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
+    cur: psycopg.AsyncCursor[Any] | None = getattr(db, "_dl_cursor", None)
+    if cur is None or cur.closed:
+        cur = new_cursor(db)
+        if hasattr(db, "_dl_cursor"):  # a pooled connection (or a get_db() lease of one)
+            db._dl_cursor = cur
+    return cur
+
+
+def expired(db: psycopg.AsyncConnection[Any]) -> bool:
+    return bool(getattr(db, "_dl_expired", False))

@@ -1,0 +1,226 @@
+"""Running a bound query on an async connection: the source of ``_run_io.py``, its sync twin.
+
+``tools/async_to_sync.py`` generates the sync runner from this file, so both run a query by the same
+rules: exact parameters, the kept cursor, the row maker, strict records, a read retried on a fresh
+pooled connection after its own died, and every psycopg error translated with its ``file.sql:line``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Never, TypeVar, cast
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from datalayer import _run_base
+from datalayer._acompat import asleep
+from datalayer._connection import known_dead
+from datalayer._run_base import RunnerBase
+from datalayer._run_cursor_async import closed_error, expired, kept_cursor, new_cursor
+from datalayer._run_failure import ARows, is_unsendable, row_failure, shown, unstorable
+from datalayer._translate import is_connection_lost, lost_before_sending, translate
+from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError
+from datalayer.pool_async import AsyncDataLayerPool, checkout, give_back
+from datalayer.transactions_async import in_transaction
+
+__all__ = ["READ_RETRY_SECONDS"]
+
+T = TypeVar("T")
+
+# How long an idempotent read may keep trying fresh connections after its own connection died.
+READ_RETRY_SECONDS = 2.0
+
+
+class _AsyncRunner(RunnerBase[T]):
+    __slots__ = ()
+
+    async def _aexecute(
+        self, db: psycopg.AsyncConnection[Any], params: dict[str, Any]
+    ) -> psycopg.AsyncCursor[Any] | ARows:
+        if params.keys() != self._params:
+            self._bad_params(params)
+        cur: psycopg.AsyncCursor[Any] | None = getattr(db, "_dl_cursor", None)  # the kept cursor, inlined
+        if cur is None or cur.closed:
+            cur = kept_cursor(db)  # first: it refuses what is not a connection of this kind
+        if not self._read_only and db.autocommit and not in_transaction(db) and known_dead(db):
+            raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
+        if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
+            cur.row_factory = self._factory
+        try:
+            await cur.execute(self._sql, params)
+        except (psycopg.Error, UnicodeEncodeError) as e:
+            if is_unsendable(e) and (bad := unstorable(self.query, params.items(), e)) is not e:
+                raise bad from None
+            if not isinstance(e, psycopg.Error):
+                raise
+            if (closed := closed_error(db)) is not None:  # a pooled connection's kept cursor outlives a close()
+                raise closed from None
+            outside = db.autocommit and not in_transaction(db)
+            # A read past its deadline is not run again: the caller gets its error on time.
+            if self._read_only and outside and is_connection_lost(e, db) and not expired(db):
+                pool = getattr(db, "_pool", None)
+                if isinstance(pool, AsyncDataLayerPool):
+                    return await self._aretry_read(pool, params, e)
+            write = not self._read_only and outside
+            raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        if not self._columns_ok:
+            self._check_columns(cur)
+        return cur
+
+    async def _aretry_read(self, pool: AsyncDataLayerPool, params: dict[str, Any], first: psycopg.Error) -> ARows:
+        """Run an idempotent read again on fresh pooled connections, within READ_RETRY_SECONDS.
+
+        Only reads outside a transaction get here: running them twice cannot change anything.
+        """
+        deadline = time.monotonic() + READ_RETRY_SECONDS
+        last: psycopg.Error = first
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                conn = await checkout(pool, timeout=remaining)
+            except PoolExhausted:
+                break
+            try:
+                async with new_cursor(conn, self._factory) as cur:
+                    await cur.execute(self._sql, params)
+                    if not self._columns_ok:
+                        self._check_columns(cur)
+                    try:
+                        return ARows(await cur.fetchall(), cur.rowcount)
+                    except psycopg.Error:
+                        raise
+                    except Exception as e:
+                        raise await self._afailed(cur, e) from None
+            except psycopg.Error as e:
+                if not is_connection_lost(e, conn) or expired(conn):
+                    raise translate(e, self.query, conn=conn) from e
+                last = e
+            finally:
+                await give_back(pool, conn)
+            await asleep(min(0.05, max(deadline - time.monotonic(), 0)))
+        raise translate(last, self.query) from last
+
+    async def _afailed(self, cur: psycopg.AsyncCursor[Any] | ARows, error: Exception) -> QueryError:
+        """The QueryError for a row that could not become a ``T``, naming the field and the value's type."""
+        result = cast(type, self.result)
+        if isinstance(cur, ARows):  # already made into records: the row maker cannot fail on them
+            return row_failure(self.query, result, error, description=None, first=0, rows=[])
+        first = cur.rownumber or 0
+        cur.row_factory = tuple_row  # the same rows, as fetched: the failing one is still unread
+        return row_failure(
+            self.query, result, error, description=cur.description, first=first, rows=await cur.fetchall()
+        )
+
+    async def _aonly_row(self, cur: psycopg.AsyncCursor[Any] | ARows, params: dict[str, Any]) -> T:
+        if cur.rowcount != 1:
+            if cur.rowcount == 0:
+                raise NotFound(f"no row for {self.query.location} ({shown(params)})")
+            raise MultipleRowsFound(f"{cur.rowcount} rows for {self.query.location}, expected one ({shown(params)})")
+        try:
+            row = await cur.fetchone()
+        except psycopg.Error:
+            raise
+        except Exception as e:  # the row maker: a value that cannot become a T
+            raise await self._afailed(cur, e) from None
+        strict = _run_base.strict
+        if strict is not None and self._checked is not None and (problem := strict(row, self._checked)):
+            raise self._mismatch(row, problem)
+        return cast(T, row)
+
+    async def aone(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> T:
+        """Exactly one row: NotFound on none, MultipleRowsFound on more."""
+        if self._card != "one":
+            self._refuse("one")
+        return await self._aonly_row(await self._aexecute(db, params), params)
+
+    async def amaybe(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> T | None:
+        """One row or None: MultipleRowsFound on more than one."""
+        if self._card != "maybe":
+            self._refuse("maybe")
+        cur = await self._aexecute(db, params)
+        if cur.rowcount > 1:
+            raise MultipleRowsFound(
+                f"{cur.rowcount} rows for {self.query.location}, expected at most one ({shown(params)})"
+            )
+        try:
+            row: T | None = await cur.fetchone()  # annotated, not cast(): no call on the hot path
+        except psycopg.Error:
+            raise
+        except Exception as e:  # the row maker: a value that cannot become a T
+            raise await self._afailed(cur, e) from None
+        strict = _run_base.strict
+        if (
+            strict is not None
+            and row is not None
+            and self._checked is not None
+            and (problem := strict(row, self._checked))
+        ):
+            raise self._mismatch(row, problem)
+        return row
+
+    async def amany(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> list[T]:
+        """Every row."""
+        if self._card != "many":
+            self._refuse("many")
+        cur = await self._aexecute(db, params)
+        try:
+            rows: list[T] = await cur.fetchall()
+        except psycopg.Error:
+            raise
+        except Exception as e:  # the row maker: a value that cannot become a T
+            raise await self._afailed(cur, e) from None
+        strict = _run_base.strict
+        if strict is not None and self._checked is not None:
+            for i, row in enumerate(rows):
+                if problem := strict(row, self._checked):
+                    raise self._mismatch(row, f"row {i + 1}: {problem}")
+        return rows
+
+    async def ascalar(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> T:
+        """The first column of the only row (NotFound on no row)."""
+        if self._card != "scalar":
+            self._refuse("scalar")
+        return await self._aonly_row(await self._aexecute(db, params), params)
+
+    async def aexec(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> int:
+        """Run a statement without a result; returns the number of rows it touched."""
+        if self._card != "exec":
+            self._refuse("exec")
+        rowcount: int = (await self._aexecute(db, params)).rowcount
+        return rowcount
+
+    async def acopy(
+        self, db: psycopg.AsyncConnection[Any], rows: Iterable[Sequence[Any]] = (), /, **params: Never
+    ) -> int:
+        """Stream ``rows`` through ``COPY … FROM STDIN``; returns how many were sent."""
+        if self._card != "copy":
+            self._refuse("copy")
+        if params:  # typed Never: mypy refuses them too
+            self._refuse_copy_params(params)
+        count = 0
+        row: Sequence[Any] = ()
+        cur = new_cursor(db)  # first: it refuses what is not a connection of this kind
+        if db.autocommit and not in_transaction(db) and known_dead(db):
+            await cur.close()
+            raise lost_before_sending(self.query)
+        try:
+            async with cur, cur.copy(self.query.sql.replace("%%", "%")) as copy:
+                for row in rows:
+                    await copy.write_row(row)
+                    count += 1
+        except (psycopg.Error, UnicodeEncodeError) as e:
+            if is_unsendable(e):
+                named = ((f"row {count + 1} column {i + 1}", v) for i, v in enumerate(row))
+                if (bad := unstorable(self.query, named, e)) is not e:
+                    raise bad from None
+            if not isinstance(e, psycopg.Error):
+                raise
+            if (closed := closed_error(db)) is not None:
+                raise closed from None
+            write = not in_transaction(db) and db.autocommit
+            raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        return count
