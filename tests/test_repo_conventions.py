@@ -10,7 +10,8 @@
    its query, which matches only that user's rows.
 5. The two status machines are one: the moves of ``_status.TRANSITIONS``, for analyses and generations.
 
-A new repository module is found and inspected without being listed here.
+A new repository module is found and inspected without being listed here: the async sources
+(``users_async`` …) as well as the sync modules generated from them.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ import datalayer.repos
 from datalayer import IllegalTransition, NotFound, ValidationError, sql
 from datalayer import data_analysis_repo as analyses
 from datalayer import tool_generation_repo as generations
-from datalayer.repos import _status
+from datalayer.repos import _status, _status_async
 from datalayer.repos._status import TRANSITIONS, StatusMachine
 
 ENTITY_MODULES = sorted(
     f"datalayer.repos.{m.name}" for m in pkgutil.iter_modules(datalayer.repos.__path__) if not m.name.startswith("_")
 )
 ALL_MODULES = sorted(f"datalayer.repos.{m.name}" for m in pkgutil.iter_modules(datalayer.repos.__path__))
+# The status machine of the sync modules and that of their async sources.
+MACHINES = (StatusMachine, _status_async.StatusMachine)
 
 # ------------------------------------------------------------------------------ justified exceptions
+
+# The exceptions below name the sync module; they hold for its async source (``<name>_async``) too.
 
 # Private datalayer modules a repository module may import, and why.
 PRIVATE_IMPORTS = {
@@ -46,6 +51,10 @@ PRIVATE_IMPORTS = {
     "no public home yet",
     ("datalayer.repos._common", "datalayer._run"): "check_connection tells a closed connection (ValidationError) "
     "from a lost one (TransientError); system_log needs it before its partition work, and it has no public home",
+    ("datalayer.repos._common", "datalayer._run_cursor_async"): "the same check for the async sources "
+    "(check_aconnection, renamed to check_connection in their sync twins)",
+    ("datalayer.repos.users", "datalayer._acompat"): "argon2 runs through blocking (the async form: ablocking, in a "
+    "worker thread), datalayer's one pair of twins for CPU work",
 }
 
 # Where a repository module builds a ValidationError itself, and why.
@@ -80,27 +89,36 @@ DERIVED_PARAMETERS = {
     "set_checksum": "whether update was given checksum at all (checksum=None clears it)",
 }
 
-# Modules whose rows belong to a user: every write takes user_id.
-OWNED = ("datalayer.repos.analyses", "datalayer.repos.files", "datalayer.repos.tool_generations")
+# Modules whose rows belong to a user: every write takes user_id (the sync modules and their sources).
+OWNED = tuple(
+    f"datalayer.repos.{m}{form}" for m in ("analyses", "files", "tool_generations") for form in ("", "_async")
+)
+
+Function = ast.FunctionDef | ast.AsyncFunctionDef
 
 
 # ------------------------------------------------------------------------------------- inspection
+
+
+def _twin(name: str) -> str:
+    """The sync module generated from ``name`` when it is an async source (``users_async``), else ``name``."""
+    return name.removesuffix("_async")
 
 
 def _tree(module: types.ModuleType) -> ast.Module:
     return ast.parse(inspect.getsource(module))
 
 
-def _functions(module: types.ModuleType) -> dict[str, ast.FunctionDef]:
-    return {n.name: n for n in _tree(module).body if isinstance(n, ast.FunctionDef)}
+def _functions(module: types.ModuleType) -> dict[str, Function]:
+    return {n.name: n for n in _tree(module).body if isinstance(n, Function)}
 
 
-def _public_functions(module: types.ModuleType) -> dict[str, ast.FunctionDef]:
+def _public_functions(module: types.ModuleType) -> dict[str, Function]:
     names = set(module.__all__)
     return {name: f for name, f in _functions(module).items() if name in names}
 
 
-def _params(fn: ast.FunctionDef) -> list[str]:
+def _params(fn: Function) -> list[str]:
     a = fn.args
     names = [p.arg for p in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
     if a.vararg:
@@ -116,7 +134,7 @@ def _names_in(node: ast.AST) -> Iterator[str]:
             yield n.id
 
 
-def _queries_used(module: types.ModuleType, fn: ast.FunctionDef, seen: set[str] | None = None) -> list[Any]:
+def _queries_used(module: types.ModuleType, fn: Function, seen: set[str] | None = None) -> list[Any]:
     """The bound queries ``fn`` runs: directly, through the module's functions, or a status machine."""
     seen = set() if seen is None else seen
     functions = _functions(module)
@@ -125,7 +143,7 @@ def _queries_used(module: types.ModuleType, fn: ast.FunctionDef, seen: set[str] 
         value = getattr(module, name, None)
         if isinstance(value, sql.BoundQuery):
             found.append(value)
-        elif isinstance(value, StatusMachine):
+        elif isinstance(value, MACHINES):
             found += [value.transition, value.status_of]
         elif name in functions and name not in seen:
             seen.add(name)
@@ -175,7 +193,7 @@ def test_only_public_datalayer_modules_are_imported(name: str) -> None:
         for m in _imports(_tree(module))
         if m.startswith("datalayer") and _is_private(m) and not m.startswith("datalayer.repos._")
     }
-    unjustified = {m for m in private if (name, m) not in PRIVATE_IMPORTS}
+    unjustified = {m for m in private if (_twin(name), m) not in PRIVATE_IMPORTS}
     assert not unjustified, f"{name} imports private {sorted(unjustified)}; use the public toolkit or repos/_common"
 
 
@@ -183,12 +201,15 @@ def test_only_public_datalayer_modules_are_imported(name: str) -> None:
 def test_queries_are_bound_through_the_public_toolkit_to_the_builtin_sql(name: str) -> None:
     module = importlib.import_module(name)
     bound = [v for v in vars(module).values() if isinstance(v, sql.BoundQuery)]
-    bound += [q for v in vars(module).values() if isinstance(v, StatusMachine) for q in (v.transition, v.status_of)]
+    bound += [q for v in vars(module).values() if isinstance(v, MACHINES) for q in (v.transition, v.status_of)]
     assert bound, f"{name} binds no query"
     for b in bound:
         assert b.query.cardinality in sql.CARDINALITIES, f"{b.query.location} is not defined in its file"
         assert b.query.file.startswith("sql/"), f"{b.query.location} is not a built-in query file"
-    assert {b.module for b in sql.bindings() if b.query is not None and b.query.file == bound[0].query.file} >= {name}
+    # What an async source binds exactly as its generated twin does counts once, as the twin's.
+    twin = _twin(name)
+    importlib.import_module(twin)
+    assert {b.module for b in sql.bindings() if b.query is not None and b.query.file == bound[0].query.file} >= {twin}
 
 
 # ------------------------------------------------------------------------------------ 2. the checks
@@ -199,7 +220,7 @@ def test_no_module_makes_checks_of_its_own(name: str) -> None:
     module = importlib.import_module(name)
     for fname, fn in _functions(module).items():
         builds = [n for n in ast.walk(fn) if isinstance(n, ast.Call) and "ValidationError" in set(_names_in(n.func))]
-        if builds and (name, fname) not in OWN_VALIDATION:
+        if builds and (_twin(name), fname) not in OWN_VALIDATION:
             pytest.fail(f"{name}.{fname} builds a ValidationError itself: put the check in repos/_common.py")
         assert not fname.startswith(("check_", "_check", "optional_")), f"{name}.{fname}: checks live in _common"
     assert "datalayer.text" not in set(_imports(_tree(module))), f"{name}: text checks come through _common"
@@ -216,12 +237,16 @@ def _checkers(module: types.ModuleType) -> set[str]:
     return imported | set(_functions(module))
 
 
-def _reaches_a_check(fn: ast.FunctionDef, param: str, checkers: set[str]) -> bool:
+def _reaches_a_check(fn: Function, param: str, checkers: set[str]) -> bool:
     for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
         f = call.func
         named = isinstance(f, ast.Name) and f.id in checkers
         # _pages.by_time / _status.start …: the page helpers and the status machine check what they take
-        helper = isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in ("_pages", "_status")
+        helper = (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id in ("_pages", "_pages_async", "_status")
+        )
         if named or helper:
             args = [*call.args, *(k.value for k in call.keywords)]
             if any(param in set(_names_in(a)) for a in args):
@@ -263,7 +288,9 @@ def test_function_keywords_are_the_sql_parameters(name: str) -> None:
         used = {p for q in queries for p in q.query.params}
         keywords = [p for p in _params(fn) if p != "changes"] + _changes_keys(module, fname)
         for kw in keywords:
-            if kw in used or kw in KEYWORD_NOT_A_PARAMETER or (name, fname, kw) in FUNCTION_KEYWORD_NOT_A_PARAMETER:
+            if kw in used or kw in KEYWORD_NOT_A_PARAMETER:
+                continue
+            if (_twin(name), fname, kw) in FUNCTION_KEYWORD_NOT_A_PARAMETER:
                 continue
             wrong.append(f"{fname}({kw}) runs {sorted(used)}")
     assert not wrong, f"{name}: keywords that are no parameter of the SQL they run: {wrong}"

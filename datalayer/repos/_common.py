@@ -18,10 +18,12 @@ from psycopg.types.json import Jsonb
 
 from datalayer import text
 
-# The two private imports of the repositories, kept here: jsonb's float spelling (shared with the log
-# record) and the connection check that tells a closed connection from a lost one have no public home.
+# The private imports of the repositories, kept here: jsonb's float spelling (shared with the log
+# record) and the connection checks (sync and async) that tell a closed connection from a lost one
+# have no public home.
 from datalayer._jsonb import dumps as _jsonb_dumps
 from datalayer._run import check_connection as _check_connection
+from datalayer._run_cursor_async import check_connection as _check_aconnection
 from datalayer.builtin_schema import LEVELS, MAX_ID, STATUSES
 from datalayer.errors import ValidationError
 from datalayer.partitions import EARLIEST_DAY, MAX_AHEAD
@@ -49,6 +51,17 @@ def check_connection(db: object) -> None:
     """ValidationError naming ``db`` unless it is an open sync connection (for functions that do other
     work before their first query; the query itself checks it otherwise)."""
     _check_connection(db, open_=True)
+
+
+def check_aconnection(db: object) -> None:
+    """``check_connection`` for the async sources: ValidationError naming ``db`` unless it is an open
+    psycopg.AsyncConnection (tools/async_to_sync.py renames it to ``check_connection`` in their sync twins)."""
+    _check_aconnection(db, open_=True)
+
+
+def check_message(value: object) -> str:
+    """A system_log message: storable text of at most MAX_MESSAGE_CHARS characters (empty is allowed)."""
+    return check_text(value, "message", max_chars=MAX_MESSAGE_CHARS, min_chars=0)
 
 
 def check_id(value: object, name: str) -> int:

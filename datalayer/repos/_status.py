@@ -1,3 +1,4 @@
+# Generated from datalayer/repos/_status_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """The status machine analyses and tool generations share: pending -> running -> completed | failed.
 
 One table of moves (``TRANSITIONS``); each entity binds its own ``transition`` and ``status_of``
@@ -5,6 +6,8 @@ queries, which take the same parameters: the row's id (``analysis_id``, ``genera
 ``user_id`` (NULL: any owner), ``to_status``, ``from_status``, the jsonb column a completed run sets
 (``result``, ``output``) and ``error``. The move is one UPDATE; only when it matches no row is the
 status read, to say why.
+
+One source, two APIs: ``_status.py`` is generated from ``_status_async.py`` by tools/async_to_sync.py.
 """
 
 from __future__ import annotations

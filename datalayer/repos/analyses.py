@@ -1,3 +1,4 @@
+# Generated from datalayer/repos/analyses_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Data analyses: CRUD, owner-scoped access, listings, status moves, and an analysis with its files.
 
 Every write takes ``user_id``: with it, only that user's analysis is changed (None: any owner).
@@ -6,6 +7,9 @@ Every write takes ``user_id``: with it, only that user's analysis is changed (No
 ...                               parameters={"window": 30})
 >>> data_analysis_repo.start(db, a.id, user_id=u.id)                                     # doctest: +SKIP
 >>> data_analysis_repo.complete(db, a.id, result={"rows": 1200})                          # doctest: +SKIP
+
+One source, two APIs: ``analyses_async.py`` is ``datalayer.aio.data_analysis_repo`` (awaited);
+``analyses.py``, generated from it by tools/async_to_sync.py, is ``datalayer.data_analysis_repo``.
 """
 
 from __future__ import annotations
@@ -200,7 +204,12 @@ def find(
 
 
 def find_page(
-    db: Connection[Any], *, user_id: int | None = None, status: str | None = None, page: int = 1, per_page: int = 50
+    db: Connection[Any],
+    *,
+    user_id: int | None = None,
+    status: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
 ) -> OffsetPage[DataAnalysis]:
     """A numbered page, newest first, with the total (for UIs with page numbers)."""
     return _pages.numbered(

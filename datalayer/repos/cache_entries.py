@@ -1,17 +1,21 @@
+# Generated from datalayer/repos/cache_entries_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """cache_entries: the persistent layer of the cache (get ignores expired rows; versioned upsert), and
-the pending invalidations of cache_invalidations (what the cache could not be sure Redis took)."""
+the pending invalidations of cache_invalidations (what the cache could not be sure Redis took).
+
+One source, two APIs: ``cache_entries_async.py`` is ``datalayer.aio.cache_entry_repo`` (awaited);
+``cache_entries.py``, generated from it by tools/async_to_sync.py, is ``datalayer.cache_entry_repo``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
 from psycopg import Connection
-from psycopg.types.json import Jsonb
 
 from datalayer import sql
 from datalayer.project import builtin_sql_dir
 from datalayer.records import CacheEntry
+from datalayer.repos._cache_types import Checked, PendingInvalidation
 from datalayer.repos._common import (
     MAX_KEY_CHARS,
     check_flag,
@@ -59,16 +63,6 @@ _TOP = 2**63 - 1
 KINDS = ("key", "api")
 
 
-@attrs.frozen
-class PendingInvalidation:
-    """An invalidation the cache recorded because its Redis part may not have happened."""
-
-    id: int
-    kind: str
-    key: str
-    table_done: bool
-
-
 _q = sql.load(builtin_sql_dir() / "cache_entries.sql")
 _get = _q.bind("get", CacheEntry)
 _peek = _q.bind("peek", CacheEntry)
@@ -97,16 +91,6 @@ def _value(value: Any) -> Any:
     if isinstance(value, Checked):
         return value.jsonb
     return json_value(value, "value", require_object=False)
-
-
-class Checked:
-    """A cache envelope (JSON text) whose value already passed the JSON-column rules: the cache checks
-    each value once, on its way in, and stores the same text in Redis and here."""
-
-    __slots__ = ("jsonb",)
-
-    def __init__(self, text: bytes) -> None:
-        self.jsonb = Jsonb(None, dumps=lambda _obj: text)
 
 
 def peek(db: Connection[Any], key: str) -> CacheEntry | None:

@@ -1,3 +1,4 @@
+# Generated from datalayer/repos/files_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Files of analyses: CRUD, owner-scoped access, per-type totals, listings.
 
 A file belongs to its analysis's user. Every write takes ``user_id``: with it, only a file of that
@@ -5,6 +6,9 @@ user's analysis is written (None: any owner).
 
 >>> analysis_file_repo.create(db, analysis_id=a.id, filename="data.csv", file_type="csv",   # doctest: +SKIP
 ...                           size_bytes=1024, storage_uri="s3://bucket/data.csv", user_id=u.id)
+
+One source, two APIs: ``files_async.py`` is ``datalayer.aio.analysis_file_repo`` (awaited);
+``files.py``, generated from it by tools/async_to_sync.py, is ``datalayer.analysis_file_repo``.
 """
 
 from __future__ import annotations

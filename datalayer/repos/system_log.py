@@ -1,15 +1,20 @@
+# Generated from datalayer/repos/system_log_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """system_log: append-only events, time-bounded listings that prune partitions, COPY bulk insert.
 
 >>> system_log_repo.find(db, since=now - timedelta(hours=1), until=now, level="ERROR")   # doctest: +SKIP
+
+Written once, in ``system_log_async.py`` (``datalayer.aio.system_log_repo``: ``await
+system_log_repo.create(db, ...)``); ``system_log.py`` (``datalayer.system_log_repo``) is generated
+from it by tools/async_to_sync.py. The event record and the checked COPY row are shared
+(``_system_log_rows``), not generated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import attrs
 from psycopg import Connection
 
 from datalayer import sql
@@ -25,20 +30,18 @@ from datalayer.repos._common import (
     check_connection,
     check_id,
     check_iterable,
-    check_known,
     check_level,
-    check_log_time,
+    check_message,
     check_range,
     check_text,
     check_time,
-    json_text,
     json_value,
     optional_id,
     optional_level,
     optional_text,
     within,
-    wrong_type,
 )
+from datalayer.repos._system_log_rows import MAX_RANGE, LogEvent, event_row
 
 __all__ = [
     "LEVELS",
@@ -55,9 +58,6 @@ __all__ = [
     "record_landed",
 ]
 
-# Listings must be bounded in time so that they prune to the partitions of the range.
-MAX_RANGE = timedelta(days=92)
-
 _q = sql.load(builtin_sql_dir() / "system_log.sql")
 _create = _q.bind("create", SystemLogEntry)
 _get_by_id = _q.bind("get_by_id", SystemLogEntry)
@@ -65,22 +65,6 @@ _find = _q.bind("find", SystemLogEntry)
 _count_by_level = _q.bind("count_by_level", LevelCount)
 _copy_in = _q.bind("copy_in")
 _record_landed = _q.bind("record_landed", bool)
-
-
-@attrs.frozen(kw_only=True)
-class LogEvent:
-    """One event for ``bulk_insert`` (created_at defaults to now)."""
-
-    service: str
-    level: str
-    message: str
-    details: dict[str, Any] = attrs.field(factory=dict)
-    user_id: int | None = None
-    created_at: datetime | None = None
-
-
-def _message(message: object) -> str:
-    return check_text(message, "message", max_chars=MAX_MESSAGE_CHARS, min_chars=0)
 
 
 def create(
@@ -96,10 +80,12 @@ def create(
     check_connection(db)  # before keep_ahead, which would log its own failure on a wrong db
     service = check_text(service, "service", max_chars=MAX_SERVICE_CHARS)
     level = check_level(level)
-    message = _message(message)
+    message = check_message(message)
     details_value = json_value({} if details is None else details, "details")
     user_id = optional_id(user_id, "user_id")
-    keep_ahead(db)  # a comparison, unless partitions ahead run short (then a background top-up)
+    # A comparison, unless partitions ahead run short: then a top-up on a connection of its own in a
+    # background thread, never on ``db`` (so nothing here waits on it, in either API).
+    keep_ahead(db)
     return _create.one(db, service=service, level=level, message=message, details=details_value, user_id=user_id)
 
 
@@ -145,32 +131,6 @@ def count_by_level(
     )
 
 
-def _row(event: LogEvent | Mapping[str, Any], now: datetime) -> tuple[Any, ...]:
-    service: Any
-    level: Any
-    message: Any
-    details: Any
-    user_id: Any
-    created_at: Any
-    if isinstance(event, LogEvent):
-        service, level, message = event.service, event.level, event.message
-        details, user_id, created_at = event.details, event.user_id, event.created_at
-    elif isinstance(event, Mapping):
-        check_known(event, ("service", "level", "message", "details", "user_id", "created_at"))
-        service, level, message = event.get("service"), event.get("level"), event.get("message")
-        details, user_id, created_at = event.get("details") or {}, event.get("user_id"), event.get("created_at")
-    else:
-        raise wrong_type("events", "a list of LogEvent or dict", event)
-    return (
-        now if created_at is None else check_log_time(created_at, now),
-        check_text(service, "service", max_chars=MAX_SERVICE_CHARS),
-        check_level(level),
-        _message(message),
-        json_text(details, "details"),
-        optional_id(user_id, "user_id"),
-    )
-
-
 def bulk_insert(db: Connection[Any], events: Iterable[LogEvent | Mapping[str, Any]]) -> int:
     """Insert many events through COPY; returns how many. All or nothing: a bad event (ValidationError
     naming the field and the event's position) or a failed COPY inserts none of them.
@@ -185,7 +145,7 @@ def bulk_insert(db: Connection[Any], events: Iterable[LogEvent | Mapping[str, An
     def rows() -> Iterable[tuple[Any, ...]]:
         nonlocal position
         for position, event in enumerate(events):  # noqa: B007 - read by the error handler below
-            yield _row(event, now)
+            yield event_row(event, now)
 
     keep_ahead(db)
     try:

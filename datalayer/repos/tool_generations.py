@@ -1,6 +1,11 @@
+# Generated from datalayer/repos/tool_generations_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Tool generations: CRUD, owner-scoped access, listings by status and tool type, status moves.
 
 Every write takes ``user_id``: with it, only that user's generation is changed (None: any owner).
+
+One source, two APIs: ``tool_generations_async.py`` is ``datalayer.aio.tool_generation_repo`` (awaited);
+``tool_generations.py``, generated from it by tools/async_to_sync.py, is
+``datalayer.tool_generation_repo``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
+# Generated from datalayer/repos/users_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Users: create, read, update, delete and list. Queries live in ``sql/users.sql``.
 
 >>> with connection() as db:                                            # doctest: +SKIP
 ...     u = user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
 ...     user_repo.update(db, u.id, is_active=False)
+
+One source, two APIs: ``users_async.py`` is ``datalayer.aio.user_repo`` (awaited); ``users.py``,
+generated from it by tools/async_to_sync.py, is ``datalayer.user_repo``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, TypedDict, Unpack
 from psycopg import Connection
 
 from datalayer import sql
+from datalayer._acompat import blocking
 from datalayer.project import builtin_sql_dir
 from datalayer.records import OffsetPage, Page, User
 from datalayer.repos import _pages
@@ -100,7 +105,15 @@ def create_with_password(
     check_email(email)
     check_password(password)  # before hashing: argon2 is slow, bad input should not pay for it
     check_flag(is_active, "is_active")
-    return create(db, username=username, email=email, hashed_password=hash_password(password), is_active=is_active)
+    # argon2 takes tens of milliseconds of CPU: the async form hashes in a worker thread (ablocking), so
+    # the event loop keeps serving; the sync form calls it right here (blocking).
+    return create(
+        db,
+        username=username,
+        email=email,
+        hashed_password=blocking(hash_password, password),
+        is_active=is_active,
+    )
 
 
 def get_by_id(db: Connection[Any], user_id: int) -> User | None:
