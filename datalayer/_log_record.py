@@ -20,7 +20,7 @@ from datalayer.repos._common import MAX_JSON_BYTES, has_non_finite
 from datalayer.repos.system_log import MAX_MESSAGE_CHARS, MAX_SERVICE_CHARS
 from datalayer.text import clean_text
 
-__all__ = ["clean_service", "record_row"]
+__all__ = ["clean_service", "event_level", "record_row"]
 
 # One string inside details (the traceback included), the items kept of one list or dict, and the
 # nesting kept: log records are for reading, not for storing documents.
@@ -95,6 +95,19 @@ def _details_json(details: dict[str, Any], standard_count: int) -> str:
         note = f"extra fields dropped: {len(encoded):,} bytes of JSON, over the {MAX_JSON_BYTES:,}-byte limit"
         encoded = _jsonb.dumps({**_own(details, standard_count), "extra_dropped": note})
     return encoded.decode()
+
+
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL", "EXCEPTION": "ERROR"}
+
+
+def event_level(level: str) -> str:
+    """``log_system_event``'s lenient level: any case, and WARN/FATAL/EXCEPTION for their logging names.
+
+    Anything else is passed on as it is, for the repository's check to name.
+    """
+    if isinstance(level, str):
+        return _LEVEL_ALIASES.get(level.upper(), level.upper())
+    return level
 
 
 def clean_service(service: object) -> str:

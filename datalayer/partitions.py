@@ -9,6 +9,11 @@ Partitions stay ahead without a cron job: every writer of system_log (``log_syst
 through X has its partition"). Only when fewer than ``REFRESH_WITHIN`` days ahead are known does it
 look at the catalogue and create what is missing, on a connection of its own in a background thread
 (never in the caller's transaction; a failure is logged and never reaches the caller's write).
+
+``keep_ahead`` does no I/O on the caller's connection, so the async writers (``datalayer.aio``) call
+the very same function with a ``psycopg.AsyncConnection``: the check is a comparison, and a top-up
+runs in its thread on a sync connection of its own, so the event loop never waits for it. The
+whole-table maintenance here (``ensure_log_partitions``, ``list_log_partitions``) stays sync.
 """
 
 from __future__ import annotations
@@ -121,12 +126,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _database_key(db: psycopg.Connection[Any]) -> tuple[bytes, ...]:
+# Either API's connection: the keeper reads only its connection parameters (no round trip).
+_AnyConnection = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+
+
+def _database_key(db: _AnyConnection) -> tuple[bytes, ...]:
     pgconn = db.pgconn
     return (pgconn.host, pgconn.port, pgconn.db, pgconn.options)
 
 
-def _params_of(db: psycopg.Connection[Any]) -> dict[str, str]:
+def _params_of(db: _AnyConnection) -> dict[str, str]:
     """``db``'s connection parameters (password included), for a connection of the keeper's own."""
     params = {o.keyword.decode(): o.val.decode() for o in db.pgconn.info if o.val is not None}
     params["application_name"] = "datalayer-partitions"
@@ -160,11 +169,12 @@ class PartitionKeeper:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def check(self, db: psycopg.Connection[Any], *, background: bool = True) -> None:
+    def check(self, db: _AnyConnection, *, background: bool = True) -> None:
         """Top partitions up if fewer than ``refresh_within`` days ahead are known; never raises.
 
-        ``background``: do it on a connection of its own in a thread (for a caller's connection);
-        ``False`` does it now on ``db``, which must be idle in autocommit (the log handler's writer).
+        ``background``: do it on a connection of its own in a thread (for a caller's connection, and
+        always for an async one); ``False`` does it now on ``db``, which must be an idle sync
+        connection in autocommit (the log handler's writer).
         """
         try:
             key = _database_key(db)
@@ -176,7 +186,7 @@ class PartitionKeeper:
                 if key in self._busy or time.monotonic() < self._retry_at.get(key, 0.0):
                     return
                 self._busy.add(key)
-            if not background:
+            if not background and isinstance(db, psycopg.Connection):
                 self._top_up(key, today, db, None)
                 return
             thread = threading.Thread(
@@ -232,7 +242,7 @@ class PartitionKeeper:
 _keeper = PartitionKeeper()
 
 
-def keep_ahead(db: psycopg.Connection[Any], *, background: bool = True) -> None:
+def keep_ahead(db: _AnyConnection, *, background: bool = True) -> None:
     """Called by the writers of system_log: cheap unless partitions ahead run short (see module doc)."""
     _keeper.check(db, background=background)
 

@@ -1,24 +1,32 @@
+# Generated from datalayer/passwords_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Password hashing with passlib (the maintained fork, libpass): argon2 by default, bcrypt verified.
 
->>> h = hash_password("correct horse battery staple")
->>> h.startswith("$argon2id$"), verify_password("correct horse battery staple", h)
-(True, True)
+    h = hash_password("correct horse battery staple")                 # datalayer
+    verify_password("correct horse battery staple", h)                # True
+    h = await hash_password("correct horse battery staple")           # datalayer.aio
+    await verify_password("correct horse battery staple", h)          # True
 
 bcrypt hashes (from an older system) still verify, and ``needs_rehash`` flags them so that the next
-successful login can store an argon2 hash instead.
+successful login can store an argon2 hash instead. The policy is checked in the caller; the hashing
+itself (CPU-bound, tens of milliseconds) runs in a worker thread in the async API, so an event loop
+keeps serving meanwhile.
+
+Written once, in ``passwords_async.py``; ``passwords.py`` is generated from it by
+tools/async_to_sync.py. The policy and the hashing live once, in ``datalayer._passwords``.
 """
 
 from __future__ import annotations
 
-import warnings
-
-from datalayer.errors import ValidationError
-from datalayer.text import text_problem
-
-with warnings.catch_warnings():
-    # Some passlib releases warn at import about the removed `crypt` module; harmless, and we never use it.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from passlib.context import CryptContext
+from datalayer._acompat import blocking
+from datalayer._passwords import (
+    MAX_PASSWORD_CHARS,
+    MIN_PASSWORD_CHARS,
+    check_password,
+    make_hash,
+    matches,
+    may_match,
+    needs_rehash,
+)
 
 __all__ = [
     "MAX_PASSWORD_CHARS",
@@ -29,43 +37,14 @@ __all__ = [
     "verify_password",
 ]
 
-# The password policy, in one place: validate_user_data, hash_password and create_with_password use it.
-MIN_PASSWORD_CHARS = 8
-MAX_PASSWORD_CHARS = 1024
-
-_context = CryptContext(schemes=["argon2", "bcrypt"], default="argon2", deprecated=["bcrypt"])
-
-
-def check_password(password: object) -> str:
-    """``password`` if it meets the policy (8 to 1024 characters of storable text); else ValidationError."""
-    if (problem := text_problem(password)) is not None:
-        raise ValidationError({"password": problem})
-    text = str(password)
-    if not MIN_PASSWORD_CHARS <= len(text) <= MAX_PASSWORD_CHARS:
-        raise ValidationError({"password": f"must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters long"})
-    return text
-
 
 def hash_password(password: str) -> str:
     """An argon2id hash of ``password`` (salted; a new hash each call); ValidationError unless it meets the policy."""
-    return str(_context.hash(check_password(password)))
+    return blocking(make_hash, check_password(password))
 
 
 def verify_password(password: str, hashed: str) -> bool:
     """True when ``password`` matches ``hashed`` (argon2 or bcrypt); False for any malformed input."""
-    if not isinstance(password, str) or not isinstance(hashed, str) or not password or not hashed:
+    if not may_match(password, hashed):
         return False
-    if len(password) > MAX_PASSWORD_CHARS or text_problem(password) is not None:
-        return False
-    try:
-        return bool(_context.verify(password, hashed))
-    except (ValueError, TypeError):
-        return False
-
-
-def needs_rehash(hashed: str) -> bool:
-    """True when ``hashed`` uses a deprecated scheme (bcrypt) or weaker argon2 parameters."""
-    try:
-        return bool(_context.needs_update(hashed))
-    except (ValueError, TypeError):
-        return True
+    return blocking(matches, password, hashed)
