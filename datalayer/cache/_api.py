@@ -1,17 +1,18 @@
+# Generated from datalayer/cache/_api_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Cached API responses, grouped by endpoint: one generation counter per endpoint, part of every key,
 so that ``invalidate_api(endpoint)`` retires them all at once without a SCAN."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from datalayer.cache._redis import SKIPPED
+from datalayer.cache._markers import SKIPPED
 
 if TYPE_CHECKING:
     import psycopg
 
+    from datalayer._acompat import Thunk
     from datalayer.cache._invalidations import Invalidations
     from datalayer.cache._keys import Keys
     from datalayer.cache._l1 import L1
@@ -36,7 +37,7 @@ def _counter(raw: Any, default: int) -> int:
 
 
 class ApiResponses:
-    """Mixed into CacheManager."""
+    """Mixed into the cache manager."""
 
     if TYPE_CHECKING:
         keys: Keys
@@ -55,7 +56,7 @@ class ApiResponses:
 
         def _record(self, db: psycopg.Connection[Any] | None, keys: list[str], kind: str) -> list[int] | None: ...
 
-        def _after_commit(self, db: psycopg.Connection[Any] | None, hook: Callable[[], None]) -> None: ...
+        def _after_commit(self, db: psycopg.Connection[Any] | None, hook: Thunk[None]) -> None: ...
 
     def _api_generation(self, endpoint: Any) -> int | None:
         gen_key = self.keys.api_generation(endpoint)

@@ -1,10 +1,11 @@
-"""One loader per key: single-flight within the process (threads wait for the leader's result)."""
+# Generated from datalayer/cache/_flight_async.py by tools/async_to_sync.py: edit that file, then run the tool.
+"""One loader per key: single-flight within the process (callers wait for the leader's result)."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from typing import Any, TypeVar
+
+from datalayer._acompat import Lock, Signal, Thunk
 
 __all__ = ["Flights"]
 
@@ -15,7 +16,7 @@ class _Flight:
     __slots__ = ("done", "error", "value")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self.done = Signal()
         self.value: Any = None
         self.error: BaseException | None = None
 
@@ -27,9 +28,9 @@ class Flights:
 
     def __init__(self) -> None:
         self._flights: dict[str, _Flight] = {}
-        self._lock = threading.Lock()
+        self._lock = Lock()
 
-    def run(self, key: str, lead: Callable[[], T], fallback: Callable[[], T], wait: float) -> T:
+    def run(self, key: str, lead: Thunk[T], fallback: Thunk[T], wait: float) -> T:
         with self._lock:
             flight = self._flights.get(key)
             leader = flight is None

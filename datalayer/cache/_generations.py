@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_generations_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """The global generation of the cache and the messages that keep every process's L1 in step with it."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from datalayer.cache._api import clock_generation
-from datalayer.cache._redis import SKIPPED
+from datalayer.cache._markers import SKIPPED
 from datalayer.errors import CacheUnavailable
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def dumps(doc: dict[str, Any]) -> bytes:
 
 
 class Generations:
-    """Mixed into CacheManager."""
+    """Mixed into the cache manager."""
 
     if TYPE_CHECKING:
         keys: Keys
@@ -50,6 +51,10 @@ class Generations:
                 self._generation = int(raw)
             return self._generation
 
+    def _base_generation(self) -> int:
+        """The global generation, or the clock's when Redis cannot say (a counter's restart point)."""
+        return self._global_generation() or clock_generation()
+
     def _recovered(self) -> None:
         # Redis is reachable again after calls failed: invalidations may have been lost meanwhile (ours
         # or other processes'). Replay the recorded ones before reading Redis again, and retire whatever
@@ -58,7 +63,7 @@ class Generations:
         self._epoch += 1
         self._api_generations.clear()
         self.invalidations.expire()
-        try:  # runs in the prober thread or inside a caller's call: strict mode must not raise here
+        try:  # runs in the prober or inside a caller's call: strict mode must not raise here
             new = self.redis.bump(self.keys.global_generation(), clock_generation())
             if new is SKIPPED:
                 self._generation = None

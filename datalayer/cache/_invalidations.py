@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_invalidations_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Invalidations that cannot be lost: recorded in PostgreSQL, replayed into Redis, fenced on read.
 
 An invalidation sent to a Redis that is down or frozen is gone, and a process that never saw the
@@ -28,14 +29,15 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from datalayer._acompat import RLock, Thunk
 from datalayer.cache._keys import Keys, version_key
+from datalayer.cache._markers import MISSING
 from datalayer.cache._redis import RedisLayer
-from datalayer.cache._table import MISSING, TableLayer
+from datalayer.cache._table import TableLayer
 from datalayer.repos import cache_entries
 
 __all__ = ["Invalidations"]
@@ -57,7 +59,7 @@ class Invalidations:
         interval: float,
         origin: str,
         on_replayed: Callable[[dict[str, Any]], None],
-        base_generation: Callable[[], int],
+        base_generation: Thunk[int],
         counters: dict[str, int],
     ) -> None:
         self.table = table
@@ -71,7 +73,7 @@ class Invalidations:
         # Redis may be read while time.monotonic() < until; the next look is due at _due.
         self.until = 0.0 if table.enabled else math.inf
         self._due = 0.0
-        self._lock = threading.RLock()  # re-entered when a replay's Redis call ends an outage
+        self._lock = RLock()  # re-entered when a replay's Redis call ends an outage
         self._checking = False
         self._recordable: dict[tuple[Any, ...], bool] = {}
         self._warned = False
@@ -162,13 +164,13 @@ class Invalidations:
         """Look at the records under our prefix; replay any into Redis and the table."""
         if not self._lock.acquire(timeout=self.table.timeout):
             return
-        if self._checking:  # this thread is already looking (a replay ended an outage)
+        if self._checking:  # this thread (or task) is already looking (a replay ended an outage)
             self._lock.release()
             return
         self._checking = True
         try:
             started = time.monotonic()
-            if started < self._due:  # another thread looked while we waited for the lock
+            if started < self._due:  # another caller looked while we waited for the lock
                 return
             self.counters["invalidation_checks"] += 1
             clear = self._replay_all()

@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_loading_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Read-through loading: single-flight per key, a short Redis lock across processes, and the versioned
 write-back that refuses a value read before a concurrent invalidation."""
 
@@ -5,15 +6,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 
+from datalayer._acompat import Thunk, produce, sleep
 from datalayer.cache._envelope import NEGATIVE, Envelope, decode_wire, encode_doc, encode_value, encode_wire, schema_of
 from datalayer.cache._keys import version_key
-from datalayer.cache._redis import SKIPPED
-from datalayer.cache._table import MISSING
+from datalayer.cache._markers import MISSING, SKIPPED
 
 if TYPE_CHECKING:
     from datalayer.cache._flight import Flights
@@ -42,7 +42,7 @@ HIT = Miss("", "", None, SKIPPED, None, None)  # placeholder returned with a hit
 
 
 class Loading:
-    """Mixed into CacheManager."""
+    """Mixed into the cache manager."""
 
     if TYPE_CHECKING:
         keys: Keys
@@ -67,7 +67,7 @@ class Loading:
     def get_or_load(
         self,
         key: str,
-        loader: Callable[[], T | None],
+        loader: Thunk[T | None],
         record_type: type[T] | None = None,
         ttl: float | None = None,
         *,
@@ -77,7 +77,8 @@ class Loading:
 
         ``record_type`` (an attrs class) makes the value come back as that record through the cattrs
         converter; a value cached under an older ``__cache_version__`` of the record is a miss. A
-        loaded value no layer can hold (see ``set``) raises ValidationError.
+        loaded value no layer can hold (see ``set``) raises ValidationError. The async cache's
+        ``loader`` is an ``async def`` (or a lambda calling one); a plain function is accepted too.
         """
         env, miss = self._lookup(key, schema_of(record_type), record_type, refresh=True)
         if env is not None:
@@ -86,11 +87,14 @@ class Loading:
                 return None
             return cast(T, env.value)
         return self._flights.run(
-            key, lambda: self._load_and_store(miss, loader, ttl, negative_ttl), loader, self.lock_ttl
+            key,
+            lambda: self._load_and_store(miss, loader, ttl, negative_ttl),
+            lambda: produce(loader),
+            self.lock_ttl,
         )
 
     def _load_and_store(
-        self, miss: Miss, loader: Callable[[], T | None], ttl: float | None, negative_ttl: float | None
+        self, miss: Miss, loader: Thunk[T | None], ttl: float | None, negative_ttl: float | None
     ) -> T | None:
         token = uuid.uuid4().hex
         lock_key = self.keys.lock(miss.key)
@@ -100,7 +104,7 @@ class Loading:
             # Another process is loading this key: wait a little for its value rather than load it too.
             deadline = time.monotonic() + min(self.lock_ttl, 2.0)
             while time.monotonic() < deadline:
-                time.sleep(0.01)
+                sleep(0.01)
                 raw = self.redis.get(miss.key)
                 if raw is SKIPPED:
                     break
@@ -113,7 +117,7 @@ class Loading:
             epoch = self._epoch
             t0 = time.monotonic()
             self.stats_counters["loads"] += 1
-            value = loader()
+            value: T | None = produce(loader)
             elapsed = time.monotonic() - t0
             life = self._ttl((self.negative_ttl if negative_ttl is None else negative_ttl) if value is None else ttl)
             self._store(miss, value, life, elapsed, epoch)

@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_ops_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Observability and operator actions of the cache: ``stats()``, ``flush()``, ``close()``."""
 
 from __future__ import annotations
@@ -7,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from datalayer.cache._keys import check_key
-from datalayer.cache._redis import SKIPPED
-from datalayer.cache._table import MISSING
+from datalayer.cache._markers import MISSING, SKIPPED
 from datalayer.errors import CacheUnavailable, ValidationError
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def _glob_escape(text: str) -> str:
 
 
 class Operations:
-    """Mixed into CacheManager."""
+    """Mixed into the cache manager."""
 
     if TYPE_CHECKING:
         keys: Keys
@@ -46,7 +46,7 @@ class Operations:
         ``probe=True`` also pings Redis (``redis.ping``) and counts the table's live entries.
         """
         c = self.stats_counters
-        ping = self.redis.call(lambda r: bool(r.ping())) is True if probe else None
+        ping = self.redis.call(lambda r: r.ping()) is True if probe else None
         b = self.redis.breaker  # after the ping: its failure opens the breaker
         out: dict[str, Any] = {
             "l1": {"hits": c["l1_hits"], "misses": c["l1_misses"], "size": len(self.l1)},

@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_reading_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Reading through the layers: L1, then Redis, then the cache_entries table, filling the faster ones."""
 
 from __future__ import annotations
@@ -5,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 import attrs
 import orjson
@@ -22,8 +23,8 @@ from datalayer.cache._envelope import (
 )
 from datalayer.cache._keys import check_key, version_key
 from datalayer.cache._loading import HIT, Miss
-from datalayer.cache._redis import SKIPPED
-from datalayer.cache._table import MISSING, expired
+from datalayer.cache._markers import MISSING, SKIPPED
+from datalayer.cache._table import expired
 from datalayer.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ _rng = random.Random()  # noqa: S311 - jitter, not secrets
 
 
 class Reading:
-    """Mixed into CacheManager."""
+    """Mixed into the cache manager."""
 
     if TYPE_CHECKING:
         l1: L1
@@ -61,8 +62,15 @@ class Reading:
             raise ValidationError({"ttl": "must be a positive number of seconds"})
         return float(base) * _rng.uniform(0.9, 1.0)  # jitter: keys cached together do not expire together
 
+    @overload
+    def get(self, key: str, record_type: None = None) -> Any: ...
+
+    @overload
+    def get(self, key: str, record_type: type[T]) -> T | None: ...
+
     def get(self, key: str, record_type: type[T] | None = None) -> T | None:
-        """The cached value of ``key`` from the fastest layer that has it, or None."""
+        """The cached value of ``key`` from the fastest layer that has it, or None (with ``record_type``,
+        a record of that type)."""
         schema = schema_of(record_type)
         raw = SKIPPED
         generation = self._generation

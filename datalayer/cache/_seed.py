@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_seed_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """The seed project's cache API (``cache_user_data`` …), kept as thin names over get / set / delete."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ __all__ = ["SeedAPI"]
 
 
 class SeedAPI:
-    """Mixed into CacheManager: each method names its key through ``self.keys``."""
+    """Mixed into the cache manager: each method names its key through ``self.keys``."""
 
     if TYPE_CHECKING:
         keys: Keys
@@ -59,7 +60,11 @@ class SeedAPI:
         self.delete(self.keys.user(user_id), self.keys.user_analyses(user_id), self.keys.system_stats(), db=db)
 
     def invalidate_analysis(
-        self, analysis_id: int | str, *, user_id: int | str | None = None, db: psycopg.Connection[Any] | None = None
+        self,
+        analysis_id: int | str,
+        *,
+        user_id: int | str | None = None,
+        db: psycopg.Connection[Any] | None = None,
     ) -> None:
         """Remove ``analysis_result:{id}``, the system stats and, given ``user_id``, the user's analyses."""
         keys = [self.keys.analysis_result(analysis_id), self.keys.system_stats()]

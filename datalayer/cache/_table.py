@@ -1,3 +1,4 @@
+# Generated from datalayer/cache/_table_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """The cache's third layer: the cache_entries table, reached through a pool of the caller's choice.
 
 Every call is bounded (the pool's connection wait) and never raises: a database that fails counts
@@ -9,28 +10,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 
-from datalayer.defaults import default_pool
+from datalayer._acompat import Job
+from datalayer.cache._markers import MISSING
+from datalayer.defaults import connection
 from datalayer.errors import DataLayerError
-from datalayer.pool import connection
 from datalayer.repos import cache_entries
 
-__all__ = ["MISSING", "TableLayer"]
+__all__ = ["MISSING", "TableLayer", "expired"]
 
 log = logging.getLogger("datalayer.cache")
 T = TypeVar("T")
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-MISSING: Any = _Missing()
 
 
 class TableLayer:
@@ -42,12 +35,12 @@ class TableLayer:
         self.counters = counters
         self.timeout = timeout
 
-    def call(self, fn: Callable[[Any], T]) -> Any:
+    def call(self, fn: Job[Any, T]) -> Any:
         """``fn(db)``, or MISSING when the table is off or the database failed."""
         if not self.enabled:
             return MISSING
         try:
-            with connection(self.pool or default_pool(), timeout=self.timeout) as db:
+            with connection(self.pool, timeout=self.timeout) as db:
                 return fn(db)
         except (DataLayerError, psycopg.Error) as e:
             self.counters["table_errors"] += 1

@@ -1,17 +1,18 @@
+# Generated from datalayer/cache/_writing_async.py by tools/async_to_sync.py: edit that file, then run the tool.
 """Writing and invalidating: every layer, and after COMMIT when a transaction is open."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import psycopg
 
+from datalayer._acompat import Thunk
 from datalayer.cache._envelope import encode_doc, encode_value, encode_wire, schema_of
 from datalayer.cache._generations import dumps
 from datalayer.cache._keys import check_key, version_key
-from datalayer.cache._redis import SKIPPED
+from datalayer.cache._markers import SKIPPED
 from datalayer.errors import CacheUnavailable, ValidationError
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ __all__ = ["Writing"]
 
 
 class Writing:
-    """Mixed into CacheManager."""
+    """Mixed into the cache manager."""
 
     if TYPE_CHECKING:
         keys: Keys
@@ -87,7 +88,7 @@ class Writing:
             return None
         return self.invalidations.record(tx, keys, kind)
 
-    def _after_commit(self, db: psycopg.Connection[Any] | None, hook: Callable[[], None]) -> None:
+    def _after_commit(self, db: psycopg.Connection[Any] | None, hook: Thunk[None]) -> None:
         from datalayer.transactions import current_transaction, in_transaction, on_commit
 
         tx = db if db is not None else current_transaction()

@@ -1,4 +1,9 @@
-"""CacheManager: read-through over three layers, typed values, invalidation tied to COMMIT.
+# Generated from datalayer/cache/manager_async.py by tools/async_to_sync.py: edit that file, then run the tool.
+"""The cache manager: read-through over three layers, typed values, invalidation tied to COMMIT.
+
+One source, two APIs: ``manager_async.py`` is ``datalayer.aio.get_cache_manager()``
+(``AsyncCacheManager``, on ``redis.asyncio``, every method awaited); ``manager.py``, generated from it
+by tools/async_to_sync.py, is ``datalayer.get_cache_manager()`` (``CacheManager``).
 
 Reads go L1 (in-process) → Redis → the cache_entries table → the loader, filling the faster layers on
 the way back. Writes and invalidations reach every layer; invalidations requested inside a
@@ -24,7 +29,9 @@ Correctness under concurrency:
 
 Redis that is down, refusing or hung costs a call at most ``redis_timeout`` (50 ms by default) once;
 the circuit breaker then skips Redis until a probe succeeds. Nothing raises unless ``strict=True``,
-except a value or key no layer can hold (ValidationError).
+except a value or key no layer can hold (ValidationError). The prober and the invalidation listener
+are daemon threads of the sync cache and tasks of the async one's event loop; an async cache serves
+the loop it is first used in (``get_cache_manager()`` keeps one per loop).
 
 This module builds the cache and keeps the process-wide one; reading (``_reading``), writing and
 invalidating (``_writing``), generations (``_generations``), loading, API responses, seeded keys and
@@ -34,12 +41,11 @@ operator actions are mixins of their own modules.
 from __future__ import annotations
 
 import math
-import os
-import threading
 import uuid
 from typing import Any
 
-from datalayer.cache._api import ApiResponses, clock_generation
+from datalayer._acompat import Lock, Shared
+from datalayer.cache._api import ApiResponses
 from datalayer.cache._flight import Flights
 from datalayer.cache._generations import Generations
 from datalayer.cache._invalidations import Invalidations
@@ -68,8 +74,10 @@ class CacheManager(Reading, Writing, Generations, Loading, ApiResponses, Operati
     that want their own settings).
 
     >>> cache = get_cache_manager()                                      # doctest: +SKIP
-    >>> cache.cache_user_data(42, {"name": "Ann"}, ttl=1800)
+    >>> cache.cache_user_data(42, {"name": "Ann"}, ttl=1800)           # awaited in datalayer.aio
     >>> cache.get_or_load(cache.keys.user(42), lambda: user_repo.get_by_id(db, 42), User, ttl=600)
+
+    The async cache's ``loader`` may also be an ``async def`` (or return an awaitable).
     """
 
     def __init__(
@@ -109,7 +117,7 @@ class CacheManager(Reading, Writing, Generations, Loading, ApiResponses, Operati
         self._origin = uuid.uuid4().hex
         self._epoch = 0  # moves on every invalidation seen: an L1 fill that started before one is dropped
         self._generation: int | None = None
-        self._gen_lock = threading.Lock()
+        self._gen_lock = Lock()
         self._api_generations: dict[str, tuple[float, int]] = {}
         self._flights = Flights()
         self.stats_counters = dict.fromkeys(_COUNTERS, 0)
@@ -130,7 +138,7 @@ class CacheManager(Reading, Writing, Generations, Loading, ApiResponses, Operati
             interval=float(l1_max_ttl),
             origin=self._origin,
             on_replayed=self._message,
-            base_generation=lambda: self._global_generation() or clock_generation(),
+            base_generation=self._base_generation,
             counters=self.stats_counters,
         )
         self.redis.start_subscriber()
@@ -146,37 +154,27 @@ class CacheManager(Reading, Writing, Generations, Loading, ApiResponses, Operati
         self.invalidations.until = 0.0 if enabled else math.inf
 
 
-_manager: CacheManager | None = None
-_manager_pid: int | None = None
-_manager_lock = threading.Lock()
+# The process-wide cache (the async one: one per event loop; see AShared).
+_managers: Shared[CacheManager] = Shared()
 
 
 def get_cache_manager() -> CacheManager:
-    """The process-wide cache, built on first use from the environment (REDIS_URL …, CACHE_PREFIX)."""
-    global _manager, _manager_pid
-    if _manager is not None and _manager_pid == os.getpid():
-        return _manager
-    with _manager_lock:
-        if _manager is None or _manager_pid != os.getpid():
-            _manager = CacheManager()
-            _manager_pid = os.getpid()
-        return _manager
+    """The process-wide cache, built on first use from the environment (REDIS_URL …, CACHE_PREFIX).
+
+    The async cache is one per event loop: its Redis connections and background tasks belong to the
+    loop that uses them. One built before any loop runs (at import) goes to the first loop that asks.
+    """
+    return _managers.get(CacheManager)
 
 
 def close_cache_manager() -> None:
     """Close the process-wide cache (the next ``get_cache_manager()`` builds a new one)."""
-    global _manager
-    with _manager_lock:
-        manager, _manager = _manager, None
-    if manager is not None and _manager_pid == os.getpid():
+    manager = _managers.take()
+    if manager is not None:
         manager.close()
 
 
 def set_cache_manager(manager: CacheManager | None) -> CacheManager | None:
     """Install ``manager`` as the process-wide cache (None: build one on next use); returns the previous
     one, not closed (the test plugin installs a fresh cache per test and puts the previous one back)."""
-    global _manager, _manager_pid
-    with _manager_lock:
-        previous = _manager if _manager_pid == os.getpid() else None
-        _manager, _manager_pid = manager, os.getpid()
-    return previous
+    return _managers.replace(manager)
