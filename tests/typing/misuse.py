@@ -62,3 +62,20 @@ def sql_results_misused() -> None:
         nullable: int = notes.bind("count", int, nullable=True).scalar(db)  # E: assignment
         notes.bind("load").copy(db, [], note_id=1)  # E: arg-type
         print(record, title, rows, nullable)
+
+
+async def async_misused() -> None:
+    from pathlib import Path
+
+    from datalayer import aio, sql
+    from datalayer.records import User as Record
+
+    get = sql.load(Path(__file__).parent / "sql" / "notes.sql").bind("get", Record)
+    with connection() as db:
+        await aio.user_repo.get_by_id(db, 1)  # E: arg-type
+        await get.amaybe(db, note_id=1)  # E: arg-type
+    async with aio.connection() as adb:
+        user = aio.user_repo.get_by_id(adb, 1)
+        print(user.username)  # E: attr-defined
+        get.maybe(adb, note_id=1)  # E: arg-type
+        aio.on_commit(lambda: None)  # E: unused-coroutine
