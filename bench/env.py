@@ -151,6 +151,7 @@ def machine(env: BenchEnv) -> list[str]:
         "psycopg-pool",
         "SQLAlchemy",
         "aiosql",
+        "asyncpg",
         "redis",
         "hiredis",
         "attrs",

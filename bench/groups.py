@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,96 +24,20 @@ from psycopg_pool import ConnectionPool
 from sqlalchemy.orm import Session
 
 from bench import alternatives as alt
+from bench.async_groups import group_async_get, group_async_pool
+from bench.common import Result, Sizes
+from bench.common import datalayer_pool as _pool
+from bench.common import seed_users as _seed_users
 from bench.env import BenchEnv
-from bench.harness import Contender, Row, measure, render
+from bench.harness import Contender, Row, measure
+from bench.thread_groups import group_threads_pool
 from datalayer import cleanup_old_data, connection, system_log_repo, user_repo
 from datalayer.cache import CacheManager
 from datalayer.config import RedisTarget, Settings
 from datalayer.convert import converter
 from datalayer.events import SystemLogHandler
-from datalayer.pool import DataLayerPool, open_pool
 from datalayer.records import User
-from datalayer.testing import RedisProcess, settings_for_tests
-
-
-@dataclass
-class Result:
-    key: str
-    title: str
-    notes: list[str]
-    rows: list[Row]
-    targets: list[tuple[str, str, bool]] = field(default_factory=list)  # (target, measured, met)
-    unit: str = "us/op"
-
-    def text(self) -> str:
-        out = render(self.title, self.notes, self.rows, unit=self.unit)
-        for target, measured, met in self.targets:
-            out += f"\n   target {target}: {measured} -> {'MET' if met else 'MISSED'}"
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "title": self.title,
-            "notes": self.notes,
-            "rows": [r.as_dict() for r in self.rows],
-            "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in self.targets],
-        }
-
-
-@dataclass
-class Sizes:
-    quick: bool
-    users: int
-    ops: int
-    rounds: int
-    bulk_rows: int
-    bulk_rounds: int
-    retention_per_day: int
-    log_small: int
-    backup_rows: int
-
-    @classmethod
-    def for_run(cls, quick: bool) -> Sizes:
-        if quick:
-            return cls(
-                True,
-                users=2000,
-                ops=200,
-                rounds=3,
-                bulk_rows=5000,
-                bulk_rounds=1,
-                retention_per_day=300,
-                log_small=20_000,
-                backup_rows=20_000,
-            )
-        return cls(
-            False,
-            users=100_000,
-            ops=1000,
-            rounds=11,
-            bulk_rows=100_000,
-            bulk_rounds=3,
-            retention_per_day=33_000,
-            log_small=1_000_000,
-            backup_rows=1_000_000,
-        )
-
-
-def _pool(env: BenchEnv, db: str, size: int = 1) -> DataLayerPool:
-    settings = settings_for_tests(pool_size=size, pool_min_size=size, max_overflow=0, statement_timeout="0")
-    return open_pool(settings, target=env.target(db), wait=True)
-
-
-def _seed_users(env: BenchEnv, db: str, n: int) -> list[int]:
-    with psycopg.connect(env.conninfo(db), autocommit=True) as c:
-        with c.cursor().copy("COPY users (username, email, email_key, hashed_password) FROM STDIN") as cp:
-            for i in range(n):
-                e = f"user{i}@example.com"
-                cp.write_row((f"user{i}", e, e, "$argon2id$v=19$m=65536,t=3,p=4$x$y"))
-        c.execute("ANALYZE users")
-        return [r[0] for r in c.execute("SELECT id FROM users")]
-
+from datalayer.testing import RedisProcess
 
 # -------------------------------------------------------------------------------------- 1 & 2: reads
 
@@ -984,6 +907,9 @@ GROUPS = {
     "cache_hit": group_cache_hit,
     "cache_faults": group_cache_faults,
     "backup": group_backup,
+    "async_get": group_async_get,
+    "async_pool": group_async_pool,
+    "threads_pool": group_threads_pool,
 }
 
 __all__ = ["GROUPS", "Result", "Sizes"]
