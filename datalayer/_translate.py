@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from datalayer._sql import Query
 
 __all__ = [
+    "SESSION_TIMEOUTS",
     "constraint_field",
     "describe_error",
     "is_connection_lost",
@@ -66,13 +67,21 @@ _TRANSIENT_STATES = {
 }
 
 
+# The server ended the session for a transaction left idle (IDLE_IN_TRANSACTION_TIMEOUT) or running
+# too long (transaction_timeout, PostgreSQL 17+): the connection is gone and nothing of the transaction
+# was committed.
+SESSION_TIMEOUTS = ("25P03", "25P04")
+
+
 def is_connection_lost(
     e: BaseException, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None = None
 ) -> bool:
     """True when the error means the connection is gone (not a problem with the statement)."""
+    state = (e.sqlstate or "") if isinstance(e, psycopg.Error) else ""
+    if state in SESSION_TIMEOUTS:
+        return True
     if not isinstance(e, psycopg.OperationalError):
         return False
-    state = e.sqlstate or ""
     if state.startswith("08") or state in ("57P01", "57P02", "57P03"):
         return True
     if conn is not None and (conn.broken or conn.closed):

@@ -27,11 +27,12 @@ from typing import Any, TypeVar
 
 import attrs
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from datalayer._acompat import Hook, Job, call_hook, sleep
 from datalayer._liveness import known_dead
-from datalayer._translate import is_connection_lost, lost_before_sending, never_sent, translate
-from datalayer.errors import CommitUnknown, TransientError, ValidationError
+from datalayer._translate import SESSION_TIMEOUTS, is_connection_lost, lost_before_sending, never_sent, translate
+from datalayer.errors import CommitUnknown, QueryError, TransientError, ValidationError
 
 __all__ = [
     "RETRYABLE_STATES",
@@ -54,6 +55,20 @@ log = logging.getLogger("datalayer")
 
 T = TypeVar("T")
 C = TypeVar("C", bound=psycopg.Connection[Any])
+
+
+class _Aborted(Exception):
+    """A statement failed inside the block and its error was caught there (internal: a QueryError)."""
+
+
+# What a block that swallowed a statement's error gets instead of a COMMIT that PostgreSQL would
+# silently turn into a ROLLBACK.
+_ABORTED = (
+    "a statement in this transaction failed and its error was caught inside the block, so PostgreSQL "
+    "aborted the transaction: nothing in it was committed. To go on after a statement that may fail, "
+    "run that statement in its own nested transaction(db) block (a savepoint) and catch the error "
+    "outside that block"
+)
 
 
 class _DeadBeforeCommit(Exception):
@@ -149,6 +164,8 @@ def transaction(db: C) -> Iterator[C]:
                     explicit_rollback = True
                     raise
                 body_done = True
+                if db.pgconn.transaction_status == TransactionStatus.INERROR:
+                    raise _Aborted
                 if outermost and known_dead(db):
                     # Closed by the server while the body ran: COMMIT would be sent to nobody, and its
                     # failure would look like a lost answer (CommitUnknown) when nothing can have committed.
@@ -159,8 +176,17 @@ def transaction(db: C) -> Iterator[C]:
     except _DeadBeforeCommit:
         _run_hooks(frame.after_rollback)
         raise lost_before_sending() from None
+    except _Aborted:
+        _run_hooks(frame.after_rollback)
+        raise QueryError(_ABORTED, sqlstate="25P02") from None
     except psycopg.Error as e:
-        if body_done and outermost and is_connection_lost(e, db) and not never_sent(e):
+        if (
+            body_done
+            and outermost
+            and is_connection_lost(e, db)
+            and not never_sent(e)
+            and e.sqlstate not in SESSION_TIMEOUTS
+        ):
             _run_hooks([h for h, unknown in frame.after_commit if unknown])
             raise CommitUnknown(
                 "the connection was lost during COMMIT: the transaction may or may not have committed; "

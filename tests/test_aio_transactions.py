@@ -283,3 +283,31 @@ async def test_connection_lost_before_commit_is_transient_not_commit_unknown(
         assert not isinstance(e.value, CommitUnknown)
     assert ev.seen == ["rolled back"]
     assert name not in await _names(adl_pool)
+
+
+async def test_a_caught_statement_error_is_never_committed_silently(adl_pool: AsyncDataLayerPool) -> None:
+    """PostgreSQL answers COMMIT of an aborted transaction with ROLLBACK and no error: the block raises."""
+    from datalayer.errors import QueryError
+
+    ev = Events()
+    async with aio.connection() as db:
+        with pytest.raises(QueryError, match=r"its error was caught inside the block.*nested transaction\(db\)"):
+            async with aio.transaction(db):
+                kept = await _add_note(db)
+                await aio.on_commit(ev.sync("committed"))
+                await aio.on_rollback(ev.sync("rolled back"))
+                try:
+                    await _add_note(db, kept)  # duplicate key: the transaction is now aborted
+                except psycopg.errors.UniqueViolation:
+                    pass  # swallowed: the COMMIT at the end of the block would silently roll back
+        assert ev.seen == ["rolled back"]
+        assert kept not in await _names(adl_pool)
+
+        # The idiom that works: the statement that may fail in a savepoint of its own.
+        async with aio.transaction(db):
+            first = await _add_note(db)
+            with pytest.raises(IntegrityConflict):  # translated when it leaves the savepoint's block
+                async with aio.transaction(db):
+                    await _add_note(db, first)
+            second = await _add_note(db)
+    assert {first, second} <= await _names(adl_pool)

@@ -89,6 +89,50 @@ def test_nothing_half_written_on_integrity_error(dl_pool: DataLayerPool) -> None
         assert user_repo.count(db) == 0
 
 
+def test_a_caught_repository_error_is_never_committed_silently(dl_pool: DataLayerPool) -> None:
+    """COMMIT of a transaction a caught error aborted is a ROLLBACK: the block raises, no commit hook runs."""
+    from datalayer import QueryError
+
+    events: list[str] = []
+    with connection() as db:
+        with pytest.raises(QueryError, match="caught inside the block") as e, transaction(db):
+            _user(db, "kept")
+            on_commit(lambda: events.append("committed"))
+            on_rollback(lambda: events.append("rolled back"))
+            with contextlib.suppress(IntegrityConflict):
+                _user(db, "kept")
+        assert e.value.sqlstate == "25P02"
+        assert events == ["rolled back"] and user_repo.count(db) == 0
+        with transaction(db):  # the savepoint idiom keeps the rest
+            _user(db, "one")
+            with contextlib.suppress(IntegrityConflict), transaction(db):
+                _user(db, "one")
+            _user(db, "two")
+        assert user_repo.count(db) == 2
+
+
+@pytest.mark.parametrize("then", ["statement", "commit"])
+def test_a_session_ended_for_idling_in_a_transaction_is_transient(dl_pool: DataLayerPool, then: str) -> None:
+    """IDLE_IN_TRANSACTION_TIMEOUT ends the session (25P03): nothing committed, safe to retry (a 503, not a 500)."""
+    import time
+
+    from datalayer import CommitUnknown, TransientError
+
+    events: list[str] = []
+    with connection() as db:
+        with pytest.raises(TransientError) as e, transaction(db):
+            db.execute("SET LOCAL idle_in_transaction_session_timeout = '100ms'")
+            _user(db, "idler")
+            on_rollback(lambda: events.append("rolled back"))
+            time.sleep(0.5)
+            if then == "statement":
+                _user(db, "idler2")
+        assert not isinstance(e.value, CommitUnknown)
+        assert events == ["rolled back"]
+    with connection() as db:
+        assert user_repo.count(db) == 0
+
+
 def test_savepoints_drop_their_hooks_on_rollback(dl_pool: DataLayerPool) -> None:
     events: list[str] = []
     with connection() as db, transaction(db):
