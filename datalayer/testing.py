@@ -23,6 +23,21 @@ TEMPLATE`` of it. Database names and cache key prefixes start with the project's
 Redis, the table in the test's fresh database), installed as ``get_cache_manager()`` for the test;
 ``dl_home`` an empty DATALAYER_HOME for subprocesses that start embedded servers of their own.
 
+Async tests (anyio's pytest plugin, installed with the ``testing`` extra; mark them
+``@pytest.mark.anyio``) get the same database through ``adb`` (an autocommit
+``datalayer.aio`` connection) and ``adl_pool`` (an async pool on it, installed as ``datalayer.aio``'s
+default pool, so that an async FastAPI app under test reaches the clone through ``datalayer.aio``'s
+``connection()``, ``get_db()`` and ``datalayer.fastapi``'s dependencies); ``adl_cache`` is the async
+``get_cache_manager()`` of the test. ``db`` and ``adb`` in one test are two connections to one
+database. psycopg's async connections run on asyncio: with trio installed, pin the backend in your
+``conftest.py`` (an ``anyio_backend`` fixture returning ``"asyncio"``)::
+
+    pytestmark = pytest.mark.anyio
+
+    async def test_signup(adb):
+        user = await user_repo.create(adb, username="ann", email="ann@example.com", hashed_password="x")
+        assert await user_repo.get_by_id(adb, user.id) == user
+
 Strict records are on during the run: every record a bound query builds is checked against its field
 types (``None`` in a field not typed Optional, a wrong scalar type, list elements, nested records), and
 a mismatch raises QueryError naming the query's ``file.sql:line``, the field and the value's type — what
@@ -38,8 +53,8 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,9 +70,11 @@ from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_
 from datalayer.project import Project, find_project
 
 if TYPE_CHECKING:
+    from datalayer.aio import AsyncConnection, AsyncDataLayerPool
     from datalayer.cache.manager import CacheManager
+    from datalayer.cache.manager_async import AsyncCacheManager
 
-__all__ = ["RedisProcess", "TestServer", "fresh_cache", "fresh_database", "settings_for_tests"]
+__all__ = ["RedisProcess", "TestServer", "afresh_cache", "fresh_cache", "fresh_database", "settings_for_tests"]
 
 _counter = itertools.count(1)
 # What the run changed, kept on its own config so that a pytest run inside a test (pytester) restores its own.
@@ -335,3 +352,71 @@ def db(dl_pool: DataLayerPool) -> Iterator[DataLayerConnection]:
     """An autocommit connection to a fresh migrated database."""
     with connection(dl_pool) as conn:
         yield conn
+
+
+# -- async fixtures (anyio's pytest plugin runs them on the test's event loop) --
+
+
+@pytest.fixture
+async def adl_pool(dl_pool: DataLayerPool, anyio_backend: object) -> AsyncIterator[AsyncDataLayerPool]:
+    """An async pool on this test's fresh database (the one ``dl_pool`` and ``db`` use), installed as
+    ``datalayer.aio``'s default pool during the test, closed after it."""
+    # anyio_backend is asked for so that anyio's plugin runs this fixture (and those over it) on the
+    # event loop of the test: it wraps only async fixtures whose request involves that fixture.
+    from datalayer import aio
+
+    pool = await aio.open_pool(settings_for_tests(), target=dl_pool.target, wait=True)
+    previous = aio.set_default_pool(pool)
+    try:
+        yield pool
+    finally:
+        aio.set_default_pool(previous)
+        await pool.close()
+
+
+@pytest.fixture
+async def adb(adl_pool: AsyncDataLayerPool) -> AsyncIterator[AsyncConnection]:
+    """An autocommit ``datalayer.aio`` connection to this test's fresh migrated database."""
+    from datalayer import aio
+
+    async with aio.connection(adl_pool) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def afresh_cache(
+    redis: RedisTarget, pool: AsyncDataLayerPool | None = None, *, key_prefix: str = "dlt", **options: Any
+) -> AsyncIterator[AsyncCacheManager]:
+    """``fresh_cache`` for ``datalayer.aio``: an empty async cache under a key prefix of its own (its table
+    layer on the async ``pool``, if given), installed as ``datalayer.aio.get_cache_manager()``; its keys
+    are deleted and it is closed afterwards."""
+    from datalayer.cache.manager_async import AsyncCacheManager, set_cache_manager
+
+    prefix = f"{key_prefix}{os.getpid()}_{next(_counter)}"
+    manager = AsyncCacheManager(
+        settings=settings_for_tests(cache_prefix=prefix),
+        redis_target=redis,
+        pool=pool,
+        use_table=pool is not None,
+        **options,
+    )
+    previous = set_cache_manager(manager)
+    try:
+        yield manager
+    finally:
+        set_cache_manager(previous)
+        # Redis may be down on purpose in a fault test; the prefix is unique anyway.
+        with contextlib.suppress(Exception):
+            await manager.flush()
+        await manager.close()
+
+
+@pytest.fixture
+async def adl_cache(
+    redis_target: RedisTarget, adl_pool: AsyncDataLayerPool, datalayer_server: TestServer
+) -> AsyncIterator[AsyncCacheManager]:
+    """An empty async cache (Redis under a prefix of its own, the table in this test's fresh database),
+    also ``datalayer.aio.get_cache_manager()`` during the test."""
+    pool = adl_pool if datalayer_server.project.builtin else None
+    async with afresh_cache(redis_target, pool, key_prefix=f"{datalayer_server.prefix}_") as cache:
+        yield cache
