@@ -40,11 +40,13 @@ __all__ = [
     "Thunk",
     "ablocking",
     "acall_hook",
+    "acurrent_owner",
     "aproduce",
     "asleep",
     "aspawn",
     "blocking",
     "call_hook",
+    "current_owner",
     "produce",
     "sleep",
     "spawn",
@@ -107,6 +109,17 @@ def aspawn(fn: Callable[[], Coroutine[Any, Any, object]], *, name: str) -> None:
     task = asyncio.get_running_loop().create_task(fn(), name=name)
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+def current_owner() -> object:
+    """Who runs a transaction, for refusing a second one on the same connection: nobody in sync code
+    (a connection may pass between threads, e.g. a FastAPI dependency and its handler)."""
+    return None
+
+
+def acurrent_owner() -> object:
+    """Who runs a transaction: the asyncio task (tasks sharing one connection would interleave)."""
+    return asyncio.current_task()
 
 
 # Where a caller gets the connection type a function wants (for error messages).

@@ -7,7 +7,9 @@ milliseconds of CPU never stall an event loop, and the sync API calls them direc
 
 from __future__ import annotations
 
+import re
 import warnings
+from typing import Any
 
 from datalayer.errors import ValidationError
 from datalayer.text import text_problem
@@ -49,15 +51,37 @@ def make_hash(password: str) -> str:
     return str(_context.hash(password))
 
 
+# A stored hash names its own cost: one planted in the table (or in a restored backup) with
+# m=4000000 or t=1000000 would take gigabytes or hours to verify. Anything costlier than this many
+# times the parameters datalayer hashes with is refused without being computed.
+_MAX_COST_FACTOR = 4
+_ARGON2_COST = re.compile(r"^\$argon2(?:id|i|d)\$v=\d+\$m=(\d{1,10}),t=(\d{1,10}),p=(\d{1,10})\$")
+_BCRYPT_COST = re.compile(r"^\$2[abxy]?\$(\d{1,2})\$")
+
+
+def _affordable(hashed: str) -> bool:
+    argon2: Any = _context.handler("argon2")
+    if (m := _ARGON2_COST.match(hashed)) is not None:
+        memory, rounds, lanes = (int(g) for g in m.groups())
+        limits = (argon2.memory_cost, argon2.default_rounds, argon2.parallelism)
+        return all(v <= int(limit) * _MAX_COST_FACTOR for v, limit in zip((memory, rounds, lanes), limits, strict=True))
+    if (b := _BCRYPT_COST.match(hashed)) is not None:
+        return int(b.group(1)) <= 14
+    return not hashed.startswith("$argon2")  # an argon2 hash whose cost cannot be read is not computed
+
+
 def may_match(password: object, hashed: object) -> bool:
-    """False when ``password``/``hashed`` cannot match whatever the hash says (cheap: no hashing)."""
+    """False when ``password``/``hashed`` cannot match whatever the hash says (cheap: no hashing), or
+    when the hash asks for far more work than datalayer's own parameters (a planted hash)."""
     if not isinstance(password, str) or not isinstance(hashed, str) or not password or not hashed:
         return False
-    return len(password) <= MAX_PASSWORD_CHARS and text_problem(password) is None
+    return len(password) <= MAX_PASSWORD_CHARS and text_problem(password) is None and _affordable(hashed)
 
 
 def matches(password: str, hashed: str) -> bool:
     """Whether ``password`` matches ``hashed`` (argon2 or bcrypt; CPU-bound); False for a malformed hash."""
+    if not _affordable(hashed):
+        return False
     try:
         return bool(_context.verify(password, hashed))
     except (ValueError, TypeError):

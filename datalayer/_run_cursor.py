@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from datalayer._acompat import API
+from datalayer._kind import check_kind
 from datalayer._translate import translate
 from datalayer.errors import ValidationError
 
@@ -27,15 +28,8 @@ def check_connection(db: object, *, open_: bool = False) -> None:
     """
     # Not per call: a connection of the other kind would hand back coroutines (or refuse to be
     # awaited) instead of rows, anything else an AttributeError.
-    if not isinstance(db, psycopg.Connection):
-        wanted = psycopg.Connection.__name__
-        raise ValidationError(
-            {
-                "db": f"must be a psycopg.{wanted}, got {type(db).__name__}; the functions of {_API} take "
-                f"one: pass a connection from {_API}.connection() or {_API}.get_db() (datalayer.aio for "
-                "async code, datalayer for sync code)"
-            }
-        )
+    check_kind(db)
+    assert isinstance(db, psycopg.Connection)  # for mypy: check_kind refused anything else
     if open_ and db.closed and (closed := closed_error(db)) is not None:
         raise closed
 

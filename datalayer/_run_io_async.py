@@ -46,8 +46,6 @@ class _AsyncRunner(RunnerBase[T]):
             cur = kept_cursor(db)  # first: it refuses what is not a connection of this kind
         if not self._read_only and db.autocommit and not in_transaction(db) and known_dead(db):
             raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
-        if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
-            cur.row_factory = self._factory
         try:
             await cur.execute(self._sql, params)
         except (psycopg.Error, UnicodeEncodeError) as e:
@@ -65,6 +63,10 @@ class _AsyncRunner(RunnerBase[T]):
                     return await self._aretry_read(pool, params, e)
             write = not self._read_only and outside
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        # After the execute, with nothing awaited until the rows are read: a task (or thread) sharing
+        # the connection may have set its own row maker on the kept cursor while this one waited.
+        if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
+            cur.row_factory = self._factory
         if not self._columns_ok:
             self._check_columns(cur)
         return cur

@@ -31,7 +31,7 @@ from datalayer._liveness import alive_idle, network_params, wait_limit
 from datalayer._pooled import DataLayerConnection, reset_session
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
-from datalayer.errors import ConfigError, PoolExhausted, TransientError
+from datalayer.errors import ConfigError, PoolExhausted, TransientError, ValidationError
 
 __all__ = [
     "DataLayerConnection",
@@ -79,17 +79,23 @@ class DataLayerPool(ConnectionPool[DataLayerConnection]):
         a worker and the next borrower waits for that handoff (measured: most of a checkout's cost under
         threads). psycopg_pool still rolls back and closes what it must.
         """
-        if not conn.closed:
-            try:
+        try:
+            if not conn.closed:
                 status = conn.pgconn.transaction_status
                 if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                     conn.rollback()
                 if status != TransactionStatus.ACTIVE:  # psycopg_pool closes a connection still busy
                     reset_session(conn)
-            except psycopg.Error as e:
-                log.warning("datalayer: resetting a returned connection failed, closing it: %s", e)
-                conn.close()
-        super().putconn(conn)
+        except psycopg.Error as e:
+            log.warning("datalayer: resetting a returned connection failed, closing it: %s", e)
+            conn.close()
+        except BaseException:
+            # Cancelled (a timeout, a client gone) or interrupted mid-reset: the session is in an unknown
+            # state, so it is closed; the slot still goes back (the pool replaces the connection).
+            conn.close()
+            raise
+        finally:
+            super().putconn(conn)
 
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         # psycopg_pool creates the attempt on the first failure path: give it ours, with the capped delay.
@@ -269,6 +275,9 @@ def connection(pool: DataLayerPool, *, timeout: float | None = None) -> Iterator
     >>> with connection(pool) as db:               # doctest: +SKIP
     ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
     """
+    if not isinstance(pool, DataLayerPool):
+        wanted = DataLayerPool.__name__
+        raise ValidationError({"pool": f"must be a {wanted} (open_pool()), got {type(pool).__name__}"})
     conn = checkout(pool, timeout)
     try:
         yield conn

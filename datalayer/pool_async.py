@@ -30,7 +30,7 @@ from datalayer._liveness import alive_idle, network_params, wait_limit
 from datalayer._pooled_async import AsyncDataLayerConnection, reset_session
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
-from datalayer.errors import ConfigError, PoolExhausted, TransientError
+from datalayer.errors import ConfigError, PoolExhausted, TransientError, ValidationError
 
 __all__ = [
     "AsyncDataLayerConnection",
@@ -78,17 +78,23 @@ class AsyncDataLayerPool(AsyncConnectionPool[AsyncDataLayerConnection]):
         a worker and the next borrower waits for that handoff (measured: most of a checkout's cost under
         threads). psycopg_pool still rolls back and closes what it must.
         """
-        if not conn.closed:
-            try:
+        try:
+            if not conn.closed:
                 status = conn.pgconn.transaction_status
                 if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                     await conn.rollback()
                 if status != TransactionStatus.ACTIVE:  # psycopg_pool closes a connection still busy
                     await reset_session(conn)
-            except psycopg.Error as e:
-                log.warning("datalayer: resetting a returned connection failed, closing it: %s", e)
-                await conn.close()
-        await super().putconn(conn)
+        except psycopg.Error as e:
+            log.warning("datalayer: resetting a returned connection failed, closing it: %s", e)
+            await conn.close()
+        except BaseException:
+            # Cancelled (a timeout, a client gone) or interrupted mid-reset: the session is in an unknown
+            # state, so it is closed; the slot still goes back (the pool replaces the connection).
+            await conn.close()
+            raise
+        finally:
+            await super().putconn(conn)
 
     async def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         # psycopg_pool creates the attempt on the first failure path: give it ours, with the capped delay.
@@ -270,6 +276,9 @@ async def connection(
     >>> with connection(pool) as db:               # doctest: +SKIP
     ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
     """
+    if not isinstance(pool, AsyncDataLayerPool):
+        wanted = AsyncDataLayerPool.__name__
+        raise ValidationError({"pool": f"must be a {wanted} (open_pool()), got {type(pool).__name__}"})
     conn = await checkout(pool, timeout)
     try:
         yield conn

@@ -29,7 +29,8 @@ import attrs
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from datalayer._acompat import Hook, Job, call_hook, sleep
+from datalayer._acompat import Hook, Job, call_hook, current_owner, sleep
+from datalayer._kind import check_kind
 from datalayer._liveness import known_dead
 from datalayer._translate import SESSION_TIMEOUTS, is_connection_lost, lost_before_sending, never_sent, translate
 from datalayer.errors import CommitUnknown, QueryError, TransientError, ValidationError
@@ -77,6 +78,7 @@ class _DeadBeforeCommit(Exception):
 
 @attrs.define
 class _Frame:
+    owner: object = None  # the task that opened it (async code)
     after_commit: list[tuple[Hook, bool]] = attrs.Factory(list)
     after_rollback: list[Hook] = attrs.Factory(list)
 
@@ -104,7 +106,11 @@ def current_transaction() -> psycopg.Connection[Any] | None:
     return db if db is not None and in_transaction(db) else None
 
 
-def _frame_for(db: psycopg.Connection[Any] | None) -> _Frame | None:
+def _frame_for(hook: Hook, db: psycopg.Connection[Any] | None) -> _Frame | None:
+    if not callable(hook):
+        raise ValidationError({"hook": "must be a function taking no arguments"})
+    if db is not None:
+        check_kind(db)
     db = db if db is not None else current_transaction()
     if db is None:
         return None
@@ -118,7 +124,7 @@ def on_commit(hook: Hook, db: psycopg.Connection[Any] | None = None, *, also_if_
     ``also_if_unknown``: run it too when the COMMIT's outcome is unknown (CommitUnknown); right for
     cache invalidation, where invalidating too much is harmless.
     """
-    frame = _frame_for(db)
+    frame = _frame_for(hook, db)
     if frame is None:
         _run_hooks([hook])
     else:
@@ -127,7 +133,7 @@ def on_commit(hook: Hook, db: psycopg.Connection[Any] | None = None, *, also_if_
 
 def on_rollback(hook: Hook, db: psycopg.Connection[Any] | None = None) -> None:
     """Run ``hook`` if the current transaction (or savepoint) rolls back; never when there is none."""
-    frame = _frame_for(db)
+    frame = _frame_for(hook, db)
     if frame is not None:
         frame.after_rollback.append(hook)
 
@@ -148,8 +154,18 @@ def transaction(db: C) -> Iterator[C]:
 
     ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
     """
+    check_kind(db)
     frames = _frames.setdefault(_key(db), [])
-    frame = _Frame()
+    owner = current_owner()
+    if frames and frames[0].owner is not owner:
+        raise ValidationError(
+            {
+                "db": "is inside a transaction another task opened: a connection serves one task at a time "
+                "(their statements would interleave in one transaction); take a connection of your own "
+                "(connection())"
+            }
+        )
+    frame = _Frame(owner=owner)
     frames.append(frame)
     token = _current.set(db)
     outermost = len(frames) == 1
@@ -195,6 +211,11 @@ def transaction(db: C) -> Iterator[C]:
         _run_hooks(frame.after_rollback)
         raise translate(e, conn=db) from e
     except BaseException:
+        if body_done and outermost:
+            # Cancelled (or interrupted) during COMMIT: it may have committed, so neither the commit
+            # hooks nor the rollback hooks are right; the ones that accept an unknown outcome run.
+            _run_hooks([h for h, unknown in frame.after_commit if unknown])
+            raise
         _run_hooks(frame.after_rollback)
         raise
     if explicit_rollback:
@@ -226,11 +247,16 @@ def run_in_transaction(
     ...     ...
     >>> run_in_transaction(db, transfer, isolation="serializable")
     """
+    check_kind(db)
+    if not callable(fn):
+        raise ValidationError({"fn": "must be a function taking the connection"})
     if type(retries) is not int or not 0 <= retries <= 100:
         raise ValidationError({"retries": "must be an integer between 0 and 100"})
+    if type(backoff) not in (int, float) or not 0 <= backoff <= 60:
+        raise ValidationError({"backoff": "must be a number of seconds between 0 and 60"})
     level = None
     if isolation is not None:
-        level = _ISOLATION.get(isolation.lower())
+        level = _ISOLATION.get(isolation.lower()) if isinstance(isolation, str) else None
         if level is None:
             raise ValidationError({"isolation": f"must be one of {', '.join(_ISOLATION)}"})
     if in_transaction(db):

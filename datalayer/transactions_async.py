@@ -28,7 +28,8 @@ import attrs
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from datalayer._acompat import AHook, AJob, acall_hook, asleep
+from datalayer._acompat import AHook, AJob, acall_hook, acurrent_owner, asleep
+from datalayer._kind_async import check_kind
 from datalayer._liveness import known_dead
 from datalayer._translate import SESSION_TIMEOUTS, is_connection_lost, lost_before_sending, never_sent, translate
 from datalayer.errors import CommitUnknown, QueryError, TransientError, ValidationError
@@ -76,6 +77,7 @@ class _DeadBeforeCommit(Exception):
 
 @attrs.define
 class _Frame:
+    owner: object = None  # the task that opened it (async code)
     after_commit: list[tuple[AHook, bool]] = attrs.Factory(list)
     after_rollback: list[AHook] = attrs.Factory(list)
 
@@ -103,7 +105,11 @@ def current_transaction() -> psycopg.AsyncConnection[Any] | None:
     return db if db is not None and in_transaction(db) else None
 
 
-def _frame_for(db: psycopg.AsyncConnection[Any] | None) -> _Frame | None:
+def _frame_for(hook: AHook, db: psycopg.AsyncConnection[Any] | None) -> _Frame | None:
+    if not callable(hook):
+        raise ValidationError({"hook": "must be a function taking no arguments"})
+    if db is not None:
+        check_kind(db)
     db = db if db is not None else current_transaction()
     if db is None:
         return None
@@ -119,7 +125,7 @@ async def on_commit(
     ``also_if_unknown``: run it too when the COMMIT's outcome is unknown (CommitUnknown); right for
     cache invalidation, where invalidating too much is harmless.
     """
-    frame = _frame_for(db)
+    frame = _frame_for(hook, db)
     if frame is None:
         await _run_hooks([hook])
     else:
@@ -128,7 +134,7 @@ async def on_commit(
 
 async def on_rollback(hook: AHook, db: psycopg.AsyncConnection[Any] | None = None) -> None:
     """Run ``hook`` if the current transaction (or savepoint) rolls back; never when there is none."""
-    frame = _frame_for(db)
+    frame = _frame_for(hook, db)
     if frame is not None:
         frame.after_rollback.append(hook)
 
@@ -149,8 +155,18 @@ async def transaction(db: C) -> AsyncIterator[C]:
 
     ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
     """
+    check_kind(db)
     frames = _frames.setdefault(_key(db), [])
-    frame = _Frame()
+    owner = acurrent_owner()
+    if frames and frames[0].owner is not owner:
+        raise ValidationError(
+            {
+                "db": "is inside a transaction another task opened: a connection serves one task at a time "
+                "(their statements would interleave in one transaction); take a connection of your own "
+                "(connection())"
+            }
+        )
+    frame = _Frame(owner=owner)
     frames.append(frame)
     token = _current.set(db)
     outermost = len(frames) == 1
@@ -196,6 +212,11 @@ async def transaction(db: C) -> AsyncIterator[C]:
         await _run_hooks(frame.after_rollback)
         raise translate(e, conn=db) from e
     except BaseException:
+        if body_done and outermost:
+            # Cancelled (or interrupted) during COMMIT: it may have committed, so neither the commit
+            # hooks nor the rollback hooks are right; the ones that accept an unknown outcome run.
+            await _run_hooks([h for h, unknown in frame.after_commit if unknown])
+            raise
         await _run_hooks(frame.after_rollback)
         raise
     if explicit_rollback:
@@ -227,11 +248,16 @@ async def run_in_transaction(
     ...     ...
     >>> run_in_transaction(db, transfer, isolation="serializable")
     """
+    check_kind(db)
+    if not callable(fn):
+        raise ValidationError({"fn": "must be a function taking the connection"})
     if type(retries) is not int or not 0 <= retries <= 100:
         raise ValidationError({"retries": "must be an integer between 0 and 100"})
+    if type(backoff) not in (int, float) or not 0 <= backoff <= 60:
+        raise ValidationError({"backoff": "must be a number of seconds between 0 and 60"})
     level = None
     if isolation is not None:
-        level = _ISOLATION.get(isolation.lower())
+        level = _ISOLATION.get(isolation.lower()) if isinstance(isolation, str) else None
         if level is None:
             raise ValidationError({"isolation": f"must be one of {', '.join(_ISOLATION)}"})
     if in_transaction(db):

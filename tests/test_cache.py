@@ -583,3 +583,19 @@ def test_a_record_whose_fields_do_not_match_their_types_is_a_validation_error(ca
 def test_probed_stats_show_the_breaker_the_probe_opened(make_cache: MakeCache) -> None:
     stats = make_cache(redis_target=_refused_redis()).stats(probe=True)
     assert stats["redis"]["ping"] is False and stats["breaker"]["state"] == "open"
+
+
+def test_a_typed_read_through_refuses_a_value_of_another_type(cache: CacheManager, db: Any) -> None:
+    from datalayer import DataAnalysis, data_analysis_repo
+
+    key = cache.keys.user(7)
+    with pytest.raises(ValidationError) as e:
+        cache.get_or_load(key, lambda: "not a user", User, ttl=60)
+    assert "returned a str, not a User" in e.value.errors["loader"]
+    owner = user_repo.create(db, username="typed", email="typed@example.com", hashed_password="h")
+    analysis = data_analysis_repo.create(db, user_id=owner.id, name="n", analysis_type="t")
+    with pytest.raises(ValidationError):
+        cache.get_or_load(key, lambda: analysis, User, ttl=60)
+    assert isinstance(analysis, DataAnalysis)
+    assert cache.get(key, User) is None  # nothing of the wrong type was cached
+    assert cache.get_or_load(key, lambda: owner, User, ttl=60) == owner

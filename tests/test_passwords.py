@@ -39,3 +39,20 @@ def test_bad_passwords(password: object) -> None:
 def test_unicode_passwords() -> None:
     h = hash_password("pässwörd 🔐")
     assert verify_password("pässwörd 🔐", h) and not verify_password("passwords 🔐", h)
+
+
+def test_a_planted_hash_that_asks_for_huge_work_is_refused_without_computing_it() -> None:
+    """A stored hash names its own cost: m=4000000 would take gigabytes, t=1000000 hours."""
+    import time
+
+    from datalayer import verify_password
+
+    for planted in ("$argon2id$v=19$m=4000000,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g",
+                    "$argon2id$v=19$m=65536,t=1000000,p=4$c2FsdHNhbHQ$aGFzaGhhc2g",
+                    "$argon2id$v=19$m=65536,t=3,p=255$c2FsdHNhbHQ$aGFzaGhhc2g",
+                    "$argon2id$v=19$m=,t=3$c2FsdHNhbHQ$aGFzaGhhc2g",
+                    "$2b$31$" + "a" * 53):
+        started = time.monotonic()
+        assert verify_password("correct horse", planted) is False
+        assert time.monotonic() - started < 0.5
+    assert verify_password("correct horse", hash_password("correct horse"))

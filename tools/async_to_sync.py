@@ -66,6 +66,7 @@ REPLACEMENTS = {
     # datalayer/repos/_common.py: the connection check of the async repository sources
     "check_aconnection": "check_connection",
     "AAPI": "API",
+    "acurrent_owner": "current_owner",
     "ARows": "Rows",
     "_afailed": "_failed",
     "_aonly_row": "_only_row",

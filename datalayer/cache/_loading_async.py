@@ -13,6 +13,7 @@ from datalayer._acompat import AThunk, aproduce, asleep
 from datalayer.cache._envelope import NEGATIVE, Envelope, decode_wire, encode_doc, encode_value, encode_wire, schema_of
 from datalayer.cache._keys import version_key
 from datalayer.cache._markers import MISSING, SKIPPED
+from datalayer.errors import ValidationError
 
 if TYPE_CHECKING:
     from datalayer.cache._flight_async import Flights
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 __all__ = ["HIT", "Loading", "Miss"]
 
 T = TypeVar("T")
+
+
+async def load_checked(loader: AThunk[T | None], record_type: type[Any] | None) -> T | None:
+    """``loader()``'s value, refused (ValidationError naming ``loader``) unless it is a ``record_type``
+    or None: a typed read-through never caches, or hands back, a value of another type."""
+    value: T | None = await aproduce(loader)
+    if value is not None and isinstance(record_type, type) and not isinstance(value, record_type):
+        raise ValidationError(
+            {"loader": f"returned a {type(value).__name__}, not a {record_type.__name__} (the record_type given)"}
+        )
+    return value
 
 
 @attrs.frozen
@@ -88,7 +100,7 @@ class Loading:
         return await self._flights.run(
             key,
             lambda: self._load_and_store(miss, loader, ttl, negative_ttl),
-            lambda: aproduce(loader),
+            lambda: load_checked(loader, record_type),
             self.lock_ttl,
         )
 
@@ -116,7 +128,7 @@ class Loading:
             epoch = self._epoch
             t0 = time.monotonic()
             self.stats_counters["loads"] += 1
-            value: T | None = await aproduce(loader)
+            value: T | None = await load_checked(loader, miss.record_type)
             elapsed = time.monotonic() - t0
             life = self._ttl((self.negative_ttl if negative_ttl is None else negative_ttl) if value is None else ttl)
             await self._store(miss, value, life, elapsed, epoch)
