@@ -35,10 +35,11 @@ from psycopg_pool import PoolTimeout
 
 from datalayer import defaults, transactions_async
 from datalayer._acompat import ablocking
+from datalayer._lease import lent
 from datalayer._pooled_async import AsyncDataLayerConnection
 from datalayer.config import DatabaseTarget, Settings
-from datalayer.errors import TransientError
-from datalayer.pool_async import AsyncDataLayerPool, checkout, give_back
+from datalayer.errors import TransientError, ValidationError
+from datalayer.pool_async import AsyncDataLayerPool
 from datalayer.pool_async import connection as _pool_connection
 from datalayer.pool_async import open_pool as _open_pool
 
@@ -155,8 +156,7 @@ async def _close_quietly(pool: AsyncDataLayerPool) -> None:
             conn = await pool.getconn(timeout=0.01)
         except Exception:
             break
-        await conn.close()
-        await pool.putconn(conn)
+        await conn.close()  # not given back: the pool would log each one it discards
     try:
         await pool.close()
     except (Exception, asyncio.CancelledError) as e:  # shutting down: nothing to report to
@@ -168,6 +168,8 @@ def set_default_pool(pool: AsyncDataLayerPool | None) -> AsyncDataLayerPool | No
     to the lazily opened ones; returns the previously installed one. The caller opened it (it serves
     the event loop it was opened in) and closes it."""
     global _installed, _installed_pid
+    if pool is not None and not isinstance(pool, AsyncDataLayerPool):
+        raise ValidationError({"pool": f"must be an AsyncDataLayerPool or None, got {type(pool).__name__}"})
     previous = _installed if _installed_pid == os.getpid() else None
     _installed = pool
     _installed_pid = os.getpid() if pool is not None else None
@@ -220,20 +222,14 @@ async def get_db() -> AsyncIterator[AsyncDataLayerConnection]:
     """An async generator lending one connection of the default async pool, for FastAPI's
     ``Depends(get_db)``: the connection returns to the pool when the request ends.
 
-    Open the request's unit of work on it with ``transaction(db)`` (no second connection). Outside
-    ``Depends`` use ``async with connection() as db:``; a generator abandoned after ``anext`` gives its
-    connection back closed, so a caller still holding it gets a clear error, never a shared session.
+    What you get behaves as the connection (also for ``isinstance``) and refuses use once it went back
+    (a ``BackgroundTask`` or a ``StreamingResponse`` given it takes ``async with connection() as db:``
+    instead). Open the request's unit of work on it with ``transaction(db)`` (no second connection).
+    Outside ``Depends`` use ``async with connection() as db:``; a generator abandoned after ``anext``
+    gives its connection back closed, and what the caller holds refuses use.
     """
-    pool = await default_pool()
-    conn = await checkout(pool)
-    try:
+    async with lent(await default_pool()) as conn:
         yield conn
-    except GeneratorExit:
-        # Finalized while suspended: the caller may still hold the connection; it must not be lent again.
-        await conn.close()
-        raise
-    finally:
-        await give_back(pool, conn)
 
 
 @overload

@@ -1,14 +1,18 @@
-"""The lease ``get_db()`` hands out: a stand-in for a pooled connection whose slot comes back when the
-lease itself is dropped.
+"""The leases ``get_db()`` hands out: stand-ins for a pooled connection that refuse use once the loan
+is over, so a connection lent for one request never serves code that outlives it.
 
-Sync only, and hand-kept: ``db = next(get_db())`` (the seed's idiom) drops the generator at once, so
-the loan must outlive it. ``datalayer.aio.get_db()`` needs no lease: an async generator is not
-resumed by ``next()``, and under FastAPI's ``Depends`` both end with the request.
+The pool lends the same connection objects again and again: a handle kept past its loan (a
+``BackgroundTask`` or a ``StreamingResponse`` given the request's ``db``, a variable left from a
+``with`` block) would run inside whatever the next borrower does with the connection (its
+transaction, its rollback). A lease is a new object per loan and stops forwarding when the loan ends.
 
-The pool lends the same connection objects again and again, so the connection's own reference count
-says nothing about the caller that holds it now (a variable left from an earlier ``with
-connection() as x:`` keeps it alive for good). A lease is a new object per loan: its finalizer, not
-the connection's, returns the slot.
+- ``Lease`` (sync, ``datalayer.get_db()``): ``db = next(get_db())`` (the seed's idiom) drops the
+  generator at once, so the loan must outlive it: the lease's finalizer, not the connection's, returns
+  the slot when the caller drops the lease.
+- ``AsyncLease`` (``datalayer.aio.get_db()``, ``datalayer.fastapi``'s ``AsyncDb``): an async
+  generator is not resumed by ``next()``, so the loan ends with the generator (the request).
+
+Hand-kept rather than generated from one source: what ends a loan differs between the two.
 """
 
 from __future__ import annotations
@@ -17,14 +21,18 @@ import logging
 import queue
 import threading
 import weakref
-from collections.abc import Iterator
-from typing import Any, cast
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar, cast
 
+from datalayer import pool_async
 from datalayer._pooled import DataLayerConnection
+from datalayer._pooled_async import AsyncDataLayerConnection
 from datalayer.errors import DataLayerError
 from datalayer.pool import DataLayerPool, checkout, give_back
+from datalayer.pool_async import AsyncDataLayerPool
 
-__all__ = ["Lease", "lend"]
+__all__ = ["AsyncLease", "Lease", "lend", "lent"]
 
 log = logging.getLogger("datalayer")
 
@@ -52,18 +60,59 @@ def _start_worker() -> None:
             _worker.start()
 
 
-class Lease:
+class _StandIn:
+    """Behaves as the connection it stands for (attributes, ``isinstance``) until the loan ends; then
+    every use raises ``gone``, a DataLayerError naming the remedy, and ``closed`` is True."""
+
+    __slots__ = ("__weakref__", "_dl_conn", "_dl_type")
+    gone: ClassVar[str]
+
+    def __init__(self, conn: Any) -> None:
+        object.__setattr__(self, "_dl_conn", conn)
+        # Kept after the loan: isinstance() still holds, so the execution layer's type check lets a
+        # late call through to the clear error below instead of "must be a psycopg connection".
+        object.__setattr__(self, "_dl_type", type(conn))
+
+    def _target(self) -> Any:
+        conn = self._dl_conn
+        if conn is None:
+            raise DataLayerError(self.gone)
+        return conn
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "closed" and self._dl_conn is None:
+            return True  # for code that checks before use (the error comes on use)
+        return getattr(self._target(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._target(), name, value)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type[Any]:  # isinstance(lease, psycopg.Connection) holds, as for the connection
+        return cast(type[Any], self._dl_type)
+
+    def __repr__(self) -> str:
+        state = "ended" if self._dl_conn is None else repr(self._dl_conn)
+        return f"<get_db lease of {state}>"
+
+
+class Lease(_StandIn):
     """One loan of a pooled connection: behaves as the connection, and gives its slot back when dropped.
 
     A finalizer may run at any point in any thread (even inside the pool's own lock): it only queues
     the connection (``SimpleQueue.put`` is reentrant) and a worker thread returns it.
     """
 
-    __slots__ = ("__weakref__", "_dl_conn", "_dl_finalizer")
+    __slots__ = ("_dl_finalizer",)
+    gone = (
+        "this db connection went back to the pool when its loan ended (the request of Db, Tx or "
+        "Depends(get_db); a with block): a BackgroundTask or a StreamingResponse runs after that. Take "
+        "a connection of its own there: `with datalayer.connection() as db:`"
+    )
 
     def __init__(self, conn: DataLayerConnection, pool: DataLayerPool) -> None:
         _start_worker()
-        object.__setattr__(self, "_dl_conn", conn)
+        super().__init__(conn)
         fin = weakref.finalize(self, _returns.put, (conn, pool))
         fin.atexit = False
         object.__setattr__(self, "_dl_finalizer", fin)
@@ -85,28 +134,25 @@ class Lease:
             self._dl_finalizer()  # queues the connection for return, once
             object.__setattr__(self, "_dl_conn", None)
 
-    def _target(self) -> DataLayerConnection:
-        conn: DataLayerConnection | None = self._dl_conn
-        if conn is None:
-            raise DataLayerError(
-                "this get_db() connection went back to the pool when its loan ended (request, with block); "
-                "take a new one (with connection() or get_db())"
-            )
+
+class AsyncLease(_StandIn):
+    """One loan of a pooled async connection, ended by whoever lent it (``lent``)."""
+
+    __slots__ = ()
+    gone = (
+        "this db connection went back to the pool when the handler returned (AsyncDb, AsyncTx, "
+        "Depends(datalayer.aio.get_db)): a BackgroundTask or a StreamingResponse runs after that. Take a "
+        "connection of its own there: `async with datalayer.aio.connection() as db:`"
+    )
+
+    def __init__(self, conn: AsyncDataLayerConnection) -> None:
+        super().__init__(conn)
+
+    def release(self) -> AsyncDataLayerConnection | None:
+        """End the loan now (the caller returns the connection); None when it was already ended."""
+        conn: AsyncDataLayerConnection | None = self._dl_conn
+        object.__setattr__(self, "_dl_conn", None)
         return conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._target(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._target(), name, value)
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type[Any]:  # isinstance(lease, psycopg.Connection) holds, as for the connection
-        conn = self._dl_conn
-        return type(conn) if conn is not None else type(self)
-
-    def __repr__(self) -> str:
-        return f"<get_db lease of {self._dl_conn!r}>"
 
 
 def lend(pool: DataLayerPool) -> Iterator[DataLayerConnection]:
@@ -123,13 +169,36 @@ def lend(pool: DataLayerPool) -> Iterator[DataLayerConnection]:
     except GeneratorExit:
         raise  # next(get_db()): the lease's finalizer returns the slot when the caller drops it
     except BaseException:
-        _end(pool, lease)
+        end(pool, lease)
         raise
     else:
-        _end(pool, lease)
+        end(pool, lease)
 
 
-def _end(pool: DataLayerPool, lease: Lease) -> None:
+def end(pool: DataLayerPool, lease: Lease) -> None:
+    """End ``lease`` and give its connection back to ``pool`` (nothing when it was already ended)."""
     conn = lease.release()
     if conn is not None:
         give_back(pool, conn)
+
+
+@asynccontextmanager
+async def lent(pool: AsyncDataLayerPool) -> AsyncIterator[AsyncDataLayerConnection]:
+    """One connection of the async ``pool`` for the block, as an ``AsyncLease`` that refuses use after it.
+
+    A generator abandoned inside the block (``await anext(get_db())``, then dropped) gives the
+    connection back closed: the caller may still hold a cursor of it.
+    """
+    lease = AsyncLease(await pool_async.checkout(pool))
+    try:
+        yield cast(AsyncDataLayerConnection, lease)
+    except GeneratorExit:
+        conn = lease.release()
+        if conn is not None:
+            await conn.close()
+            await pool_async.give_back(pool, conn)
+        raise
+    finally:
+        conn = lease.release()
+        if conn is not None:
+            await pool_async.give_back(pool, conn)

@@ -16,35 +16,39 @@
 ``Db`` / ``AsyncDb`` lend one pooled connection (autocommit) for the handler; ``Tx`` / ``AsyncTx`` open a
 unit of work on that same connection: COMMIT when the handler returns, ROLLBACK when it raises. One pool
 slot per request, whichever of the two (or both) a handler and its sub-dependencies ask for. The sync
-pair serves ``def`` handlers (``datalayer``'s default pool, ``datalayer.get_db``), the async pair ``async
-def`` handlers (``datalayer.aio``'s default pool, ``datalayer.aio.get_db``).
+pair serves ``def`` handlers (``datalayer``'s default pool), the async pair ``async def`` handlers
+(``datalayer.aio``'s default pool); the wrong one, or the plain ``Depends(get_db)`` beside them, is
+refused at the route's first request with a 500 naming the handler and the dependency to use.
 
 All four are ``Depends(..., scope="function")`` (FastAPI 0.121 and later): the COMMIT runs when the handler
 returns, before the response is sent, so a COMMIT that fails (a deferred constraint, a lost connection)
 becomes an error response instead of a 200 for a write that never landed. The connection goes back to
-the pool at the same moment: a ``StreamingResponse`` or a background task takes its own
-(``async with datalayer.aio.connection() as db:``).
+the pool at the same moment and what the handler got refuses further use: a ``StreamingResponse`` or a
+background task takes its own (``async with datalayer.aio.connection() as db:``). The sync pair waits
+for its connection outside the worker threads ``def`` handlers run on, so a burst of requests queues
+for the pool instead of starving the requests that hold its connections.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, asynccontextmanager
-from typing import Annotated, Literal, TypeVar
+import re
 
-import anyio
-import anyio.to_thread
 import psycopg
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from datalayer import aio
-from datalayer.config import DatabaseTarget, Settings
-from datalayer.defaults import connection as _sync_connection
-from datalayer.defaults import get_db
+from datalayer._fastapi_deps import (
+    AsyncDb,
+    AsyncTx,
+    Db,
+    Tx,
+    get_async_db,
+    get_async_tx,
+    get_sync_db,
+    get_tx,
+)
+from datalayer._fastapi_health import RETRY_AFTER, health_router
 from datalayer.errors import (
     CommitUnknown,
     DataLayerError,
@@ -55,12 +59,6 @@ from datalayer.errors import (
     TransientError,
     ValidationError,
 )
-from datalayer.health import HealthReport, check_database_health
-from datalayer.pool import DataLayerConnection
-from datalayer.pool_async import AsyncDataLayerConnection
-from datalayer.project import Project
-from datalayer.transactions import transaction as _sync_transaction
-from datalayer.transactions_async import transaction as _async_transaction
 
 __all__ = [
     "AsyncDb",
@@ -69,96 +67,18 @@ __all__ = [
     "Tx",
     "add_exception_handlers",
     "error_response",
+    "get_async_db",
     "get_async_tx",
+    "get_sync_db",
     "get_tx",
     "health_router",
 ]
 
 log = logging.getLogger("datalayer.fastapi")
-T = TypeVar("T")
 
-# Seconds a client should wait before retrying a 503 (a busy pool, a serialization failure).
-RETRY_AFTER = "1"
-
-
-# -- dependencies --
-
-Db = Annotated[DataLayerConnection, Depends(get_db, scope="function")]
-"""A pooled connection of ``datalayer``'s default pool, in autocommit mode, for a ``def`` handler."""
-
-AsyncDb = Annotated[AsyncDataLayerConnection, Depends(aio.get_db, scope="function")]
-"""A pooled connection of ``datalayer.aio``'s default pool, in autocommit mode, for an ``async def`` handler."""
-
-
-@asynccontextmanager
-async def _in_worker_threads(cm: AbstractContextManager[T]) -> AsyncIterator[T]:
-    """Enter and exit a blocking context manager in worker threads, never on the event loop.
-
-    FastAPI's own wrapper for sync yield dependencies enters and exits in two threads, each in a fresh
-    copy of the request's context: ``transaction()`` could not reset the context variable it set on
-    entry (the current transaction), and the handler, which runs in a third copy, would not see it. So
-    both halves run in one context of their own, and what the entry set there is mirrored into the
-    request's context for the handler (``current_transaction()``, ``on_commit(hook)``, the cache's
-    commit-tied invalidation).
-    """
-    ctx = contextvars.copy_context()
-    value = await anyio.to_thread.run_sync(ctx.run, cm.__enter__)
-    missing = object()
-    tokens = [var.set(val) for var, val in ctx.items() if var.get(missing) is not val]
-    # Exits get a limiter of their own (as FastAPI's do): with every worker thread taken by handlers
-    # waiting for a pool slot, the COMMIT that frees one must not queue behind them.
-    exit_limiter = anyio.CapacityLimiter(1)
-    try:
-        try:
-            yield value
-        except BaseException as e:
-            with anyio.CancelScope(shield=True):  # a disconnecting client must not cut a ROLLBACK short
-                suppressed = await anyio.to_thread.run_sync(
-                    ctx.run, cm.__exit__, type(e), e, e.__traceback__, limiter=exit_limiter
-                )
-            if not suppressed:
-                raise
-        else:
-            with anyio.CancelScope(shield=True):  # nor a COMMIT
-                await anyio.to_thread.run_sync(ctx.run, cm.__exit__, None, None, None, limiter=exit_limiter)
-    finally:
-        for token in reversed(tokens):
-            # The request's context ends with the request anyway; a reset refused there changes nothing.
-            with contextlib.suppress(ValueError):
-                token.var.reset(token)
-
-
-async def get_tx(db: Db) -> AsyncIterator[DataLayerConnection]:
-    """The unit of work behind ``Tx``: ``transaction(db)`` on the request's ``Db`` connection, committed
-    when the handler returns (before the response is sent) and rolled back when it raises."""
-    # An async generator over worker threads, not a sync one: see _in_worker_threads.
-    async with _in_worker_threads(_sync_transaction(db)) as tx:
-        yield tx
-
-
-async def get_async_tx(db: AsyncDb) -> AsyncIterator[AsyncDataLayerConnection]:
-    """The unit of work behind ``AsyncTx``: ``datalayer.aio.transaction(db)`` on the request's ``AsyncDb``
-    connection, committed when the handler returns (before the response is sent), rolled back when it raises."""
-    cm = _async_transaction(db)
-    tx = await cm.__aenter__()
-    try:
-        yield tx
-    except BaseException as e:
-        with anyio.CancelScope(shield=True):  # a disconnecting client must not cut a ROLLBACK short
-            if not await cm.__aexit__(type(e), e, e.__traceback__):
-                raise
-    else:
-        with anyio.CancelScope(shield=True):  # nor a COMMIT
-            await cm.__aexit__(None, None, None)
-
-
-Tx = Annotated[DataLayerConnection, Depends(get_tx, scope="function")]
-"""The request's ``Db`` connection inside a transaction: COMMIT when a ``def`` handler returns, ROLLBACK
-when it raises; a failing COMMIT is an error response, never a 200."""
-
-AsyncTx = Annotated[AsyncDataLayerConnection, Depends(get_async_tx, scope="function")]
-"""The request's ``AsyncDb`` connection inside a transaction: COMMIT when an ``async def`` handler
-returns, ROLLBACK when it raises; a failing COMMIT is an error response, never a 200."""
+# Where a message names the query that carried a value (the execution layer's backstop for text
+# PostgreSQL cannot store): for the log, not for the client.
+_LOCATION = re.compile(r"\s*\(sent to [^\n]*\)\s*$")
 
 
 # -- exception handlers --
@@ -175,7 +95,7 @@ def error_response(exc: DataLayerError) -> JSONResponse | None:
             # Refused by PostgreSQL (a value out of range, too long): its message may quote the value.
             errors = {field: "is not a valid value" for field in exc.errors}
         else:
-            errors = dict(exc.errors)
+            errors = {field: _LOCATION.sub("", message) for field, message in exc.errors.items()}
         return JSONResponse({"detail": "invalid input", "errors": errors}, status_code=422)
     if isinstance(exc, NotFound):
         return JSONResponse({"detail": "not found"}, status_code=404)
@@ -234,63 +154,3 @@ def add_exception_handlers(app: FastAPI) -> None:
     """
     for cls in (ValidationError, NotFound, IntegrityConflict, TransientError, CommitUnknown):
         app.add_exception_handler(cls, _handle)
-
-
-# -- health routes --
-
-
-def health_router(
-    *,
-    api: Literal["async", "sync"] = "async",
-    live_path: str = "/health/live",
-    ready_path: str = "/health/ready",
-    settings: Settings | None = None,
-    target: DatabaseTarget | None = None,
-    project: Project | None = None,
-    timeout: int = 5,
-) -> APIRouter:
-    """Two GET routes: liveness (``SELECT 1`` on a pooled connection: one round trip) and readiness (the
-    full ``check_database_health`` report).
-
-    ``api`` names the default pool liveness borrows from: ``datalayer.aio``'s (``"async"``) or
-    ``datalayer``'s (``"sync"``), the one the service uses. Both answer 200 when well and 503 when not;
-    readiness checks ``target`` (default: that pool's database) with ``settings`` and ``project``
-    (see ``check_database_health``).
-    """
-    if api not in ("async", "sync"):
-        raise ValidationError({"api": 'must be "async" or "sync"'})
-    router = APIRouter(tags=["health"])
-
-    @router.get(live_path)
-    async def live() -> JSONResponse:
-        try:
-            if api == "async":
-                async with aio.connection() as adb:
-                    await adb.execute("SELECT 1")
-            else:
-                await anyio.to_thread.run_sync(_sync_select_one)
-        except (DataLayerError, psycopg.Error) as e:
-            log.warning("liveness check failed: %s", e)
-            return JSONResponse(
-                {"status": "unavailable", "detail": f"the database did not answer ({type(e).__name__})"},
-                status_code=503,
-                headers={"Retry-After": RETRY_AFTER},
-            )
-        return JSONResponse({"status": "ok"})
-
-    @router.get(ready_path)
-    async def ready() -> JSONResponse:
-        where = target
-        if where is None:
-            where = (await aio.default_pool()).target if api == "async" else None
-        report: HealthReport = await anyio.to_thread.run_sync(
-            lambda: check_database_health(settings=settings, target=where, project=project, timeout=timeout)
-        )
-        return JSONResponse(dict(report), status_code=200 if report["status"] == "healthy" else 503)
-
-    return router
-
-
-def _sync_select_one() -> None:
-    with _sync_connection() as db:
-        db.execute("SELECT 1")

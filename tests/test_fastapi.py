@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -16,16 +17,18 @@ import anyio
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI, HTTPException
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from helpers import url_of, wait_idle
+from tcpproxy import TcpProxy
 
 import datalayer.fastapi as dlf
 from datalayer import aio, data_analysis_repo, sql, transactions_async, user_repo, validate_user_data
 from datalayer.config import DatabaseTarget, Secret, Settings
-from datalayer.defaults import set_default_pool
-from datalayer.errors import IntegrityConflict, NotFound, ValidationError
+from datalayer.defaults import get_db, set_default_pool
+from datalayer.errors import DataLayerError, IntegrityConflict, NotFound, ValidationError
 from datalayer.fastapi import AsyncDb, AsyncTx, Db, Tx, add_exception_handlers, health_router
 from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool
+from datalayer.pool_async import AsyncDataLayerConnection
 from datalayer.testing import settings_for_tests
 from datalayer.transactions import current_transaction, in_transaction, on_commit
 
@@ -35,6 +38,9 @@ PASSWORD = "Pw-in-the-dsn-91c7e"
 QUERIES = """\
 -- name: by_api_key :one
 SELECT id FROM users WHERE username = :'api_key'
+
+-- name: usernames :many
+SELECT username FROM users
 
 -- name: put_short :exec
 INSERT INTO fa_short (v) VALUES (:'v')
@@ -533,34 +539,61 @@ async def test_health_routes_async(adl_pool: Any) -> None:
 
 
 @pytest.mark.anyio
-async def test_liveness_is_503_when_no_connection_comes(adl_pool: Any) -> None:
-    pool = await _aio_pool(adl_pool.target, 0.3)
-    previous = aio.set_default_pool(pool)
+async def test_liveness_is_200_when_the_pool_is_busy_and_503_when_it_cannot_connect(adl_pool: Any) -> None:
     app = FastAPI()
     app.include_router(health_router(live_path="/live"))
+    busy = await _aio_pool(adl_pool.target, 0.3)
+    previous = aio.set_default_pool(busy)
     try:
         async with _aclient(app) as client:
-            async with aio.connection(pool):  # the only slot is taken
+            async with aio.connection(busy):  # the only slot serves a request: busy, not dead
                 r = await client.get("/live")
-            assert r.status_code == 503
-            assert r.headers["retry-after"] == "1"
-            assert r.json() == {"status": "unavailable", "detail": "the database did not answer (PoolExhausted)"}
-            assert (await client.get("/live")).status_code == 200
+            assert (r.status_code, r.json()) == (200, {"status": "ok", "pool": "busy"})
+            assert (await client.get("/live")).json() == {"status": "ok"}
     finally:
         aio.set_default_pool(previous)
-        await pool.close()
+        await busy.close()
+    # A pool whose server went out of reach: every connection dropped, new ones refused.
+    host, port = adl_pool.target.params.get("host", "127.0.0.1"), int(adl_pool.target.params.get("port", "5432"))
+    proxy = TcpProxy(f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port))
+    via = DatabaseTarget(
+        params={**adl_pool.target.params, "host": "127.0.0.1", "port": str(proxy.port)},
+        password=adl_pool.target.password,
+    )
+    cut = await _aio_pool(via, 0.5)
+    previous = aio.set_default_pool(cut)
+    try:
+        async with _aclient(app) as client:
+            assert (await client.get("/live")).json() == {"status": "ok"}
+            proxy.set_mode("drop")
+            r = await client.get("/live")
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["status"] == "unavailable"
+    finally:
+        aio.set_default_pool(previous)
+        proxy.set_mode("pass")
+        await cut.close()
+        proxy.close()
 
 
 def test_health_routes_sync(dl_pool: DataLayerPool, dl_empty_target: DatabaseTarget) -> None:
     app = FastAPI()
     app.include_router(health_router(api="sync"))
     app.include_router(health_router(api="sync", live_path="/x/live", ready_path="/x/ready", target=dl_empty_target))
+    app.include_router(
+        health_router(api="sync", live_path="/y/live", ready_path="/y/ready", target=dl_empty_target, detail=True)
+    )
     with _client(app) as client:
         assert client.get("/health/live").json() == {"status": "ok"}
         assert client.get("/health/ready").json()["status"] == "healthy"
         r = client.get("/x/ready")  # a database nobody migrated: not ready
+        assert r.status_code == 503
+        assert r.json()["status"] == "unhealthy"
+        assert r.json()["checks"]["migrations"] == "failed"  # which ones: only in the detailed report
+        assert "pending" not in r.text and ".sql" not in r.text
+        r = client.get("/y/ready")
     assert r.status_code == 503
-    assert r.json()["status"] == "unhealthy"
     assert "pending" in r.json()["checks"]["migrations"]["detail"]
 
 
@@ -568,6 +601,254 @@ def test_health_router_refuses_an_unknown_api() -> None:
     with pytest.raises(ValidationError) as caught:
         health_router(api="trio")  # type: ignore[arg-type]
     assert "api" in caught.value.errors
+
+
+# -- what outlives the request, bursts, and misuse --
+
+
+@pytest.mark.anyio
+async def test_a_background_task_cannot_use_the_request_db(
+    aone_slot: Any, db: DataLayerConnection, queries: sql.QueryFile
+) -> None:
+    # One slot: the request after /a gets the very connection /a's background task was handed.
+    db.execute("CREATE TABLE fa_bg (who text)")
+    usernames = queries.bind("usernames", str)
+    app = FastAPI()
+    a_returned, b_in_tx, late_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    late: list[BaseException | None] = []
+
+    async def write_later(conn: Any) -> None:
+        await asyncio.wait_for(b_in_tx.wait(), 10)
+        for attempt in (
+            lambda: conn.execute("INSERT INTO fa_bg VALUES ('late')"),
+            lambda: aio.user_repo.count(conn),
+            lambda: usernames.amany(conn),
+        ):
+            try:
+                await attempt()
+                late.append(None)
+            except Exception as e:
+                late.append(e)
+        late_done.set()
+
+    @app.post("/a")
+    async def a(conn: AsyncDb, tasks: BackgroundTasks) -> str:
+        assert isinstance(conn, psycopg.AsyncConnection)
+        assert await usernames.amany(conn) == []  # the lease serves the handler
+        tasks.add_task(write_later, conn)
+        a_returned.set()
+        return "queued"
+
+    @app.post("/b")
+    async def b(tx: AsyncTx) -> str:
+        b_in_tx.set()
+        await asyncio.wait_for(late_done.wait(), 10)
+        await tx.execute("INSERT INTO fa_bg VALUES ('b')")
+        return "saved"
+
+    async with _aclient(app) as client:
+        first = asyncio.create_task(client.post("/a"))
+        await asyncio.wait_for(a_returned.wait(), 10)
+        rb = await client.post("/b")
+        ra = await first
+    assert (ra.status_code, rb.status_code) == (200, 200), (ra.text, rb.text)
+    assert len(late) == 3 and all(isinstance(e, DataLayerError) for e in late), late
+    for e in late:
+        assert "db connection went back to the pool" in str(e)
+        assert "async with datalayer.aio.connection() as db:" in str(e)
+    rows = db.execute("SELECT who FROM fa_bg").fetchall()
+    assert rows == [("b",)]  # b's unit of work holds b's write only
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_sync_requests_all_get_a_connection(dl_pool: DataLayerPool, anyio_backend: str) -> None:
+    # 200 at once on 4 connections: each request queues for the pool, none for a worker thread.
+    pool = open_pool(
+        settings_for_tests(pool_size=4, pool_min_size=4, max_overflow=0, pool_timeout=5.0),
+        target=dl_pool.target,
+        wait=True,
+    )
+    previous = set_default_pool(pool)
+    app = FastAPI()
+    add_exception_handlers(app)
+
+    @app.get("/users/{i}")
+    def read(i: int, conn: Db) -> int:
+        return user_repo.count(conn)
+
+    @app.post("/users/{i}")
+    def create(i: int, tx: Tx) -> int:
+        return user_repo.create(tx, username=f"burst{i}", email=f"b{i}@example.com", hashed_password="h").id
+
+    try:
+        async with _aclient(app) as client:
+            rs = await asyncio.gather(
+                *(client.get(f"/users/{i}") if i % 2 else client.post(f"/users/{i}") for i in range(200))
+            )
+        codes = [r.status_code for r in rs]
+        assert codes == [200] * 200, {c: codes.count(c) for c in set(codes)}
+        with connection(pool) as conn:
+            assert user_repo.count(conn) == 100
+        wait_idle(pool)
+    finally:
+        set_default_pool(previous)
+        pool.close()
+
+
+def test_plain_get_db_beside_tx_is_refused(dl_pool: DataLayerPool, caplog: pytest.LogCaptureFixture) -> None:
+    app = FastAPI()
+    ran: list[bool] = []
+
+    @app.post("/mixed")
+    def mixed(tx: Tx, conn: DataLayerConnection = Depends(get_db)) -> None:
+        ran.append(True)
+
+    with _client(app) as client, caplog.at_level(logging.ERROR, "datalayer.fastapi"):
+        r = client.post("/mixed")
+    assert r.status_code == 500
+    assert ran == []
+    assert "Internal Server Error" in r.text and "get_db" not in r.text
+    message = caplog.text
+    assert "POST /mixed asks for Tx and for Depends(datalayer.get_db)" in message
+    assert "Use Db (AsyncDb) for the connection and Tx (AsyncTx)" in message
+    wait_idle(dl_pool)
+
+
+@pytest.mark.anyio
+async def test_plain_aio_get_db_beside_async_tx_is_refused(adl_pool: Any, caplog: pytest.LogCaptureFixture) -> None:
+    app = FastAPI()
+
+    async def audited(conn: AsyncDataLayerConnection = Depends(aio.get_db)) -> None:
+        pass
+
+    @app.post("/mixed", dependencies=[Depends(audited)])
+    async def mixed(tx: AsyncTx) -> None:
+        pass
+
+    with caplog.at_level(logging.ERROR, "datalayer.fastapi"):
+        async with _aclient(app) as client:
+            r = await client.post("/mixed")
+    assert r.status_code == 500
+    assert "POST /mixed asks for AsyncTx and for Depends(datalayer.aio.get_db)" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_a_sync_connection_in_an_async_handler_is_refused_before_it_blocks(
+    adl_pool: Any, dl_pool: DataLayerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = FastAPI()
+    add_exception_handlers(app)
+    ran: list[bool] = []
+
+    @app.get("/slow")
+    async def sleepy_handler(conn: Db) -> None:
+        ran.append(True)
+        conn.execute("SELECT pg_sleep(2)")  # would stall the event loop for 2 s
+
+    @app.get("/tx")
+    async def sleepy_tx(tx: Tx) -> None:
+        ran.append(True)
+
+    with caplog.at_level(logging.ERROR, "datalayer.fastapi"):
+        async with _aclient(app) as client:
+            r = await client.get("/slow")
+            r_tx = await client.get("/tx")
+    assert (r.status_code, r_tx.status_code) == (500, 500)
+    assert ran == []
+    assert "Db" not in r.text
+    assert ".sleepy_handler (" in caplog.text and "is an `async def` but asks for Db" in caplog.text
+    assert "Annotate it with AsyncDb" in caplog.text
+    assert ".sleepy_tx (" in caplog.text and "Annotate it with AsyncTx" in caplog.text
+    wait_idle(dl_pool)
+
+
+def test_an_async_connection_in_a_sync_handler_is_a_500_not_a_422(
+    dl_pool: DataLayerPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = FastAPI()
+
+    async def current_user(conn: AsyncDb) -> int:  # an async dependency: the right flavour
+        return await aio.user_repo.count(conn)
+
+    @app.get("/count")
+    def count(conn: AsyncDb) -> int:
+        return user_repo.count(conn)  # type: ignore[arg-type]
+
+    @app.get("/me")
+    def me(users: int = Depends(current_user)) -> int:  # a def handler over it: fine
+        return users
+
+    with _client(app) as client, caplog.at_level(logging.ERROR, "datalayer.fastapi"):
+        r = client.get("/count")
+        assert r.status_code == 500, r.text
+        assert "psycopg" not in r.text and "db" not in r.text
+        assert ".count (" in caplog.text and "is a plain `def` but asks for AsyncDb" in caplog.text
+        assert "Annotate it with Db" in caplog.text
+        assert client.get("/me").json() == 0
+
+
+@pytest.mark.anyio
+async def test_readiness_runs_one_check_at_a_time_and_says_only_ok_or_failed(adl_pool: Any) -> None:
+    app = FastAPI()
+    app.include_router(health_router())
+    dbname = adl_pool.target.params["dbname"]
+    seen: set[int] = set()
+    most = 0
+    stop = threading.Event()
+
+    def watch() -> None:  # the health check's own backends on this test's database
+        nonlocal most
+        with psycopg.connect(adl_pool.target.conninfo(), autocommit=True) as c:
+            while not stop.is_set():
+                pids = [
+                    row[0]
+                    for row in c.execute(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = 'datalayer-health'",
+                        [dbname],
+                    )
+                ]
+                seen.update(pids)
+                most = max(most, len(pids))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        async with _aclient(app) as client:
+            rs = await asyncio.gather(*(client.get("/health/ready") for _ in range(30)))
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert [r.status_code for r in rs] == [200] * 30
+    assert most <= 1 and len(seen) <= 1, (most, seen)
+    body = rs[0].json()
+    assert body["status"] == "healthy"
+    assert set(body["checks"].values()) == {"ok"} and "migrations" in body["checks"]
+    for leak in ("PostgreSQL", "applied", str(adl_pool.target.params.get("port", "5432")), ".sql"):
+        assert leak not in rs[0].text
+    app.include_router(health_router(live_path="/full/live", ready_path="/full/ready", detail=True))
+    async with _aclient(app) as client:
+        full = (await client.get("/full/ready")).json()
+    assert full["checks"]["connect"]["detail"].startswith("PostgreSQL")
+
+
+def test_a_422_names_the_field_but_not_where_the_value_was_sent(
+    dl_pool: DataLayerPool, db: DataLayerConnection, queries: sql.QueryFile
+) -> None:
+    db.execute("CREATE TABLE fa_short (v varchar(3))")
+    put_short = queries.bind("put_short")
+    app = FastAPI()
+
+    @app.post("/short")
+    def short(conn: Db) -> None:
+        put_short.exec(conn, v="a\x00b")  # text PostgreSQL cannot store: the execution layer's backstop
+
+    with pytest.raises(ValidationError, match="sent to"):
+        put_short.exec(db, v="a\x00b")  # the message names the query: the response must not
+    with _client(app) as client:
+        r = client.post("/short")
+    assert r.status_code == 422, r.text
+    message = r.json()["errors"]["v"]
+    assert message and "sent to" not in message and "fa.sql" not in r.text and "put_short" not in r.text
 
 
 # -- the README's example --
