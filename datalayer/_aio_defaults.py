@@ -31,14 +31,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar, overload
 
 import psycopg
-from psycopg_pool import PoolTimeout
 
 from datalayer import defaults, transactions_async
 from datalayer._acompat import ablocking
 from datalayer._lease import lent
 from datalayer._pooled_async import AsyncDataLayerConnection
 from datalayer.config import DatabaseTarget, Settings
-from datalayer.errors import TransientError, ValidationError
+from datalayer.errors import ValidationError
 from datalayer.pool_async import AsyncDataLayerPool
 from datalayer.pool_async import connection as _pool_connection
 from datalayer.pool_async import open_pool as _open_pool
@@ -87,14 +86,7 @@ async def open_pool(
     """
     settings = settings or Settings.from_env()
     ready = await ablocking(defaults.ready_target, settings, target)
-    try:
-        return await _open_pool(settings, target=ready, name=name, wait=wait)
-    except PoolTimeout:  # wait=True: the first POOL_MIN_SIZE connections did not all open in time
-        raise TransientError(
-            f"the pool could not open its first {settings.pool_min_size} connections (POOL_MIN_SIZE) to "
-            f"{ready.display} within {settings.pool_timeout:g} s (POOL_TIMEOUT); is the server refusing "
-            "connections (max_connections)? lower POOL_MIN_SIZE or try again later"
-        ) from None
+    return await _open_pool(settings, target=ready, name=name, wait=wait)
 
 
 async def default_pool() -> AsyncDataLayerPool:

@@ -181,7 +181,15 @@ def open_pool(
         name=name,
         open=False,
     )
-    pool.open(wait=wait, timeout=settings.pool_timeout)
+    try:
+        pool.open(wait=wait, timeout=settings.pool_timeout)
+    except PoolTimeout:  # wait=True: the first POOL_MIN_SIZE connections did not all open in time
+        pool.close()
+        raise TransientError(
+            f"the pool could not open its first {settings.pool_min_size} connections (POOL_MIN_SIZE) to "
+            f"{target.display} within {settings.pool_timeout:g} s (POOL_TIMEOUT); is the server refusing "
+            "connections (max_connections)? lower POOL_MIN_SIZE or try again later"
+        ) from None
     return pool
 
 

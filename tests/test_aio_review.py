@@ -8,8 +8,10 @@ import contextlib
 import time
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
+from psycopg import sql
 
 from datalayer import aio
 from datalayer import transaction as sync_transaction
@@ -150,3 +152,29 @@ async def test_a_pool_closed_with_its_loop_logs_no_discarded_connections(
     await _close_quietly(pool)
     assert pool.closed
     assert not [r for r in caplog.records if "discarding" in r.getMessage()]
+
+
+async def test_a_pool_that_cannot_open_its_first_connections_is_a_transient_error(dl_pool: DataLayerPool) -> None:
+    """open_pool(wait=True), sync and async: psycopg_pool's PoolTimeout never leaves the public API."""
+    import uuid
+
+    from datalayer.errors import TransientError
+    from datalayer.pool import open_pool as open_sync_pool
+
+    role = f"dl_limited_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dl_pool.target.conninfo(), autocommit=True) as admin:
+        password = dl_pool.target.password.value if dl_pool.target.password is not None else None
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 2 PASSWORD {}").format(
+            sql.Identifier(role), sql.Literal(password)))
+        try:
+            target = attrs.evolve(dl_pool.target, params={**dl_pool.target.params, "user": role})
+            settings = settings_for_tests(pool_size=3, pool_min_size=3, max_overflow=0, pool_timeout=1.0)
+            with pytest.raises(TransientError, match=r"could not open its first 3 connections \(POOL_MIN_SIZE\)"):
+                open_sync_pool(settings, target=target, wait=True)
+            with pytest.raises(TransientError, match=r"could not open its first 3 connections"):
+                await open_pool(settings, target=target, wait=True)
+        finally:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+            )
+            admin.execute(f'DROP ROLE "{role}"')
