@@ -8,19 +8,22 @@ is refused first, with a ValidationError naming ``db`` and where the right kind 
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from datalayer._acompat import API
 from datalayer.errors import ValidationError
 
-__all__ = ["check_kind"]
+__all__ = ["check_kind", "closed_error", "expired"]
 
 # Where a connection of this kind comes from (the sync twin names ``datalayer``), for the messages.
 _API = API
 
 
-def check_kind(db: object, what: str = "db") -> None:
-    """ValidationError naming ``what`` unless ``db`` is a psycopg.AsyncConnection."""
+def check_kind(db: object, what: str = "db", *, open_: bool = False) -> None:
+    """ValidationError naming ``what`` unless ``db`` is a psycopg.AsyncConnection (and, with ``open_``,
+    not closed by its owner)."""
     if not isinstance(db, psycopg.Connection):
         wanted = psycopg.Connection.__name__
         raise ValidationError(
@@ -30,3 +33,21 @@ def check_kind(db: object, what: str = "db") -> None:
                 "async code, datalayer for sync code)"
             }
         )
+    if open_ and db.closed and (closed := closed_error(db)) is not None:
+        raise closed
+
+
+def closed_error(db: psycopg.Connection[Any]) -> ValidationError | None:
+    """The error for a connection its owner closed (one the server dropped is a TransientError).
+
+    Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
+    """
+    if db.closed and not db.broken and not expired(db):  # closed by its deadline: the server never answered
+        return ValidationError(
+            {"db": f"is closed; pass an open connection (use it inside the block of {_API}.connection())"}
+        )
+    return None
+
+
+def expired(db: psycopg.Connection[Any]) -> bool:
+    return bool(getattr(db, "_dl_expired", False))

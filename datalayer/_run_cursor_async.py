@@ -7,13 +7,8 @@ from typing import Any
 
 import psycopg
 
-from datalayer._acompat import AAPI
-from datalayer._kind_async import check_kind
+from datalayer._kind_async import check_kind, closed_error, expired
 from datalayer._translate import translate
-from datalayer.errors import ValidationError
-
-# Where a connection of this kind comes from (the sync twin names ``datalayer``), for the messages.
-_API = AAPI
 
 __all__ = ["check_connection", "closed_error", "expired", "kept_cursor", "new_cursor"]
 
@@ -27,10 +22,7 @@ def check_connection(db: object, *, open_: bool = False) -> None:
     """
     # Not per call: a connection of the other kind would hand back coroutines (or refuse to be
     # awaited) instead of rows, anything else an AttributeError.
-    check_kind(db)
-    assert isinstance(db, psycopg.AsyncConnection)  # for mypy: check_kind refused anything else
-    if open_ and db.closed and (closed := closed_error(db)) is not None:
-        raise closed
+    check_kind(db, open_=open_)
 
 
 def new_cursor(db: psycopg.AsyncConnection[Any], factory: Any = None) -> psycopg.AsyncCursor[Any]:
@@ -46,18 +38,6 @@ def new_cursor(db: psycopg.AsyncConnection[Any], factory: Any = None) -> psycopg
         raise closed_error(db) or translate(e, conn=db) from None
 
 
-def closed_error(db: psycopg.AsyncConnection[Any]) -> ValidationError | None:
-    """The error for a connection its owner closed (one the server dropped is a TransientError).
-
-    Failure path only: ``closed`` is asked after psycopg refused the connection, never per call.
-    """
-    if db.closed and not db.broken and not expired(db):  # closed by its deadline: the server never answered
-        return ValidationError(
-            {"db": f"is closed; pass an open connection (use it inside the block of {_API}.connection())"}
-        )
-    return None
-
-
 def kept_cursor(db: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
     cur: psycopg.AsyncCursor[Any] | None = getattr(db, "_dl_cursor", None)
     if cur is None or cur.closed:
@@ -65,7 +45,3 @@ def kept_cursor(db: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
         if hasattr(db, "_dl_cursor"):  # a pooled connection (or a get_db() lease of one)
             db._dl_cursor = cur
     return cur
-
-
-def expired(db: psycopg.AsyncConnection[Any]) -> bool:
-    return bool(getattr(db, "_dl_expired", False))

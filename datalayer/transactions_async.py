@@ -155,7 +155,7 @@ async def transaction(db: C) -> AsyncIterator[C]:
 
     ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
     """
-    check_kind(db)
+    check_kind(db, open_=True)
     frames = _frames.setdefault(_key(db), [])
     owner = acurrent_owner()
     if frames and frames[0].owner is not owner:
@@ -248,7 +248,7 @@ async def run_in_transaction(
     ...     ...
     >>> run_in_transaction(db, transfer, isolation="serializable")
     """
-    check_kind(db)
+    check_kind(db, open_=True)
     if not callable(fn):
         raise ValidationError({"fn": "must be a function taking the connection"})
     if type(retries) is not int or not 0 <= retries <= 100:

@@ -165,6 +165,10 @@ async def test_a_connection_of_the_wrong_kind_is_refused_naming_db(adb: psycopg.
     with pytest.raises(ValidationError) as e3:
         await log_system_event(closed, service="s", level="INFO", message="m")
     assert "is closed" in e3.value.errors["db"]
+    with pytest.raises(ValidationError) as e4:  # not a TransientError: nothing was lost in the network
+        async with transaction(closed):
+            pass
+    assert list(e4.value.errors) == ["db"] and "is closed" in e4.value.errors["db"]
     assert "partitions ahead failed" not in caplog.text  # refused before any other work
     assert await _count(adb) == 0
 

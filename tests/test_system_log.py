@@ -22,6 +22,7 @@ from datalayer import (
 from datalayer._sql import load_queries
 from datalayer.pool import DataLayerPool, connection
 from datalayer.repos.system_log import LogEvent
+from datalayer.transactions import transaction
 
 NOW = datetime.now(UTC)
 
@@ -298,6 +299,7 @@ def _closed_calls(conn: Any) -> list[Any]:
         lambda: repo.create(conn, service="s", level="INFO", message="m"),
         lambda: repo.bulk_insert(conn, [{"service": "s", "level": "INFO", "message": "m"}]),
         lambda: log_system_event(conn, service="s", level="INFO", message="m"),
+        lambda: transaction(conn).__enter__(),
     ]
 
 
