@@ -13,9 +13,10 @@ import attrs
 import psycopg
 from psycopg.rows import tuple_row
 
+from datalayer import tracing
 from datalayer._run_failure import column_problem
 from datalayer._sql import Query
-from datalayer.errors import QueryError
+from datalayer.errors import NotFound, QueryError
 from datalayer.rows import attrs_row, value_row
 
 __all__ = ["MISSING", "RunnerBase"]
@@ -66,6 +67,22 @@ class RunnerBase(Generic[T]):
         if (problem := column_problem(self.query, cast(type, self.result), cur.description)) is not None:
             raise problem
         self._columns_ok = True
+
+    def _emitted(self, mark: tracing.Mark, failure: BaseException | None, result: object) -> object:
+        """Emit a traced call's event, then return its result or raise its failure as it came.
+
+        Called outside any ``except`` block: a tracer that raises then never has the caller's error
+        (whose message may hold values) as its context.
+        """
+        if failure is None:
+            mark.done(self.query)
+            return result
+        try:
+            # NotFound is the answer "no row" (the statement ran): not a failure of the query.
+            mark.done(self.query, None if isinstance(failure, NotFound) else failure)
+            raise failure
+        finally:
+            del failure  # the traceback holds this frame
 
     def _refuse(self, method: str) -> None:
         q = self.query

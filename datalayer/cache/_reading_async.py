@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 import attrs
 import orjson
 
+from datalayer import tracing
 from datalayer.cache._envelope import (
     _UNREADABLE,
     Envelope,
@@ -81,6 +82,8 @@ class Reading:
                 value = read_hit(raw, record_type, schema)
                 if value is not _UNREADABLE:
                     self.redis.stats["hits"] += 1
+                    if tracing._tracers:
+                        tracing.cache_lookup("redis", True)
                     return value  # type: ignore[no-any-return]
         env, _ = await self._lookup(key, schema, record_type, refresh=False, prefetched=raw)
         return None if env is None or env.negative else cast(T, env.value)
@@ -94,11 +97,15 @@ class Reading:
             found, item = self.l1.get(key)
             if found and item[0] == schema:
                 counters["l1_hits"] += 1
+                if tracing._tracers:
+                    tracing.cache_lookup("l1", True, refresh)
                 env = item[1]
                 if item[2] is not None:  # plain JSON values are kept encoded: each caller gets its own copy
                     env = env.with_value(orjson.loads(item[2]))
                 return env, HIT
             counters["l1_misses"] += 1
+            if tracing._tracers:
+                tracing.cache_lookup("l1", False, refresh)
         check_key(key)  # past L1, the key goes to Redis and PostgreSQL
         epoch = self._epoch
         generation: int | None = None
@@ -110,6 +117,8 @@ class Reading:
                 env = decode_wire(raw, schema=schema, record_type=record_type, generation=generation)
                 if env is not None:
                     self.redis.stats["hits"] += 1
+                    if tracing._tracers:
+                        tracing.cache_lookup("redis", True, refresh)
                     if refresh and self._refresh_early(env):
                         self.stats_counters["early_refreshes"] += 1
                         ver = await self.redis.get(version_key(key))
@@ -117,6 +126,8 @@ class Reading:
                     self._fill_l1(key, schema, env, epoch, fenced=True)
                     return env, HIT
                 self.redis.stats["misses"] += 1
+                if tracing._tracers:
+                    tracing.cache_lookup("redis", False, refresh)
         redis_version = await self.redis.get(version_key(key)) if generation is not None else SKIPPED
         row = await self.table.peek(key)
         table_version = None if row is MISSING else (row.version if row is not None else 0)
@@ -124,6 +135,8 @@ class Reading:
             env = decode_doc(row.value, schema=schema, record_type=record_type)
             if env is not None:
                 self.stats_counters["table_hits"] += 1
+                if tracing._tracers:
+                    tracing.cache_lookup("table", True, refresh)
                 if redis_version is not SKIPPED:
                     remaining = max(env.expires_at - time.time(), 0.001)
                     payload = encode_wire(
@@ -138,6 +151,8 @@ class Reading:
                 self._fill_l1(key, schema, env, epoch, fenced=True)
                 return env, HIT
         self.stats_counters["table_misses"] += 1
+        if tracing._tracers:
+            tracing.cache_lookup("table", False, refresh)
         return None, Miss(key, schema, record_type, redis_version, table_version, generation)
 
     def _refresh_early(self, env: Envelope) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, status
 
@@ -44,6 +44,7 @@ from service.schemas import (
     UserOut,
 )
 from service.stats import UserStats, user_stats
+from service.telemetry import observe_pool, start_telemetry, stop_telemetry
 from service.tokens import TokenSigner, secret_from_env
 
 __all__ = ["STATS_TTL", "create_app", "router"]
@@ -173,19 +174,30 @@ async def stats(user_id: CurrentUser) -> StatsOut:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    await default_pool()  # open it now: a wrong DATABASE_URL fails the start, not the first request
+    pool = await default_pool()  # open it now: a wrong DATABASE_URL fails the start, not the first request
+    if app.state.telemetry:
+        observe_pool(pool)
     try:
         yield
     finally:
+        if app.state.telemetry:
+            stop_telemetry()
         await close_cache_manager()
         await close_default_pool()
 
 
-def create_app(*, secret: bytes | None = None, token_ttl: int = 3600) -> FastAPI:
-    """The app; ``secret`` signs the bearer tokens (default: SERVICE_SECRET, at least 32 bytes)."""
+def create_app(
+    *, secret: bytes | None = None, token_ttl: int = 3600, tracer_provider: Any = None, meter_provider: Any = None
+) -> FastAPI:
+    """The app; ``secret`` signs the bearer tokens (default: SERVICE_SECRET, at least 32 bytes).
+
+    Its queries, pool and cache report to OpenTelemetry when providers are given, or when OpenTelemetry
+    is installed and configured by OTEL_* variables (see ``service.telemetry``).
+    """
     signer = TokenSigner(secret_from_env() if secret is None else secret, ttl=token_ttl)
     app = FastAPI(title="analyses service (datalayer example)", lifespan=_lifespan)
     app.state.signer = signer
+    app.state.telemetry = start_telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
     add_exception_handlers(app)
     app.include_router(health_router())
     app.include_router(router)
