@@ -110,3 +110,12 @@ def redis_display(url: str) -> str:
     pairs = [(k, "***" if k in REDIS_SECRETS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
     query = urlencode(pairs, safe="/*")
     return f"{parts.scheme}://{auth}{host}{parts.path}" + (f"?{query}" if query else "")
+
+
+def check_cluster_url(url: str, variable: str) -> None:
+    """ConfigError unless ``url`` (a clean URL from parse_redis_url) can seed a Redis Cluster client."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        raise config_error(variable, "is a unix socket; a Redis Cluster is reached over TCP (redis:// or rediss://)")
+    if unquote(parts.path).strip("/") not in ("", "0"):
+        raise config_error(variable, "names a database other than 0; a Redis Cluster has database 0 only")

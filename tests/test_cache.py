@@ -332,10 +332,11 @@ def test_stats_and_flush(cache: CacheManager) -> None:
 def test_cli_cache_stats_and_flush(redis_target: RedisTarget, dl_pool: DataLayerPool) -> None:
     import json as _json
 
-    from helpers import clean_env, run_py, url_of
+    from helpers import clean_env, pool_env, run_py
 
     prefix = f"cli{os.getpid()}"
-    env = clean_env(DATABASE_URL=url_of(dl_pool.target), REDIS_URL=redis_target.url, CACHE_PREFIX=prefix)
+    env = clean_env(**pool_env(dl_pool), REDIS_URL=redis_target.url, CACHE_PREFIX=prefix,
+                    REDIS_CLUSTER="1" if redis_target.cluster else "0")
     seed = run_py("from datalayer import get_cache_manager\nc = get_cache_manager()\n"
                   "c.cache_user_data(1, {'a': 1})\nc.cache_analysis_result(2, [1])\nc.close()", env)
     assert seed.returncode == 0, seed.stderr

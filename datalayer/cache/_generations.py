@@ -69,7 +69,7 @@ class Generations:
                 self._generation = None
                 return
             self._generation = int(new)
-            self.redis.call(lambda c: c.publish(self.keys.channel(), dumps({"gen": int(new), "o": self._origin})))
+            self.redis.publish({"gen": int(new), "o": self._origin}, near=self.keys.global_generation())
             self.invalidations.check()
         except CacheUnavailable:
             self._generation = None

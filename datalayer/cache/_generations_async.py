@@ -68,7 +68,7 @@ class Generations:
                 self._generation = None
                 return
             self._generation = int(new)
-            await self.redis.call(lambda c: c.publish(self.keys.channel(), dumps({"gen": int(new), "o": self._origin})))
+            await self.redis.publish({"gen": int(new), "o": self._origin}, near=self.keys.global_generation())
             await self.invalidations.check()
         except CacheUnavailable:
             self._generation = None

@@ -124,6 +124,10 @@ class Loading:
                 )
                 if env is not None:
                     return None if env.negative else cast(T, env.value)
+                # The holder gave up without storing (on a cluster its breaker may have opened for a
+                # failure on another node while this key's node answers): load now rather than wait on.
+                if raw is None and await self.redis.call(lambda c: c.exists(lock_key)) == 0:
+                    break
         try:
             epoch = self._epoch
             t0 = time.monotonic()

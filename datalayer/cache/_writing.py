@@ -10,7 +10,6 @@ import psycopg
 
 from datalayer._acompat import Thunk
 from datalayer.cache._envelope import encode_doc, encode_value, encode_wire, schema_of
-from datalayer.cache._generations import dumps
 from datalayer.cache._keys import check_key, version_key
 from datalayer.cache._markers import SKIPPED
 from datalayer.errors import CacheUnavailable, ValidationError
@@ -64,7 +63,7 @@ class Writing:
             if self.redis.put(key, version_key(key), payload, int(life * 1000)) is not SKIPPED:
                 redis_done = True
                 self.redis.stats["writes"] += 1
-                self.redis.call(lambda c: c.publish(self.keys.channel(), dumps({"k": [key], "o": self._origin})))
+                self.redis.publish({"k": [key], "o": self._origin}, near=key)
         self.table.put(key, encode_doc(data, schema=schema, ttl=life, load_seconds=0.0), life)
         if not redis_done:  # Redis still holds the older value: have it replayed away
             self.invalidations.lost([key], "key", table_done=True)
