@@ -307,6 +307,7 @@ def cmd_roles(args: argparse.Namespace) -> int:
             readonly_role=args.readonly_role,
             app_password=settings.app_password.value if settings.app_password else None,
             readonly_password=settings.readonly_password.value if settings.readonly_password else None,
+            settings=settings,
         )
     for role, new in created.items():
         print(f"{role}: {'created' if new else 'exists'}, privileges granted")

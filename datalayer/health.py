@@ -53,12 +53,19 @@ def check_database_health(
         settings = settings or Settings.from_env()
         if target is None:
             target = default_target(settings)
+        # A transaction pooler refuses the options parameter and cannot keep prepared statements: there
+        # the session settings are the pooler's (connect_query) or the role's (datalayer roles create).
+        session: dict[str, Any] = (
+            {"options": f"-c statement_timeout={timeout}s -c TimeZone=UTC"}
+            if settings.pooler == "none"
+            else {"prepare_threshold": None}
+        )
         conn = psycopg.connect(
             target.conninfo(),
             autocommit=True,
             connect_timeout=str(timeout),
-            options=f"-c statement_timeout={timeout}s -c TimeZone=UTC",
             application_name="datalayer-health",
+            **session,
         )
     except Exception as e:
         checks["connect"] = {"ok": False, "detail": _first_line(e)}

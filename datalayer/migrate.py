@@ -75,7 +75,8 @@ def _settings_and_target(settings: Settings | None, target: DatabaseTarget | Non
     settings = settings or Settings.from_env()
     if target is None:
         target = default_target(settings)
-    return settings, target
+    # Migrations hold a session (an advisory lock, yoyo's connection): never through a transaction pooler.
+    return settings, settings.direct_target(target)
 
 
 def _connect_params(target: DatabaseTarget, settings: Settings | None = None) -> dict[str, Any]:

@@ -210,7 +210,9 @@ class PartitionKeeper:
             if db is not None:
                 created = ensure_log_partitions(db, ahead=self.ahead, today=today)
             else:
-                with psycopg.connect(make_conninfo("", **(params or {})), autocommit=True) as own:
+                # No prepared statements: the parameters may lead through a transaction pooler.
+                conninfo = make_conninfo("", **(params or {}))
+                with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as own:
                     created = ensure_log_partitions(own, ahead=self.ahead, today=today)
             with self._lock:
                 self.created += created

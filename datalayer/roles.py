@@ -21,6 +21,10 @@ plant objects for it to find. ``create_roles`` therefore revokes CREATE on the s
 from the two roles, then checks that it took (a REVOKE by a non-owner only warns), and refuses if any
 role other than the owner (or a member of it, or a superuser) can still create objects there.
 
+With ``settings`` the two roles also get datalayer's session settings in this database (``ALTER ROLE …
+IN DATABASE … SET``: STATEMENT_TIMEOUT, LOCK_TIMEOUT, IDLE_IN_TRANSACTION_TIMEOUT, TimeZone UTC): behind a
+transaction pooler, which cannot pass them at connect time, autocommit reads get them from the role.
+
 Passwords are hashed client-side (SCRAM-SHA-256) before they reach the server, so they never appear
 in a statement or a server log.
 """
@@ -38,6 +42,7 @@ from datalayer.errors import ConfigError, DataLayerError, MigrationError, Valida
 from datalayer.registry import Registry, resolve_registry
 
 if TYPE_CHECKING:
+    from datalayer.config import Settings
     from datalayer.project import Project
 
 __all__ = ["create_roles"]
@@ -334,6 +339,19 @@ def _grant_views(db: psycopg.Connection[Any], schema: str, app: str, ro: str, re
             db.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(view, sql.Identifier(ro)))
 
 
+def _set_session_defaults(db: psycopg.Connection[Any], roles: tuple[str, ...], settings: Settings) -> None:
+    # The values are validated settings; ALTER ROLE takes no bind parameters, so they go in as literals.
+    row = db.execute("SELECT pg_catalog.current_database()::text").fetchone()
+    dbname = sql.Identifier(row[0] if row else "")
+    for role in roles:
+        for name, value in settings.session_settings().items():
+            db.execute(
+                sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                    sql.Identifier(role), dbname, sql.Identifier(name), sql.Literal(value)
+                )
+            )
+
+
 def create_roles(
     db: psycopg.Connection[Any],
     *,
@@ -343,13 +361,15 @@ def create_roles(
     readonly_password: str | None = None,
     registry: Registry | None = None,
     project: Project | None = None,
+    settings: Settings | None = None,
 ) -> dict[str, bool]:
     """Create (if missing) and grant the two roles in the current database; returns {role: created}.
 
     The grants cover ``registry``'s tables, by default the database's own with the registered facts
     (``datalayer.registry.resolve_registry``; ``project`` defaults to ``find_project()``). Run it as
     the owner of those tables (the role that ran the migrations). All or nothing: it refuses,
-    changing nothing, when a role other than the schema's owner can still CREATE in it.
+    changing nothing, when a role other than the schema's owner can still CREATE in it. With
+    ``settings``, both roles get its session settings in this database (``Settings.session_settings()``).
     """
     app = _role(app_role, "app_role")
     ro = _role(readonly_role, "readonly_role")
@@ -367,6 +387,8 @@ def create_roles(
             _revoke_create(db, schema, sql.SQL(", ").join([sql.Identifier(app), sql.Identifier(ro)]), anchor)
             _require_all_owned(db, reg)
             _grant(db, schema, app, ro, reg)
+            if settings is not None:
+                _set_session_defaults(db, (app, ro), settings)
     except psycopg.Error as e:
         raise translate(e, conn=db) from e
     return created

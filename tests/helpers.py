@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from datalayer._environ import DATABASE_ROUTING
 from datalayer.config import DATABASE_VARIABLES, REDIS_VARIABLES, DatabaseTarget
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DATABASE_VARS = DATABASE_VARIABLES
+DATABASE_VARS = DATABASE_VARIABLES + DATABASE_ROUTING
 REDIS_VARS = REDIS_VARIABLES
 # The built-in migrations in the order they apply (ids sort in dependency order), read from the folder.
 MIGRATION_IDS = sorted(
@@ -41,6 +42,22 @@ def url_of(target: DatabaseTarget) -> str:
     if host.startswith("/"):
         return f"postgresql://{auth}@/{p['dbname']}?host={host}&port={p.get('port', '5432')}"
     return f"postgresql://{auth}@{host}:{p.get('port', '5432')}/{p['dbname']}"
+
+
+def direct_target(pool: Any) -> DatabaseTarget:
+    """``pool``'s database on the server itself, not through the session's PgBouncer (TEST_PGBOUNCER=1):
+    for tests that log in as roles they create, which that bouncer does not know."""
+    return pool.settings.direct or pool.target  # type: ignore[no-any-return]
+
+
+def pool_env(pool: Any) -> dict[str, str]:
+    """The database variables that reach ``pool``'s database the way it does (behind a transaction
+    pooler when TEST_PGBOUNCER=1), for subprocesses."""
+    env = {"DATABASE_URL": url_of(pool.target)}
+    if pool.settings.pooler != "none":
+        env["DATABASE_POOLER"] = pool.settings.pooler
+        env["DATABASE_DIRECT_URL"] = url_of(pool.settings.direct)
+    return env
 
 
 def run_py(code: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

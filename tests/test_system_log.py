@@ -118,16 +118,20 @@ def test_bounded_range_prunes_partitions(db: Any, generic: bool) -> None:
     params = {"since": since, "until": since + timedelta(days=1), "service": None, "level": None, "user_id": None,
               "after_created": None, "after_id": None, "fetch": 100}
     if generic:
-        db.execute("SET plan_cache_mode = force_generic_plan")
-        db.execute("PREPARE find_generic AS " + _dollar(q.sql))
-        types = db.execute("SELECT parameter_types::text[] FROM pg_prepared_statements WHERE name = 'find_generic'"
-                           ).fetchone()[0]
-        # EXECUTE's arguments cannot be bind parameters: send them as literals of the prepared types
-        literals = psycopg.sql.SQL(", ").join(
-            psycopg.sql.SQL("{}::{}").format(psycopg.sql.Literal(params[k]), psycopg.sql.SQL(t))
-            for k, t in zip(_order(q.sql), types, strict=True))
-        plan = db.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE find_generic({})").format(literals)
-                          ).fetchone()[0][0]["Plan"]
+        # One transaction: behind a transaction pooler (TEST_PGBOUNCER=1) the SET, PREPARE and EXECUTE
+        # must reach one server session, and leave nothing in it for the next client.
+        with transaction(db):
+            db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            db.execute("PREPARE find_generic AS " + _dollar(q.sql))
+            types = db.execute("SELECT parameter_types::text[] FROM pg_prepared_statements "
+                               "WHERE name = 'find_generic'").fetchone()[0]
+            # EXECUTE's arguments cannot be bind parameters: send them as literals of the prepared types
+            literals = psycopg.sql.SQL(", ").join(
+                psycopg.sql.SQL("{}::{}").format(psycopg.sql.Literal(params[k]), psycopg.sql.SQL(t))
+                for k, t in zip(_order(q.sql), types, strict=True))
+            plan = db.execute(psycopg.sql.SQL("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE find_generic({})").format(
+                literals)).fetchone()[0][0]["Plan"]
+            db.execute("DEALLOCATE find_generic")
     else:
         plan = db.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + q.sql, params).fetchone()[0][0]["Plan"]
     relations, removed = _scanned(plan)
@@ -135,7 +139,6 @@ def test_bounded_range_prunes_partitions(db: Any, generic: bool) -> None:
     total = db.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'system_log'::regclass").fetchone()[0]
     if generic:
         assert removed == total - 1  # pruned at executor start: "Subplans Removed"
-    db.execute("RESET plan_cache_mode")
 
 
 def _order(sql: str) -> list[str]:

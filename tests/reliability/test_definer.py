@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import direct_target
 from psycopg import sql
 
 from datalayer import (
@@ -60,7 +61,7 @@ def _login_role(db: Any, name: str) -> None:
 
 
 def _connect(pool: DataLayerPool, role: str) -> psycopg.Connection[Any]:
-    target = DatabaseTarget(params={**pool.target.params, "user": role}, password=Secret(PASSWORD))
+    target = DatabaseTarget(params={**direct_target(pool).params, "user": role}, password=Secret(PASSWORD))
     return psycopg.connect(target.conninfo(), autocommit=True)
 
 
@@ -136,7 +137,7 @@ def test_planted_functions_never_run_as_the_owner(names: dict[str, str], dl_pool
         # nor do the owner's own dashboards and readiness checks pick the look-alikes up
         stats = get_database_stats(db)
         assert stats["tables"]["system_log"]["total_bytes"] > 0 and stats["log_partitions"]
-        assert check_database_health(target=dl_pool.target, settings=settings_for_tests())["checks"]["partitions"]["ok"]
+        assert check_database_health(target=direct_target(dl_pool), settings=settings_for_tests())["checks"]["partitions"]["ok"]
         assert db.execute("SELECT who, super FROM public.pwned").fetchall() == []
         # the calls did their work all the same
         parts = {r[0] for r in db.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -308,7 +309,7 @@ def test_cleanup_as_the_application_role(names: dict[str, str], dl_pool: DataLay
         stamps = [now - timedelta(days=d, hours=h) for d in range(28, 35) for h in (0, 6)]
         system_log_repo.bulk_insert(db, [LogEvent(service="s", level="INFO", message="m", created_at=t)
                                          for t in stamps])
-    target = DatabaseTarget(params={**dl_pool.target.params, "user": app}, password=Secret(PASSWORD))
+    target = DatabaseTarget(params={**direct_target(dl_pool).params, "user": app}, password=Secret(PASSWORD))
     from datalayer.pool import open_pool
 
     pool = open_pool(settings_for_tests(pool_min_size=1), target=target, wait=True)
@@ -334,7 +335,7 @@ def test_health_as_the_application_and_readonly_roles(names: dict[str, str], dl_
         create_roles(db, app_role=app, readonly_role=ro, app_password=PASSWORD, readonly_password=PASSWORD)
         db.execute("SELECT datalayer_ensure_log_partitions(3)")
     for role in (app, ro):
-        target = DatabaseTarget(params={**dl_pool.target.params, "user": role}, password=Secret(PASSWORD))
+        target = DatabaseTarget(params={**direct_target(dl_pool).params, "user": role}, password=Secret(PASSWORD))
         report = check_database_health(target=target, settings=settings_for_tests())
         assert report["status"] == "healthy", (role, report)
         assert "none pending" in report["checks"]["migrations"]["detail"]
@@ -347,7 +348,7 @@ def test_health_says_how_to_grant(names: dict[str, str], dl_pool: DataLayerPool)
     planter = names["planter"]
     with connection(dl_pool) as db:
         _login_role(db, planter)
-    target = DatabaseTarget(params={**dl_pool.target.params, "user": planter}, password=Secret(PASSWORD))
+    target = DatabaseTarget(params={**direct_target(dl_pool).params, "user": planter}, password=Secret(PASSWORD))
     report = check_database_health(target=target, settings=settings_for_tests())
     assert report["status"] == "unhealthy"
     assert "roles create" in report["checks"]["migrations"]["detail"]

@@ -206,9 +206,9 @@ class _Reader:
 
 
 def _env(pool: DataLayerPool, redis_process: RedisProcess) -> dict[str, str]:
-    from helpers import clean_env, url_of
+    from helpers import clean_env, pool_env
 
-    return clean_env(DATABASE_URL=url_of(pool.target), REDIS_URL=redis_process.url,
+    return clean_env(**pool_env(pool), REDIS_URL=redis_process.url,
                      CACHE_PREFIX=f"x{os.getpid()}x{next(_n)}", DATALAYER_EMBEDDED="never")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import clean_env, run_py, url_of
+from helpers import clean_env, direct_target, run_py, url_of
 from psycopg import sql
 
 from datalayer import (
@@ -56,7 +56,7 @@ ROLE_PASSWORD = "Role-Pw-For-Tests-1"  # the embedded server asks for passwords
 
 
 def _as(pool: DataLayerPool, role: str) -> DataLayerPool:
-    target = DatabaseTarget(params={**pool.target.params, "user": role}, password=Secret(ROLE_PASSWORD))
+    target = DatabaseTarget(params={**direct_target(pool).params, "user": role}, password=Secret(ROLE_PASSWORD))
     return open_pool(settings_for_tests(pool_min_size=1), target=target, wait=True)
 
 
@@ -103,7 +103,7 @@ def test_application_role_has_dml_only(role_names: tuple[str, str], dl_pool: Dat
 
 def test_roles_cli(role_names: tuple[str, str], dl_pool: DataLayerPool) -> None:
     app, ro = role_names
-    env = clean_env(DATABASE_URL=url_of(dl_pool.target), DATALAYER_APP_PASSWORD="NeverInArgv_77")
+    env = clean_env(DATABASE_URL=url_of(direct_target(dl_pool)), DATALAYER_APP_PASSWORD="NeverInArgv_77")
     r = run_py(f"import sys\nfrom datalayer.cli import main\nsys.exit(main(['roles', 'create', '--app-role', "
                f"'{app}', '--readonly-role', '{ro}']))", env)
     assert r.returncode == 0, r.stderr
@@ -132,7 +132,7 @@ def test_no_secret_in_logs_errors_or_reprs(dl_pool: DataLayerPool, tmp_path: Pat
     old_levels = {name: lg.level for name, lg in loggers.items()}
     for lg in loggers.values():
         lg.setLevel(logging.DEBUG)
-    p = dl_pool.target.params
+    p = direct_target(dl_pool).params
     host = p["host"]
     # A role whose password is the secret: the embedded server checks passwords (trust servers ignore it).
     role = f"dl_secret_{os.getpid()}"
