@@ -36,6 +36,8 @@ from datalayer import defaults, transactions_async
 from datalayer._acompat import ablocking
 from datalayer._lease import lent
 from datalayer._pooled_async import AsyncDataLayerConnection
+from datalayer._read_your_writes import hold
+from datalayer._replicas_async import replica_connection
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import ValidationError
 from datalayer.pool_async import AsyncDataLayerPool
@@ -198,15 +200,23 @@ defaults.on_exit(_close_idle_loops)
 
 @asynccontextmanager
 async def connection(
-    pool: AsyncDataLayerPool | None = None, *, timeout: float | None = None
+    pool: AsyncDataLayerPool | None = None, *, timeout: float | None = None, replica: bool = False
 ) -> AsyncIterator[AsyncDataLayerConnection]:
     """Borrow a connection of ``pool`` (default: the default async pool) in autocommit mode for the
     ``async with`` block.
 
+    ``replica=True``: a connection for reads, on a healthy replica of the pool's database
+    (DATABASE_REPLICA_URLS) that has replayed this task's writes, else on the primary; it refuses
+    writes and ``transaction()`` wherever it landed.
+
     >>> async with connection() as db:             # doctest: +SKIP
     ...     await user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
+    >>> async with connection(replica=True) as db:  # doctest: +SKIP
+    ...     page = await user_repo.find(db, limit=50)
     """
-    async with _pool_connection(pool or await default_pool(), timeout=timeout) as conn:
+    hold()  # tasks and threads started inside share this task's read-your-writes mark
+    opener = replica_connection if replica else _pool_connection
+    async with opener(pool or await default_pool(), timeout=timeout) as conn:
         yield conn
 
 

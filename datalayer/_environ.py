@@ -21,12 +21,24 @@ from datalayer.errors import ConfigError
 
 DATABASE_PARTS = ("DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "DATABASE_USER", "DATABASE_PASSWORD")
 DATABASE_VARIABLES = ("DATABASE_URL", *DATABASE_PARTS, "DATABASE_SSLMODE")
+# Where a transaction pooler (PgBouncer) sits: read with the database group, never a target by themselves.
+DATABASE_ROUTING = ("DATABASE_POOLER", "DATABASE_DIRECT_URL")
+# Streaming replicas of that database (connection(replica=True)): with the database group too, since a
+# .env replica list must not outlive the environment's choice of another primary.
+DATABASE_REPLICAS = ("DATABASE_REPLICA_URLS",)
 REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD")
 REDIS_VARIABLES = ("REDIS_URL", *REDIS_PARTS)
+# Whether that Redis is a seed node of a Redis Cluster: read with the Redis group, never a target by itself.
+REDIS_MODE = ("REDIS_CLUSTER",)
 # Every variable Settings.from_env() reads (DATALAYER_DOTENV decides where they come from).
 VARIABLES = (
     *DATABASE_VARIABLES,
+    *DATABASE_ROUTING,
+    *DATABASE_REPLICAS,
+    "REPLICA_MAX_LAG",
+    "REPLICA_WAIT",
     *REDIS_VARIABLES,
+    *REDIS_MODE,
     "POOL_SIZE",
     "MAX_OVERFLOW",
     "POOL_MIN_SIZE",
@@ -43,7 +55,7 @@ VARIABLES = (
     "DATALAYER_APP_PASSWORD",
     "DATALAYER_READONLY_PASSWORD",
 )
-_GROUPS = (DATABASE_VARIABLES, REDIS_VARIABLES)
+_GROUPS = ((*DATABASE_VARIABLES, *DATABASE_ROUTING, *DATABASE_REPLICAS), (*REDIS_VARIABLES, *REDIS_MODE))
 _OFF = ("0", "false", "no", "off")
 _ON = ("", "1", "true", "yes", "on")
 # The name a .env statement starts with, to say which setting a line python-dotenv could not parse holds.

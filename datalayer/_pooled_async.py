@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.abc import PQGen
 
-__all__ = ["AsyncDataLayerConnection", "reset_session"]
+from datalayer.config import Settings
+
+__all__ = ["AsyncDataLayerConnection", "reset_session", "transaction_settings"]
 
 log = logging.getLogger("datalayer")
 RV = TypeVar("RV")
@@ -34,6 +36,12 @@ class AsyncDataLayerConnection(psycopg.AsyncConnection[Any]):
     # Set when the connection is used other than through the query functions (a raw execute, a cursor
     # of the caller's): the pool then resets the session before lending it again (see reset_session).
     _dl_dirty: bool = False
+    # Set by the pool behind a transaction pooler (transaction_settings): the SET LOCAL statement every
+    # outermost transaction() begins with. None: the session carries the settings and is reset on return.
+    _dl_begin: str | None = None
+    # Set while lent by connection(replica=True) (datalayer._replicas_async): the primary's pool, where a
+    # read lost with its replica runs again. Such a connection serves reads only (writes are refused).
+    _dl_primary: object = None
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         self._dl_dirty = True
@@ -94,6 +102,18 @@ async def reset_session(conn: AsyncDataLayerConnection) -> None:
         await conn.set_isolation_level(None)
     if conn.deferrable is not None:
         await conn.set_deferrable(None)
-    if conn._dl_dirty:
+    # Not behind a transaction pooler (_dl_begin set): the server session is shared between transactions
+    # of many clients there, RESET ALL would undo the pooler's connect_query, pg_advisory_unlock_all
+    # release another client's locks.
+    if conn._dl_dirty and conn._dl_begin is None:
         await conn.execute(_RESET_SESSION)
-        conn._dl_dirty = False
+    conn._dl_dirty = False
+
+
+def transaction_settings(settings: Settings) -> str | None:
+    """The ``SET LOCAL`` statement (one round trip) that gives each transaction the session settings
+    behind a transaction pooler; None without one (the ``options`` connection parameter carries them)."""
+    if settings.pooler == "none":
+        return None
+    # The values are validated settings (durations, "UTC"); SET takes no bind parameters.
+    return "; ".join(f"SET LOCAL {name} = '{value}'" for name, value in settings.session_settings().items())

@@ -15,16 +15,18 @@ from typing import Any, Never, TypeVar, cast
 import psycopg
 from psycopg.rows import tuple_row
 
-from datalayer import _run_base
+from datalayer import _run_base, tracing
 from datalayer._acompat import sleep
 from datalayer._connection import known_dead
+from datalayer._read_your_writes import note_write
+from datalayer._replica_server import read_only_session
 from datalayer._run_base import RunnerBase
-from datalayer._run_cursor import closed_error, expired, kept_cursor, new_cursor
+from datalayer._run_cursor import check_connection, closed_error, expired, kept_cursor, new_cursor
 from datalayer._run_failure import Rows, is_unsendable, row_failure, shown, unstorable
-from datalayer._translate import is_connection_lost, lost_before_sending, translate
+from datalayer._translate import is_connection_lost, lost_before_sending, read_only_write, translate
 from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError
 from datalayer.pool import DataLayerPool, checkout, give_back
-from datalayer.transactions import in_transaction
+from datalayer.transactions import in_transaction, replicas_configured, written
 
 __all__ = ["READ_RETRY_SECONDS"]
 
@@ -37,43 +39,81 @@ READ_RETRY_SECONDS = 2.0
 class _SyncRunner(RunnerBase[T]):
     __slots__ = ()
 
-    def _execute(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.Cursor[Any] | Rows:
+    def _execute(
+        self, db: psycopg.Connection[Any], params: dict[str, Any], mark: tracing.Mark | None = None
+    ) -> psycopg.Cursor[Any] | Rows:
         if params.keys() != self._params:
             self._bad_params(params)
         cur: psycopg.Cursor[Any] | None = getattr(db, "_dl_cursor", None)  # the kept cursor, inlined
         if cur is None or cur.closed:
             cur = kept_cursor(db)  # first: it refuses what is not a connection of this kind
-        if not self._read_only and db.autocommit and not in_transaction(db) and known_dead(db):
-            raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
+        if not self._read_only:
+            if getattr(db, "_dl_primary", None) is not None:
+                raise read_only_write(self.query)  # a replica connection, wherever it landed
+            if db.autocommit and not in_transaction(db) and known_dead(db):
+                raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
         try:
             cur.execute(self._sql, params)
         except (psycopg.Error, UnicodeEncodeError) as e:
-            if is_unsendable(e) and (bad := unstorable(self.query, params.items(), e)) is not e:
-                raise bad from None
-            if not isinstance(e, psycopg.Error):
-                raise
-            if (closed := closed_error(db)) is not None:  # a pooled connection's kept cursor outlives a close()
-                raise closed from None
-            outside = db.autocommit and not in_transaction(db)
-            # A read past its deadline is not run again: the caller gets its error on time.
-            if self._read_only and outside and is_connection_lost(e, db) and not expired(db):
-                pool = getattr(db, "_pool", None)
-                if isinstance(pool, DataLayerPool):
-                    return self._retry_read(pool, params, e)
-            write = not self._read_only and outside
-            raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+            return self._recover(db, params, e, mark)
         # After the execute, with nothing awaited until the rows are read: a task (or thread) sharing
         # the connection may have set its own row maker on the kept cursor while this one waited.
         if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
             cur.row_factory = self._factory
         if not self._columns_ok:
             self._check_columns(cur)
+        if not self._read_only and not in_transaction(db):  # in one, its COMMIT marks the context
+            if not replicas_configured(db):
+                note_write()  # this context's replica reads wait for it (no round trip)
+            else:  # the rows first: once this awaits, the kept cursor may serve another task
+                try:
+                    rows = Rows(cur.fetchall(), cur.rowcount)
+                except psycopg.Error:
+                    raise
+                except Exception as e:  # the row maker: a value that cannot become a T
+                    raise self._failed(cur, e) from None
+                written(db)
+                return rows
         return cur
 
-    def _retry_read(self, pool: DataLayerPool, params: dict[str, Any], first: psycopg.Error) -> Rows:
+    def _recover(
+        self,
+        db: psycopg.Connection[Any],
+        params: dict[str, Any],
+        e: psycopg.Error | UnicodeEncodeError,
+        mark: tracing.Mark | None,
+    ) -> Rows:
+        """The failure path of an execute: the read's rows from a fresh connection, or the error to raise."""
+        if is_unsendable(e) and (bad := unstorable(self.query, params.items(), e)) is not e:
+            raise bad from None
+        if not isinstance(e, psycopg.Error):
+            raise e
+        if (closed := closed_error(db)) is not None:  # a pooled connection's kept cursor outlives a close()
+            raise closed from None
+        outside = db.autocommit and not in_transaction(db)
+        # A read past its deadline is not run again: the caller gets its error on time.
+        if self._read_only and outside and is_connection_lost(e, db) and not expired(db):
+            # A replica connection's read runs again on the primary (read-only there): its replica may be gone.
+            primary = getattr(db, "_dl_primary", None)
+            pool = primary or getattr(db, "_pool", None)
+            if isinstance(pool, DataLayerPool):
+                return self._retry_read(pool, params, e, mark, read_only=primary is not None)
+        write = not self._read_only and outside
+        raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+
+    def _retry_read(
+        self,
+        pool: DataLayerPool,
+        params: dict[str, Any],
+        first: psycopg.Error,
+        mark: tracing.Mark | None,
+        *,
+        read_only: bool = False,
+    ) -> Rows:
         """Run an idempotent read again on fresh pooled connections, within READ_RETRY_SECONDS.
 
-        Only reads outside a transaction get here: running them twice cannot change anything.
+        Only reads outside a transaction get here: running them twice cannot change anything. A traced
+        call reports the server that answered (the primary, for a replica's read).
         """
         deadline = time.monotonic() + READ_RETRY_SECONDS
         last: psycopg.Error = first
@@ -85,7 +125,11 @@ class _SyncRunner(RunnerBase[T]):
                 conn = checkout(pool, timeout=remaining)
             except PoolExhausted:
                 break
+            if mark is not None:
+                mark.answered_by(conn)
             try:
+                if read_only:
+                    read_only_session(conn, pool.settings)
                 with new_cursor(conn, self._factory) as cur:
                     cur.execute(self._sql, params)
                     if not self._columns_ok:
@@ -104,6 +148,42 @@ class _SyncRunner(RunnerBase[T]):
                 give_back(pool, conn)
             sleep(min(0.05, max(deadline - time.monotonic(), 0)))
         raise translate(last, self.query) from last
+
+    def _traced(self, db: psycopg.Connection[Any], params: dict[str, Any]) -> object:
+        """A call while a tracer is installed: its event goes out once the result is made (so a tracer
+        may even use the caller's connection), or once the call failed or was cancelled (re-raised as
+        it came)."""
+        if tracing.in_tracer():  # a tracer's own query: not traced
+            return self._answer(db, params, None)
+        # Refused before anything is sent (wrong parameters, not a connection): nothing to trace.
+        if params.keys() != self._params:
+            self._bad_params(params)
+        check_connection(db)
+        mark = tracing.Mark(db)
+        try:
+            result = self._answer(db, params, mark)
+        except BaseException as e:
+            failure: BaseException | None = e
+        else:
+            failure = None
+        try:
+            return self._emitted(mark, failure, result if failure is None else None)
+        finally:
+            failure = None  # re-raised: its traceback holds this frame
+
+    def _answer(self, db: psycopg.Connection[Any], params: dict[str, Any], mark: tracing.Mark | None) -> object:
+        """What the public method of this query's cardinality returns (the traced path's one copy of them)."""
+        cur = self._execute(db, params, mark)
+        if mark is not None:
+            mark.rows = cur.rowcount
+        card = self._card
+        if card == "exec":
+            return cur.rowcount
+        if card == "many":
+            return self._all_rows(cur)
+        if card == "maybe":
+            return self._maybe_row(cur, params)
+        return self._only_row(cur, params)
 
     def _failed(self, cur: psycopg.Cursor[Any] | Rows, error: Exception) -> QueryError:
         """The QueryError for a row that could not become a ``T``, naming the field and the value's type."""
@@ -134,13 +214,19 @@ class _SyncRunner(RunnerBase[T]):
         """Exactly one row: NotFound on none, MultipleRowsFound on more."""
         if self._card != "one":
             self._refuse("one")
+        if tracing._tracers:
+            return cast(T, self._traced(db, params))
         return self._only_row(self._execute(db, params), params)
 
     def maybe(self, db: psycopg.Connection[Any], /, **params: Any) -> T | None:
         """One row or None: MultipleRowsFound on more than one."""
         if self._card != "maybe":
             self._refuse("maybe")
-        cur = self._execute(db, params)
+        if tracing._tracers:
+            return cast("T | None", self._traced(db, params))
+        return self._maybe_row(self._execute(db, params), params)
+
+    def _maybe_row(self, cur: psycopg.Cursor[Any] | Rows, params: dict[str, Any]) -> T | None:
         if cur.rowcount > 1:
             raise MultipleRowsFound(
                 f"{cur.rowcount} rows for {self.query.location}, expected at most one ({shown(params)})"
@@ -165,7 +251,11 @@ class _SyncRunner(RunnerBase[T]):
         """Every row."""
         if self._card != "many":
             self._refuse("many")
-        cur = self._execute(db, params)
+        if tracing._tracers:
+            return cast("list[T]", self._traced(db, params))
+        return self._all_rows(self._execute(db, params))
+
+    def _all_rows(self, cur: psycopg.Cursor[Any] | Rows) -> list[T]:
         try:
             rows: list[T] = cur.fetchall()
         except psycopg.Error:
@@ -183,12 +273,16 @@ class _SyncRunner(RunnerBase[T]):
         """The first column of the only row (NotFound on no row)."""
         if self._card != "scalar":
             self._refuse("scalar")
+        if tracing._tracers:
+            return cast(T, self._traced(db, params))
         return self._only_row(self._execute(db, params), params)
 
     def exec(self, db: psycopg.Connection[Any], /, **params: Any) -> int:
         """Run a statement without a result; returns the number of rows it touched."""
         if self._card != "exec":
             self._refuse("exec")
+        if tracing._tracers:
+            return cast(int, self._traced(db, params))
         rowcount: int = (self._execute(db, params)).rowcount
         return rowcount
 
@@ -198,12 +292,30 @@ class _SyncRunner(RunnerBase[T]):
             self._refuse("copy")
         if params:  # typed Never: mypy refuses them too
             self._refuse_copy_params(params)
-        count = 0
-        row: Sequence[Any] = ()
         cur = new_cursor(db)  # first: it refuses what is not a connection of this kind
+        if getattr(db, "_dl_primary", None) is not None:
+            cur.close()
+            raise read_only_write(self.query)
         if db.autocommit and not in_transaction(db) and known_dead(db):
             cur.close()
             raise lost_before_sending(self.query)
+        if not tracing._tracers or tracing.in_tracer():
+            return self._copy_rows(db, cur, rows)
+        mark = tracing.Mark(db)
+        try:
+            mark.rows = self._copy_rows(db, cur, rows)
+        except BaseException as e:
+            failure: BaseException | None = e
+        else:
+            failure = None
+        try:
+            return cast(int, self._emitted(mark, failure, mark.rows))
+        finally:
+            failure = None  # re-raised: its traceback holds this frame
+
+    def _copy_rows(self, db: psycopg.Connection[Any], cur: psycopg.Cursor[Any], rows: Iterable[Sequence[Any]]) -> int:
+        count = 0
+        row: Sequence[Any] = ()
         try:
             with cur, cur.copy(self.query.sql.replace("%%", "%")) as copy:
                 for row in rows:
@@ -220,4 +332,6 @@ class _SyncRunner(RunnerBase[T]):
                 raise closed from None
             write = not in_transaction(db) and db.autocommit
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        if not in_transaction(db):
+            written(db)
         return count

@@ -14,16 +14,18 @@ from typing import Any, Never, TypeVar, cast
 import psycopg
 from psycopg.rows import tuple_row
 
-from datalayer import _run_base
+from datalayer import _run_base, tracing
 from datalayer._acompat import asleep
 from datalayer._connection import known_dead
+from datalayer._read_your_writes import note_write
+from datalayer._replica_server_async import read_only_session
 from datalayer._run_base import RunnerBase
-from datalayer._run_cursor_async import closed_error, expired, kept_cursor, new_cursor
+from datalayer._run_cursor_async import check_connection, closed_error, expired, kept_cursor, new_cursor
 from datalayer._run_failure import ARows, is_unsendable, row_failure, shown, unstorable
-from datalayer._translate import is_connection_lost, lost_before_sending, translate
+from datalayer._translate import is_connection_lost, lost_before_sending, read_only_write, translate
 from datalayer.errors import MultipleRowsFound, NotFound, PoolExhausted, QueryError
 from datalayer.pool_async import AsyncDataLayerPool, checkout, give_back
-from datalayer.transactions_async import in_transaction
+from datalayer.transactions_async import in_transaction, replicas_configured, written
 
 __all__ = ["READ_RETRY_SECONDS"]
 
@@ -37,44 +39,80 @@ class _AsyncRunner(RunnerBase[T]):
     __slots__ = ()
 
     async def _aexecute(
-        self, db: psycopg.AsyncConnection[Any], params: dict[str, Any]
+        self, db: psycopg.AsyncConnection[Any], params: dict[str, Any], mark: tracing.Mark | None = None
     ) -> psycopg.AsyncCursor[Any] | ARows:
         if params.keys() != self._params:
             self._bad_params(params)
         cur: psycopg.AsyncCursor[Any] | None = getattr(db, "_dl_cursor", None)  # the kept cursor, inlined
         if cur is None or cur.closed:
             cur = kept_cursor(db)  # first: it refuses what is not a connection of this kind
-        if not self._read_only and db.autocommit and not in_transaction(db) and known_dead(db):
-            raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
+        if not self._read_only:
+            if getattr(db, "_dl_primary", None) is not None:
+                raise read_only_write(self.query)  # a replica connection, wherever it landed
+            if db.autocommit and not in_transaction(db) and known_dead(db):
+                raise lost_before_sending(self.query)  # never sent: a TransientError, not CommitUnknown
         try:
             await cur.execute(self._sql, params)
         except (psycopg.Error, UnicodeEncodeError) as e:
-            if is_unsendable(e) and (bad := unstorable(self.query, params.items(), e)) is not e:
-                raise bad from None
-            if not isinstance(e, psycopg.Error):
-                raise
-            if (closed := closed_error(db)) is not None:  # a pooled connection's kept cursor outlives a close()
-                raise closed from None
-            outside = db.autocommit and not in_transaction(db)
-            # A read past its deadline is not run again: the caller gets its error on time.
-            if self._read_only and outside and is_connection_lost(e, db) and not expired(db):
-                pool = getattr(db, "_pool", None)
-                if isinstance(pool, AsyncDataLayerPool):
-                    return await self._aretry_read(pool, params, e)
-            write = not self._read_only and outside
-            raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+            return await self._arecover(db, params, e, mark)
         # After the execute, with nothing awaited until the rows are read: a task (or thread) sharing
         # the connection may have set its own row maker on the kept cursor while this one waited.
         if cur.row_factory is not self._factory:  # setting it builds a row maker: only when it changes
             cur.row_factory = self._factory
         if not self._columns_ok:
             self._check_columns(cur)
+        if not self._read_only and not in_transaction(db):  # in one, its COMMIT marks the context
+            if not replicas_configured(db):
+                note_write()  # this context's replica reads wait for it (no round trip)
+            else:  # the rows first: once this awaits, the kept cursor may serve another task
+                try:
+                    rows = ARows(await cur.fetchall(), cur.rowcount)
+                except psycopg.Error:
+                    raise
+                except Exception as e:  # the row maker: a value that cannot become a T
+                    raise await self._afailed(cur, e) from None
+                await written(db)
+                return rows
         return cur
 
-    async def _aretry_read(self, pool: AsyncDataLayerPool, params: dict[str, Any], first: psycopg.Error) -> ARows:
+    async def _arecover(
+        self,
+        db: psycopg.AsyncConnection[Any],
+        params: dict[str, Any],
+        e: psycopg.Error | UnicodeEncodeError,
+        mark: tracing.Mark | None,
+    ) -> ARows:
+        """The failure path of an execute: the read's rows from a fresh connection, or the error to raise."""
+        if is_unsendable(e) and (bad := unstorable(self.query, params.items(), e)) is not e:
+            raise bad from None
+        if not isinstance(e, psycopg.Error):
+            raise e
+        if (closed := closed_error(db)) is not None:  # a pooled connection's kept cursor outlives a close()
+            raise closed from None
+        outside = db.autocommit and not in_transaction(db)
+        # A read past its deadline is not run again: the caller gets its error on time.
+        if self._read_only and outside and is_connection_lost(e, db) and not expired(db):
+            # A replica connection's read runs again on the primary (read-only there): its replica may be gone.
+            primary = getattr(db, "_dl_primary", None)
+            pool = primary or getattr(db, "_pool", None)
+            if isinstance(pool, AsyncDataLayerPool):
+                return await self._aretry_read(pool, params, e, mark, read_only=primary is not None)
+        write = not self._read_only and outside
+        raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+
+    async def _aretry_read(
+        self,
+        pool: AsyncDataLayerPool,
+        params: dict[str, Any],
+        first: psycopg.Error,
+        mark: tracing.Mark | None,
+        *,
+        read_only: bool = False,
+    ) -> ARows:
         """Run an idempotent read again on fresh pooled connections, within READ_RETRY_SECONDS.
 
-        Only reads outside a transaction get here: running them twice cannot change anything.
+        Only reads outside a transaction get here: running them twice cannot change anything. A traced
+        call reports the server that answered (the primary, for a replica's read).
         """
         deadline = time.monotonic() + READ_RETRY_SECONDS
         last: psycopg.Error = first
@@ -86,7 +124,11 @@ class _AsyncRunner(RunnerBase[T]):
                 conn = await checkout(pool, timeout=remaining)
             except PoolExhausted:
                 break
+            if mark is not None:
+                mark.answered_by(conn)
             try:
+                if read_only:
+                    await read_only_session(conn, pool.settings)
                 async with new_cursor(conn, self._factory) as cur:
                     await cur.execute(self._sql, params)
                     if not self._columns_ok:
@@ -105,6 +147,44 @@ class _AsyncRunner(RunnerBase[T]):
                 await give_back(pool, conn)
             await asleep(min(0.05, max(deadline - time.monotonic(), 0)))
         raise translate(last, self.query) from last
+
+    async def _atraced(self, db: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> object:
+        """A call while a tracer is installed: its event goes out once the result is made (so a tracer
+        may even use the caller's connection), or once the call failed or was cancelled (re-raised as
+        it came)."""
+        if tracing.in_tracer():  # a tracer's own query: not traced
+            return await self._aanswer(db, params, None)
+        # Refused before anything is sent (wrong parameters, not a connection): nothing to trace.
+        if params.keys() != self._params:
+            self._bad_params(params)
+        check_connection(db)
+        mark = tracing.Mark(db)
+        try:
+            result = await self._aanswer(db, params, mark)
+        except BaseException as e:
+            failure: BaseException | None = e
+        else:
+            failure = None
+        try:
+            return self._emitted(mark, failure, result if failure is None else None)
+        finally:
+            failure = None  # re-raised: its traceback holds this frame
+
+    async def _aanswer(
+        self, db: psycopg.AsyncConnection[Any], params: dict[str, Any], mark: tracing.Mark | None
+    ) -> object:
+        """What the public method of this query's cardinality returns (the traced path's one copy of them)."""
+        cur = await self._aexecute(db, params, mark)
+        if mark is not None:
+            mark.rows = cur.rowcount
+        card = self._card
+        if card == "exec":
+            return cur.rowcount
+        if card == "many":
+            return await self._aall_rows(cur)
+        if card == "maybe":
+            return await self._amaybe_row(cur, params)
+        return await self._aonly_row(cur, params)
 
     async def _afailed(self, cur: psycopg.AsyncCursor[Any] | ARows, error: Exception) -> QueryError:
         """The QueryError for a row that could not become a ``T``, naming the field and the value's type."""
@@ -137,13 +217,19 @@ class _AsyncRunner(RunnerBase[T]):
         """Exactly one row: NotFound on none, MultipleRowsFound on more."""
         if self._card != "one":
             self._refuse("one")
+        if tracing._tracers:
+            return cast(T, await self._atraced(db, params))
         return await self._aonly_row(await self._aexecute(db, params), params)
 
     async def amaybe(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> T | None:
         """One row or None: MultipleRowsFound on more than one."""
         if self._card != "maybe":
             self._refuse("maybe")
-        cur = await self._aexecute(db, params)
+        if tracing._tracers:
+            return cast("T | None", await self._atraced(db, params))
+        return await self._amaybe_row(await self._aexecute(db, params), params)
+
+    async def _amaybe_row(self, cur: psycopg.AsyncCursor[Any] | ARows, params: dict[str, Any]) -> T | None:
         if cur.rowcount > 1:
             raise MultipleRowsFound(
                 f"{cur.rowcount} rows for {self.query.location}, expected at most one ({shown(params)})"
@@ -168,7 +254,11 @@ class _AsyncRunner(RunnerBase[T]):
         """Every row."""
         if self._card != "many":
             self._refuse("many")
-        cur = await self._aexecute(db, params)
+        if tracing._tracers:
+            return cast("list[T]", await self._atraced(db, params))
+        return await self._aall_rows(await self._aexecute(db, params))
+
+    async def _aall_rows(self, cur: psycopg.AsyncCursor[Any] | ARows) -> list[T]:
         try:
             rows: list[T] = await cur.fetchall()
         except psycopg.Error:
@@ -186,12 +276,16 @@ class _AsyncRunner(RunnerBase[T]):
         """The first column of the only row (NotFound on no row)."""
         if self._card != "scalar":
             self._refuse("scalar")
+        if tracing._tracers:
+            return cast(T, await self._atraced(db, params))
         return await self._aonly_row(await self._aexecute(db, params), params)
 
     async def aexec(self, db: psycopg.AsyncConnection[Any], /, **params: Any) -> int:
         """Run a statement without a result; returns the number of rows it touched."""
         if self._card != "exec":
             self._refuse("exec")
+        if tracing._tracers:
+            return cast(int, await self._atraced(db, params))
         rowcount: int = (await self._aexecute(db, params)).rowcount
         return rowcount
 
@@ -203,12 +297,32 @@ class _AsyncRunner(RunnerBase[T]):
             self._refuse("copy")
         if params:  # typed Never: mypy refuses them too
             self._refuse_copy_params(params)
-        count = 0
-        row: Sequence[Any] = ()
         cur = new_cursor(db)  # first: it refuses what is not a connection of this kind
+        if getattr(db, "_dl_primary", None) is not None:
+            await cur.close()
+            raise read_only_write(self.query)
         if db.autocommit and not in_transaction(db) and known_dead(db):
             await cur.close()
             raise lost_before_sending(self.query)
+        if not tracing._tracers or tracing.in_tracer():
+            return await self._acopy_rows(db, cur, rows)
+        mark = tracing.Mark(db)
+        try:
+            mark.rows = await self._acopy_rows(db, cur, rows)
+        except BaseException as e:
+            failure: BaseException | None = e
+        else:
+            failure = None
+        try:
+            return cast(int, self._emitted(mark, failure, mark.rows))
+        finally:
+            failure = None  # re-raised: its traceback holds this frame
+
+    async def _acopy_rows(
+        self, db: psycopg.AsyncConnection[Any], cur: psycopg.AsyncCursor[Any], rows: Iterable[Sequence[Any]]
+    ) -> int:
+        count = 0
+        row: Sequence[Any] = ()
         try:
             async with cur, cur.copy(self.query.sql.replace("%%", "%")) as copy:
                 for row in rows:
@@ -225,4 +339,6 @@ class _AsyncRunner(RunnerBase[T]):
                 raise closed from None
             write = not in_transaction(db) and db.autocommit
             raise translate(e, self.query, conn=db, write_may_have_committed=write) from e
+        if not in_transaction(db):
+            await written(db)
         return count

@@ -122,7 +122,7 @@ class Query:
     @property
     def read_only(self) -> bool:
         return self.statement in ("select", "values", "table", "show", "explain") or (
-            self.statement == "with" and not re.search(r"\b(insert|update|delete|merge)\b", self.text, re.I)
+            self.statement == "with" and not re.search(r"\b(insert|update|delete|merge)\b", code_only(self.text), re.I)
         )
 
 
@@ -172,32 +172,7 @@ def _convert(text: str) -> tuple[str, tuple[str, ...], bool]:
                 i = j
                 continue
             raise _Refused(i, "more than one statement under one name; give each statement its own -- name:")
-        if c == "'" or (c in "eE" and text.startswith("'", i + 1) and not _word_char_before(text, i)):
-            j = _end_of_string(text, i)
-            out.append(text[i:j].replace("%", "%%"))
-            i = j
-        elif c == '"':
-            j = text.find('"', i + 1)
-            while j >= 0 and text.startswith('""', j):
-                j = text.find('"', j + 2)
-            j = n if j < 0 else j + 1
-            out.append(text[i:j].replace("%", "%%"))
-            i = j
-        elif text.startswith("--", i):
-            j = text.find("\n", i)
-            j = n if j < 0 else j
-            out.append(text[i:j].replace("%", "%%"))
-            i = j
-        elif text.startswith("/*", i):
-            j = _end_of_block_comment(text, i)
-            out.append(text[i:j].replace("%", "%%"))
-            i = j
-        elif (
-            c == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])) and not _word_char_before(text, i)
-        ):
-            tag = m.group(0)
-            j = text.find(tag, i + len(tag))
-            j = n if j < 0 else j + len(tag)
+        if (j := _skipped(text, i)) > i:  # literals, quoted names, comments: copied as they are
             out.append(text[i:j].replace("%", "%%"))
             i = j
         elif text.startswith("::", i):
@@ -237,6 +212,41 @@ def _convert(text: str) -> tuple[str, tuple[str, ...], bool]:
             out.append(c)
             i += 1
     return "".join(out).rstrip(), tuple(params), ended
+
+
+def code_only(text: str) -> str:
+    """``text`` with its string literals, quoted identifiers, dollar-quoted bodies and comments blanked
+    out: what is left is SQL keywords, names and operators (for classifying a statement)."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = _skipped(text, i)
+        out.append(" " if j > i else text[i])
+        i = max(j, i + 1)
+    return "".join(out)
+
+
+def _skipped(text: str, i: int) -> int:
+    """The end of the string literal, quoted identifier, comment or dollar-quoted body starting at
+    ``i``; ``i`` when none starts there. One rule for the loader and for classifying statements."""
+    c, n = text[i], len(text)
+    if c == "'" or (c in "eE" and text.startswith("'", i + 1) and not _word_char_before(text, i)):
+        return _end_of_string(text, i)
+    if c == '"':
+        j = text.find('"', i + 1)
+        while j >= 0 and text.startswith('""', j):
+            j = text.find('"', j + 2)
+        return n if j < 0 else j + 1
+    if text.startswith("--", i):
+        j = text.find("\n", i)
+        return n if j < 0 else j
+    if text.startswith("/*", i):
+        return _end_of_block_comment(text, i)
+    if c == "$" and (m := re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])) and not _word_char_before(text, i):
+        tag = m.group(0)
+        j = text.find(tag, i + len(tag))
+        return n if j < 0 else j + len(tag)
+    return i
 
 
 def _word_char_before(text: str, i: int) -> bool:

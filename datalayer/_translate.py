@@ -28,6 +28,7 @@ __all__ = [
     "is_connection_lost",
     "lost_before_sending",
     "never_sent",
+    "read_only_write",
     "register_constraint_fields",
     "translate",
 ]
@@ -109,6 +110,20 @@ def lost_before_sending(query: Query | None = None) -> TransientError:
     )
 
 
+# A write on a connection that serves reads only (SQLSTATE 25006, or refused before it was sent).
+_READ_ONLY = (
+    "serves reads only (a replica connection from connection(replica=True), or a read-only transaction); "
+    "run writes on the primary: connection() or transaction()"
+)
+
+
+def read_only_write(query: Query) -> QueryError:
+    """The error for a write query refused before it was sent on a replica connection."""
+    return QueryError(
+        f"{query.location} writes, and this connection {_READ_ONLY}", location=query.location, sqlstate="25006"
+    )
+
+
 def translate(
     e: psycopg.Error,
     query: Query | None = None,
@@ -154,6 +169,8 @@ def translate(
             location=where,
             sqlstate=state,
         )
+    if state == "25006":
+        return QueryError(f"{diag.message_primary}{at}: the connection {_READ_ONLY}", location=where, sqlstate=state)
     if state == "57014":
         return QueryError(
             f"the statement was cancelled{at} ({diag.message_primary}); raise STATEMENT_TIMEOUT or make "

@@ -286,6 +286,20 @@ def parse_database_url(url: str, variable: str = "DATABASE_URL") -> tuple[dict[s
     return params, params.pop("password", None)
 
 
+def split_database_urls(raw: str, variable: str) -> list[str]:
+    """The URLs of a comma-separated list (DATABASE_REPLICA_URLS), each refused by its position when empty.
+
+    Split only before a scheme: a multi-host URL (``postgresql://a:5432,b:5432/db``) keeps its commas.
+    """
+    urls = [u.strip() for u in re.split(r",(?=\s*postgres(?:ql)?(?:\+psycopg)?://)", raw, flags=re.I)]
+    for i, url in enumerate(urls, 1):
+        if not url or url.startswith(",") or url.endswith(","):
+            raise config_error(
+                variable, f"entry {i} is empty or has a stray comma; separate the URLs with single commas"
+            )
+    return urls
+
+
 # libpq's URI query aliases: ?ssl=true means sslmode=require (JDBC's spelling).
 _URI_ALIASES = {"ssl": "sslmode"}
 

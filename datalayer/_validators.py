@@ -108,6 +108,20 @@ def whole(
     return check
 
 
+_SIZE = re.compile(r"^\s*([0-9]+)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?\s*$", re.I)
+
+
+def byte_size(variable: str, raw: str) -> int:
+    """A number of bytes: a bare number, or with PostgreSQL's units (kB, MB, GB, TB: powers of 1024)."""
+    m = _SIZE.match(raw)
+    if m is None:
+        raise ConfigError(
+            f"{variable} must be a number of bytes such as 1048576, 512kB or 16MB, got {raw!r}", variable=variable
+        )
+    unit = (m.group(2) or "b").lower()
+    return int(m.group(1)) << (10 * "bkmgt".index(unit[0]))
+
+
 def seconds(variable: str) -> Callable[[Any, Any, Any], None]:
     """A validator: a finite, positive number of seconds below 10**7."""
 

@@ -17,29 +17,28 @@ from pathlib import Path
 from typing import Literal, cast
 
 import attrs
-from psycopg.conninfo import make_conninfo
 
 from datalayer._embedded_pg import check_socket_path, socket_path
 from datalayer._environ import (
-    DATABASE_PARTS,
     DATABASE_VARIABLES,
-    REDIS_PARTS,
     REDIS_VARIABLES,
     environment,
     variables,
 )
-from datalayer._redis_urls import parse_redis_url, redis_db, redis_display
-from datalayer._urls import (
-    SSLMODES,
-    check_port,
-    checked_pg_params,
-    is_host,
-    netloc,
-    parse_database_url,
-    pg_display,
-    pg_repr,
+from datalayer._targets import (
+    POOLERS,
+    DatabaseTarget,
+    RedisTarget,
+    Secret,
+    read_database,
+    read_direct,
+    read_pooler,
+    read_redis,
+    read_replicas,
+    read_secret,
 )
 from datalayer._validators import (
+    byte_size,
     check_text,
     idle_timeout,
     lock_timeout,
@@ -56,6 +55,8 @@ __all__ = ["DATABASE_VARIABLES", "REDIS_VARIABLES", "DatabaseTarget", "RedisTarg
 # Connections one process may hold (POOL_SIZE + MAX_OVERFLOW). PostgreSQL's max_connections defaults to
 # 100 for every client together; a pool beyond this is a typo, not a plan.
 MAX_POOL_CONNECTIONS = 1000
+# REPLICA_MAX_LAG's default: 16 MB of WAL, one WAL segment (a replica further behind is skipped).
+DEFAULT_REPLICA_MAX_LAG = 16 * 2**20
 _POOL_NOTE = (
     f" (POOL_SIZE + MAX_OVERFLOW connections per process, at most {MAX_POOL_CONNECTIONS}; "
     "PostgreSQL's max_connections is 100 by default)"
@@ -91,80 +92,6 @@ def _home(value: object) -> Path:
             f"DATALAYER_HOME cannot be resolved ({type(e).__name__}: {e})", variable="DATALAYER_HOME"
         ) from None
     return home
-
-
-@attrs.frozen(repr=False, eq=False)
-class Secret:
-    """A string that never shows itself in repr, str or logs."""
-
-    value: str = attrs.field(validator=lambda _, __, v: check_text("password", v))
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other.value == self.value
-
-    def __hash__(self) -> int:
-        return hash(self.value)
-
-
-def _checked_params(params: Mapping[str, str]) -> dict[str, str]:
-    return checked_pg_params(params)
-
-
-@attrs.frozen
-class DatabaseTarget:
-    """Where PostgreSQL is: libpq keywords (never the password) plus the password apart.
-
-    The parameters are checked against libpq's own list when the target is made, and get datalayer's
-    safe defaults where absent (``require_auth=!password``; ``sslmode=verify-full`` for a remote host).
-    """
-
-    params: Mapping[str, str] = attrs.field(converter=_checked_params, repr=pg_repr)
-    password: Secret | None = attrs.field(default=None, validator=optional("password", Secret))
-    embedded: bool = False
-
-    def conninfo(self, **extra: str) -> str:
-        """The libpq connection string, password included: pass it to libpq, never to a log."""
-        params: dict[str, str] = {**self.params, **extra}
-        if self.password is not None:
-            params["password"] = self.password.value
-        return make_conninfo("", **params)
-
-    @property
-    def display(self) -> str:
-        """A URL for humans and logs: password and every other secret parameter masked."""
-        return pg_display(self.params, self.password is not None)
-
-
-def _clean_redis_url(url: str) -> str:
-    clean, password = parse_redis_url(url, "RedisTarget.url")
-    if password is not None:
-        raise ConfigError(
-            "RedisTarget.url holds a password; pass it apart (password=Secret(...))", variable="RedisTarget.url"
-        )
-    return clean
-
-
-def _redis_repr(url: str) -> str:
-    return repr(redis_display(url))
-
-
-@attrs.frozen
-class RedisTarget:
-    """Where Redis is: a redis-py URL without password, plus the password apart."""
-
-    url: str = attrs.field(converter=_clean_redis_url, repr=_redis_repr)
-    password: Secret | None = attrs.field(default=None, validator=optional("password", Secret))
-    embedded: bool = False
-
-    @property
-    def display(self) -> str:
-        """The URL for humans and logs, every secret parameter masked (the password is never part of it)."""
-        return redis_display(self.url)
 
 
 @attrs.frozen
@@ -215,21 +142,68 @@ class Settings:
             "1-64 characters of letters, digits and _ . : -",
         ),
     )
+    pooler: Literal["none", "transaction"] = attrs.field(
+        default="none",
+        validator=matches("DATABASE_POOLER", lambda v: v in POOLERS, " or ".join(repr(p) for p in POOLERS)),
+    )
+    # The server itself, for what a transaction pooler cannot carry (migrations, session advisory locks).
+    direct: DatabaseTarget | None = attrs.field(default=None, validator=optional("DATABASE_DIRECT_URL", DatabaseTarget))
+    # Streaming replicas of ``database`` for connection(replica=True) (datalayer._replicas_async): a replica
+    # more than replica_max_lag bytes of WAL behind is skipped; a read after a write in the same context
+    # waits up to replica_wait seconds for the replica to replay it, else reads from the primary.
+    replicas: tuple[DatabaseTarget, ...] = attrs.field(
+        default=(),
+        validator=matches(
+            "DATABASE_REPLICA_URLS",
+            lambda v: isinstance(v, tuple) and all(isinstance(t, DatabaseTarget) for t in v),
+            "a tuple of DatabaseTarget",
+        ),
+    )
+    replica_max_lag: int = attrs.field(
+        default=DEFAULT_REPLICA_MAX_LAG, validator=whole("REPLICA_MAX_LAG", 0, lambda s: 2**62)
+    )
+    replica_wait: float = attrs.field(
+        default=0.5,
+        validator=matches(
+            "REPLICA_WAIT",
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 60,
+            "a number of seconds from 0 (read from the primary at once) to 60",
+        ),
+    )
 
     @property
     def pool_max_size(self) -> int:
         """POOL_SIZE connections kept, up to MAX_OVERFLOW more under load."""
         return self.pool_size + self.max_overflow
 
-    def session_options(self) -> str:
-        """The ``options`` connection parameter carrying the session settings."""
-        opts = {
+    def session_settings(self) -> dict[str, str]:
+        """The PostgreSQL settings every datalayer session gets: the ``options`` connection parameter
+        directly, ``SET LOCAL`` per transaction and ``ALTER ROLE … SET`` behind a transaction pooler."""
+        return {
             "TimeZone": "UTC",
             "statement_timeout": self.statement_timeout,
             "lock_timeout": self.lock_timeout,
             "idle_in_transaction_session_timeout": self.idle_in_transaction_timeout,
         }
-        return " ".join(f"-c {k}={v}" for k, v in opts.items())
+
+    def session_options(self) -> str:
+        """The ``options`` connection parameter carrying the session settings."""
+        return " ".join(f"-c {k}={v}" for k, v in self.session_settings().items())
+
+    def direct_target(self, target: DatabaseTarget) -> DatabaseTarget:
+        """Where a tool that needs a session of its own (migrations, session advisory locks, CREATE or DROP
+        DATABASE) connects instead of ``target``: DATABASE_DIRECT_URL when set, ``target`` itself when no
+        pooler sits in front of it, else ConfigError (a transaction pooler cannot carry such a session)."""
+        if self.direct is not None:
+            return self.direct
+        if self.pooler == "none":
+            return target
+        raise ConfigError(
+            f"DATABASE_POOLER={self.pooler}: migrations and session advisory locks need a direct connection "
+            "to PostgreSQL, which a transaction pooler cannot give; set DATABASE_DIRECT_URL to the server "
+            "itself (not the pooler)",
+            variable="DATABASE_DIRECT_URL",
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -243,9 +217,10 @@ class Settings:
         env = variables(environment() if environ is None else environ)
         pool_size = _int(env, "POOL_SIZE", 20)
         embedded = env.get("DATALAYER_EMBEDDED", "auto").strip().lower()
+        database = read_database(env)
         return cls(
-            database=_database_target(env),
-            redis=_redis_target(env),
+            database=database,
+            redis=read_redis(env),
             pool_size=pool_size,
             max_overflow=_int(env, "MAX_OVERFLOW", 30),
             pool_min_size=_int(env, "POOL_MIN_SIZE", pool_size),
@@ -259,13 +234,14 @@ class Settings:
             embedded=cast(Literal["auto", "never"], embedded),  # checked by the field's validator
             home=env["DATALAYER_HOME"] if "DATALAYER_HOME" in env else _default_home(),
             cache_prefix=env.get("CACHE_PREFIX", "dl"),
-            app_password=_secret(env, "DATALAYER_APP_PASSWORD"),
-            readonly_password=_secret(env, "DATALAYER_READONLY_PASSWORD"),
+            app_password=read_secret(env, "DATALAYER_APP_PASSWORD"),
+            readonly_password=read_secret(env, "DATALAYER_READONLY_PASSWORD"),
+            pooler=read_pooler(env, database),
+            direct=read_direct(env, database),
+            replicas=read_replicas(env, database),
+            replica_max_lag=byte_size("REPLICA_MAX_LAG", env.get("REPLICA_MAX_LAG", str(DEFAULT_REPLICA_MAX_LAG))),
+            replica_wait=_float(env, "REPLICA_WAIT", 0.5),
         )
-
-
-def _secret(env: Mapping[str, str], name: str) -> Secret | None:
-    return Secret(env[name]) if name in env else None
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -286,79 +262,3 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw.strip())
     except ValueError:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}", variable=name) from None
-
-
-def _database_target(env: Mapping[str, str]) -> DatabaseTarget | None:
-    if not any(v in env for v in DATABASE_VARIABLES):
-        return None
-    sslmode = env.get("DATABASE_SSLMODE")
-    if sslmode is not None and sslmode not in SSLMODES:
-        raise ConfigError(
-            f"DATABASE_SSLMODE must be one of {', '.join(SSLMODES)}, got {sslmode!r}", variable="DATABASE_SSLMODE"
-        )
-    names = {"sslmode": "DATABASE_SSLMODE"} if sslmode is not None else {}
-    if "DATABASE_URL" in env:
-        _one_or_the_other(env, "DATABASE_URL", DATABASE_PARTS)
-        params, password = parse_database_url(env["DATABASE_URL"])
-        if sslmode is not None and params.get("sslmode", sslmode) != sslmode:
-            raise ConfigError(
-                f"DATABASE_SSLMODE={sslmode} conflicts with the sslmode in DATABASE_URL; set it in one place",
-                variable="DATABASE_SSLMODE",
-            )
-        default = "DATABASE_URL"
-    else:
-        if "DATABASE_HOST" not in env:
-            raise ConfigError(
-                "DATABASE_HOST is required when DATABASE_PORT/NAME/USER/PASSWORD/SSLMODE are set (or set "
-                "DATABASE_URL); a DATABASE_* variable in the environment makes every DATABASE_* variable in .env "
-                "ignored",
-                variable="DATABASE_HOST",
-            )
-        host = env["DATABASE_HOST"].strip()
-        params = {
-            "host": host[1:-1] if host.startswith("[") and host.endswith("]") else host,
-            "port": check_port(env.get("DATABASE_PORT", "5432"), "DATABASE_PORT"),
-            "dbname": env.get("DATABASE_NAME", "datalayer"),
-        }
-        if "DATABASE_USER" in env:
-            params["user"] = env["DATABASE_USER"]
-        password = env.get("DATABASE_PASSWORD")
-        names.update(host="DATABASE_HOST", port="DATABASE_PORT", dbname="DATABASE_NAME", user="DATABASE_USER")
-        default = "DATABASE_HOST"
-    if sslmode is not None:
-        params["sslmode"] = sslmode
-    checked = checked_pg_params(params, names, default)
-    return DatabaseTarget(params=checked, password=Secret(password) if password is not None else None)
-
-
-def _redis_target(env: Mapping[str, str]) -> RedisTarget | None:
-    if not any(v in env for v in REDIS_VARIABLES):
-        return None
-    password = env.get("REDIS_PASSWORD")
-    if "REDIS_URL" in env:
-        _one_or_the_other(env, "REDIS_URL", REDIS_PARTS)
-        url, password = parse_redis_url(env["REDIS_URL"])
-    else:
-        host = env.get("REDIS_HOST", "localhost").strip()
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        if not is_host(host):
-            raise ConfigError(
-                "REDIS_HOST must be a host name or an IP address (the port, database and password have "
-                "their own variables: REDIS_PORT, REDIS_DB, REDIS_PASSWORD)",
-                variable="REDIS_HOST",
-            )
-        port = check_port(env.get("REDIS_PORT", "6379"), "REDIS_PORT")
-        if "," in port:
-            raise ConfigError("REDIS_PORT must be a single port number", variable="REDIS_PORT")
-        url = f"redis://{netloc(host, port)}/{redis_db(env.get('REDIS_DB', '0').strip(), 'REDIS_DB')}"
-    return RedisTarget(url=url, password=Secret(password) if password is not None else None)
-
-
-def _one_or_the_other(env: Mapping[str, str], url: str, parts: tuple[str, ...]) -> None:
-    # A URL beside its parts: one of them would be silently dropped (the password included).
-    both = [name for name in parts if name in env]
-    if both:
-        raise ConfigError(
-            f"{both[0]} is set together with {url}; set {url} or the parts ({', '.join(parts)}), not both",
-            variable=both[0],
-        )

@@ -33,6 +33,8 @@ import psycopg
 
 from datalayer import _default_target, embedded, transactions
 from datalayer._lease import lend
+from datalayer._read_your_writes import hold
+from datalayer._replicas import replica_connection
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.pool import DataLayerConnection, DataLayerPool
 from datalayer.pool import connection as _pool_connection
@@ -156,13 +158,23 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
-def connection(pool: DataLayerPool | None = None, *, timeout: float | None = None) -> Iterator[DataLayerConnection]:
+def connection(
+    pool: DataLayerPool | None = None, *, timeout: float | None = None, replica: bool = False
+) -> Iterator[DataLayerConnection]:
     """Borrow a connection of ``pool`` (default: the default pool) in autocommit mode for the ``with`` block.
+
+    ``replica=True``: a connection for reads, on a healthy replica of the pool's database
+    (DATABASE_REPLICA_URLS) that has replayed this context's writes, else on the primary; it refuses
+    writes and ``transaction()`` wherever it landed.
 
     >>> with connection() as db:                   # doctest: +SKIP
     ...     user_repo.create(db, username="ann", email="ann@example.com", hashed_password=h)
+    >>> with connection(replica=True) as db:       # doctest: +SKIP
+    ...     page = user_repo.find(db, limit=50)
     """
-    with _pool_connection(pool or default_pool(), timeout=timeout) as conn:
+    hold()  # tasks and threads started inside share this context's read-your-writes mark
+    opener = replica_connection if replica else _pool_connection
+    with opener(pool or default_pool(), timeout=timeout) as conn:
         yield conn
 
 

@@ -27,7 +27,7 @@ from psycopg_pool.base import AttemptWithBackoff
 
 from datalayer._acompat import AJob, aspawn
 from datalayer._liveness import alive_idle, network_params, wait_limit
-from datalayer._pooled_async import AsyncDataLayerConnection, reset_session
+from datalayer._pooled_async import AsyncDataLayerConnection, reset_session, transaction_settings
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.errors import ConfigError, PoolExhausted, TransientError, ValidationError
@@ -69,7 +69,18 @@ class AsyncDataLayerPool(AsyncConnectionPool[AsyncDataLayerConnection]):
         self.settings = settings
         self.target = target
         self._last_purge = 0.0
+        # The replicas connection(replica=True) reads from (datalayer._replicas_async), closed with the pool.
+        self.replicas: Any = None
         super().__init__(**kwargs)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool, and the replicas' pools opened for it."""
+        replicas, self.replicas = self.replicas, None
+        try:
+            if replicas is not None:
+                await replicas.close()
+        finally:
+            await super().close(timeout)
 
     async def putconn(self, conn: AsyncDataLayerConnection) -> None:
         """Return ``conn``, reset as it was lent (autocommit, and the session if the caller changed it).
@@ -120,22 +131,34 @@ class AsyncDataLayerPool(AsyncConnectionPool[AsyncDataLayerConnection]):
 
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
-    """Connection parameters every datalayer connection gets (beyond the target's)."""
-    return {
+    """Connection parameters every datalayer connection gets (beyond the target's).
+
+    Behind a transaction pooler (DATABASE_POOLER=transaction) no ``options`` (PgBouncer refuses it, or
+    drops it silently with ``ignore_startup_parameters``: the sessions get their settings from
+    ``ALTER ROLE … SET`` or the pooler's ``connect_query``, and each transaction from ``SET LOCAL``) and no
+    server-side prepared statements (the next transaction may run on another server connection).
+    """
+    kwargs: dict[str, Any] = {
         "autocommit": True,
         "application_name": settings.application_name,
-        "options": settings.session_options(),
         "connect_timeout": str(settings.connect_timeout),
         **network_params(settings),
     }
+    if settings.pooler == "none":
+        kwargs["options"] = settings.session_options()
+    else:
+        kwargs["prepare_threshold"] = None
+    return kwargs
 
 
 def _configure(settings: Settings) -> AJob[AsyncDataLayerConnection, None]:
     limit, cancel = wait_limit(settings), float(settings.connect_timeout)
+    begin = transaction_settings(settings)
 
     async def configure(conn: AsyncDataLayerConnection) -> None:
         conn._dl_wait_limit = limit
         conn._dl_cancel_timeout = cancel
+        conn._dl_begin = begin
 
     return configure
 

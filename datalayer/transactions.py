@@ -32,6 +32,7 @@ from psycopg.pq import TransactionStatus
 from datalayer._acompat import Hook, Job, call_hook, current_owner, sleep
 from datalayer._kind import check_kind
 from datalayer._liveness import known_dead
+from datalayer._read_your_writes import PENDING, WAL_INSERTED, note_write
 from datalayer._translate import SESSION_TIMEOUTS, is_connection_lost, lost_before_sending, never_sent, translate
 from datalayer.errors import CommitUnknown, QueryError, TransientError, ValidationError
 
@@ -155,6 +156,13 @@ def transaction(db: C) -> Iterator[C]:
     ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
     """
     check_kind(db, open_=True)
+    if getattr(db, "_dl_primary", None) is not None:
+        raise ValidationError(
+            {
+                "db": "is a replica connection (connection(replica=True)), which serves reads only; a unit "
+                "of work belongs on the primary: use transaction(), or connection() and transaction(db)"
+            }
+        )
     frames = _frames.setdefault(_key(db), [])
     owner = current_owner()
     if frames and frames[0].owner is not owner:
@@ -174,6 +182,9 @@ def transaction(db: C) -> Iterator[C]:
     try:
         try:
             with db.transaction():
+                begin: str | None = getattr(_key(db), "_dl_begin", None)
+                if outermost and begin is not None:
+                    _key(db).execute(begin)  # behind a transaction pooler: the session settings
                 try:
                     yield db
                 except psycopg.Rollback:
@@ -203,6 +214,7 @@ def transaction(db: C) -> Iterator[C]:
             and not never_sent(e)
             and e.sqlstate not in SESSION_TIMEOUTS
         ):
+            note_write()  # it may have committed: this context's replica reads wait for it
             _run_hooks([h for h, unknown in frame.after_commit if unknown])
             raise CommitUnknown(
                 "the connection was lost during COMMIT: the transaction may or may not have committed; "
@@ -225,7 +237,33 @@ def transaction(db: C) -> Iterator[C]:
         parent.after_commit.extend(frame.after_commit)
         parent.after_rollback.extend(frame.after_rollback)
     else:
+        written(db)
         _run_hooks([h for h, _ in frame.after_commit])
+
+
+def replicas_configured(db: psycopg.Connection[Any]) -> bool:
+    """Whether ``db`` was lent by a pool with read replicas (its writes then read their WAL position)."""
+    pool = getattr(db, "_pool", None)  # psycopg_pool's own attribute on the connections it lends
+    return bool(getattr(getattr(pool, "settings", None), "replicas", ()))
+
+
+def written(db: psycopg.Connection[Any]) -> None:
+    """Mark the current context as having written on ``db`` (a COMMIT, or a write in autocommit), for
+    its replica reads: with replicas configured, with the WAL position read on ``db`` right after the
+    write (one round trip, no second connection); else PENDING (no round trip)."""
+    if not replicas_configured(db):
+        note_write()
+        return
+    dirty = getattr(db, "_dl_dirty", False)
+    try:
+        row = (db.execute(WAL_INSERTED)).fetchone()
+    except psycopg.Error:  # the write stands; the first replica read asks the primary instead
+        note_write()
+        return
+    finally:
+        if hasattr(db, "_dl_dirty"):
+            db._dl_dirty = dirty  # reading the WAL position changes nothing the pool's reset must undo
+    note_write(row[0] if row is not None and isinstance(row[0], int) else PENDING)
 
 
 def run_in_transaction(

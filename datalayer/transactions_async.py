@@ -31,6 +31,7 @@ from psycopg.pq import TransactionStatus
 from datalayer._acompat import AHook, AJob, acall_hook, acurrent_owner, asleep
 from datalayer._kind_async import check_kind
 from datalayer._liveness import known_dead
+from datalayer._read_your_writes import PENDING, WAL_INSERTED, note_write
 from datalayer._translate import SESSION_TIMEOUTS, is_connection_lost, lost_before_sending, never_sent, translate
 from datalayer.errors import CommitUnknown, QueryError, TransientError, ValidationError
 
@@ -156,6 +157,13 @@ async def transaction(db: C) -> AsyncIterator[C]:
     ``datalayer.transaction()`` (no connection) borrows one from the default pool for the block.
     """
     check_kind(db, open_=True)
+    if getattr(db, "_dl_primary", None) is not None:
+        raise ValidationError(
+            {
+                "db": "is a replica connection (connection(replica=True)), which serves reads only; a unit "
+                "of work belongs on the primary: use transaction(), or connection() and transaction(db)"
+            }
+        )
     frames = _frames.setdefault(_key(db), [])
     owner = acurrent_owner()
     if frames and frames[0].owner is not owner:
@@ -175,6 +183,9 @@ async def transaction(db: C) -> AsyncIterator[C]:
     try:
         try:
             async with db.transaction():
+                begin: str | None = getattr(_key(db), "_dl_begin", None)
+                if outermost and begin is not None:
+                    await _key(db).execute(begin)  # behind a transaction pooler: the session settings
                 try:
                     yield db
                 except psycopg.Rollback:
@@ -204,6 +215,7 @@ async def transaction(db: C) -> AsyncIterator[C]:
             and not never_sent(e)
             and e.sqlstate not in SESSION_TIMEOUTS
         ):
+            note_write()  # it may have committed: this context's replica reads wait for it
             await _run_hooks([h for h, unknown in frame.after_commit if unknown])
             raise CommitUnknown(
                 "the connection was lost during COMMIT: the transaction may or may not have committed; "
@@ -226,7 +238,33 @@ async def transaction(db: C) -> AsyncIterator[C]:
         parent.after_commit.extend(frame.after_commit)
         parent.after_rollback.extend(frame.after_rollback)
     else:
+        await written(db)
         await _run_hooks([h for h, _ in frame.after_commit])
+
+
+def replicas_configured(db: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether ``db`` was lent by a pool with read replicas (its writes then read their WAL position)."""
+    pool = getattr(db, "_pool", None)  # psycopg_pool's own attribute on the connections it lends
+    return bool(getattr(getattr(pool, "settings", None), "replicas", ()))
+
+
+async def written(db: psycopg.AsyncConnection[Any]) -> None:
+    """Mark the current context as having written on ``db`` (a COMMIT, or a write in autocommit), for
+    its replica reads: with replicas configured, with the WAL position read on ``db`` right after the
+    write (one round trip, no second connection); else PENDING (no round trip)."""
+    if not replicas_configured(db):
+        note_write()
+        return
+    dirty = getattr(db, "_dl_dirty", False)
+    try:
+        row = await (await db.execute(WAL_INSERTED)).fetchone()
+    except psycopg.Error:  # the write stands; the first replica read asks the primary instead
+        note_write()
+        return
+    finally:
+        if hasattr(db, "_dl_dirty"):
+            db._dl_dirty = dirty  # reading the WAL position changes nothing the pool's reset must undo
+    note_write(row[0] if row is not None and isinstance(row[0], int) else PENDING)
 
 
 async def run_in_transaction(

@@ -92,6 +92,7 @@ PUBLIC = {
     "fastapi",
     "fastapi.responses",
     "idna",
+    "opentelemetry",  # datalayer.otel: the API's metrics and trace modules
     "orjson",
     "passlib.context",
     "pglast",

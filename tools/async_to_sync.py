@@ -56,8 +56,12 @@ REPLACEMENTS = {
     "AShared": "Shared",
     # datalayer/cache/_acompat.py: redis.asyncio against redis (a dotted name is several tokens)
     "ARedis": "Redis",
+    "ARedisCluster": "RedisCluster",
+    "AClient": "Client",
     "aredis_client": "redis_client",
+    "aredis_cluster_client": "redis_cluster_client",
     "aclose_redis": "close_redis",
+    "aclose_seeds": "close_seeds",
     # datalayer/_aio_defaults.py is hand-kept beside datalayer/defaults.py: the async process defaults
     "_aio_defaults": "defaults",
     # datalayer/cache/manager_async.py
@@ -70,12 +74,20 @@ REPLACEMENTS = {
     "ARows": "Rows",
     "_afailed": "_failed",
     "_aonly_row": "_only_row",
+    "_amaybe_row": "_maybe_row",
+    "_aall_rows": "_all_rows",
+    "_atraced": "_traced",
+    "_aanswer": "_answer",
     "AsyncDataLayerPool": "DataLayerPool",
     "AsyncDataLayerConnection": "DataLayerConnection",
+    # datalayer/_replicas_async.py
+    "AsyncReplicaSet": "ReplicaSet",
     # datalayer/_run.py: BoundQuery is both runners; its async methods are the sync ones' names with an 'a'
     "_AsyncRunner": "_SyncRunner",
     "_aexecute": "_execute",
     "_aretry_read": "_retry_read",
+    "_arecover": "_recover",
+    "_acopy_rows": "_copy_rows",
     "aone": "one",
     "amaybe": "maybe",
     "amany": "many",
