@@ -21,6 +21,8 @@ from bench.groups import GROUPS, Result, Sizes
 
 # The bulk group overlaps client and server work (COPY, pipelining): it runs on split CPUs.
 SPLIT = {"bulk"}
+# Groups that run several servers and client processes of their own: no pinning.
+UNPINNED = {"scale"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(header), flush=True)
         report += header
         for name in names:
-            placement = "not pinned" if args.no_pin else env.place(same=name not in SPLIT)
+            if args.no_pin or name in UNPINNED:
+                env.unpin()
+                placement = "not pinned"
+            else:
+                placement = env.place(same=name not in SPLIT)
             t0 = time.monotonic()
             for result in GROUPS[name](env, sizes):
                 result.notes.append(f"placement: {placement}; group took {time.monotonic() - t0:.0f} s")

@@ -30,6 +30,7 @@ from bench.common import datalayer_pool as _pool
 from bench.common import seed_users as _seed_users
 from bench.env import BenchEnv
 from bench.harness import Contender, Row, measure
+from bench.scale_group import group_scale
 from bench.thread_groups import group_threads_pool
 from datalayer import cleanup_old_data, connection, system_log_repo, user_repo
 from datalayer.cache import CacheManager
@@ -910,6 +911,7 @@ GROUPS = {
     "async_get": group_async_get,
     "async_pool": group_async_pool,
     "threads_pool": group_threads_pool,
+    "scale": group_scale,
 }
 
 __all__ = ["GROUPS", "Result", "Sizes"]
