@@ -311,7 +311,7 @@ async def test_async_routing_and_read_your_writes(cluster: PgCluster, replica: R
                 return bool(row[0])
 
         start = time.monotonic()
-        while not await on_replica():
+        while not await _aon_replica(pool):
             assert time.monotonic() - start < ROUTED_WITHIN
             await anyio.sleep(0.05)
         async with datalayer.aio.connection(pool, replica=True) as db:
@@ -388,6 +388,24 @@ def test_a_frozen_replica_is_skipped_and_reads_in_flight_run_again_on_the_primar
         _eventually(lambda: _on_replica(pool))  # thawed: it serves reads again
 
 
+async def _ain_recovery(db: Any) -> bool:
+    row = await (await db.execute("SELECT pg_is_in_recovery()")).fetchone()
+    return bool(row[0])
+
+
+async def _aon_replica(pool: AsyncDataLayerPool) -> bool:
+    async with datalayer.aio.connection(pool, replica=True) as db:
+        return await _ain_recovery(db)
+
+
+async def _until_on_replica(pool: AsyncDataLayerPool) -> None:
+    """Wait (within ROUTED_WITHIN) until the pool's replica reads reach the replica."""
+    start = time.monotonic()
+    while not await _aon_replica(pool):
+        assert time.monotonic() - start < ROUTED_WITHIN
+        await anyio.sleep(0.05)
+
+
 @pytest.mark.anyio
 async def test_async_a_read_in_flight_on_a_frozen_replica_runs_again_on_the_primary(
     cluster: PgCluster, replica: Replica
@@ -395,25 +413,14 @@ async def test_async_a_read_in_flight_on_a_frozen_replica_runs_again_on_the_prim
     pool = await open_async_pool(_settings(cluster, replica), target=cluster.target)
     try:
 
-        async def in_recovery(db: Any) -> bool:
-            row = await (await db.execute("SELECT pg_is_in_recovery()")).fetchone()
-            return bool(row[0])
-
-        async def on_replica() -> bool:
-            async with datalayer.aio.connection(pool, replica=True) as db:
-                return await in_recovery(db)
-
-        start = time.monotonic()
-        while not await on_replica():
-            assert time.monotonic() - start < ROUTED_WITHIN
-            await anyio.sleep(0.05)
+        await _until_on_replica(pool)
         async with datalayer.aio.connection(pool, replica=True) as db:
             with replica.frozen():
                 start = time.monotonic()
                 assert await datalayer.aio.user_repo.get_by_username(db, "nobody-frozen") is None
                 assert time.monotonic() - start < FROZEN_READ
                 began = time.monotonic()
-                assert await on_replica() is False  # skipped now: straight to the primary
+                assert await _aon_replica(pool) is False  # skipped now: straight to the primary
                 assert time.monotonic() - began < FROZEN_READ
     finally:
         await pool.close()
@@ -538,18 +545,7 @@ async def test_async_writes_in_child_tasks_and_threads_are_read_back_by_the_pare
     sync_pool = open_pool(_settings(cluster, replica, replica_wait=0.3), target=cluster.target)
     try:
 
-        async def in_recovery(db: Any) -> bool:
-            row = await (await db.execute("SELECT pg_is_in_recovery()")).fetchone()
-            return bool(row[0])
-
-        async def on_replica() -> bool:
-            async with datalayer.aio.connection(pool, replica=True) as db:
-                return await in_recovery(db)
-
-        start = time.monotonic()
-        while not await on_replica():
-            assert time.monotonic() - start < ROUTED_WITHIN
-            await anyio.sleep(0.05)
+        await _until_on_replica(pool)
         replica.sql("SELECT pg_wal_replay_pause()")
 
         async def child(name: str) -> None:
