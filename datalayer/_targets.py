@@ -140,6 +140,12 @@ class RedisTarget:
 
 def read_pooler(env: Mapping[str, str], database: DatabaseTarget | None) -> Literal["none", "transaction"]:
     raw = env.get("DATABASE_POOLER", "none").strip().lower()
+    if raw == "session":
+        raise ConfigError(
+            "DATABASE_POOLER=session: a session pooler (PgBouncer pool_mode=session) keeps each client's session "
+            "and needs nothing special; leave DATABASE_POOLER unset for it ('transaction' for pool_mode=transaction)",
+            variable="DATABASE_POOLER",
+        )
     if raw not in POOLERS:
         raise ConfigError(
             f"DATABASE_POOLER must be {' or '.join(repr(p) for p in POOLERS)} ('transaction' for PgBouncer in "
@@ -154,7 +160,7 @@ def read_pooler(env: Mapping[str, str], database: DatabaseTarget | None) -> Lite
     return cast(Literal["none", "transaction"], raw)
 
 
-def read_direct(env: Mapping[str, str], database: DatabaseTarget | None) -> DatabaseTarget | None:
+def read_direct(env: Mapping[str, str], database: DatabaseTarget | None, pooler: str = "none") -> DatabaseTarget | None:
     name = DATABASE_ROUTING[1]
     if name not in env:
         return None
@@ -165,7 +171,18 @@ def read_direct(env: Mapping[str, str], database: DatabaseTarget | None) -> Data
         )
     params, password = parse_database_url(env[name], name)
     checked = checked_pg_params(params, {}, name)
+    if pooler != "none" and _server_and_db(checked) == _server_and_db(database.params):
+        raise ConfigError(
+            f"{name} is DATABASE_URL's host, port and database: with DATABASE_POOLER={pooler}, DATABASE_URL is "
+            f"the pooler and {name} must be the PostgreSQL server itself (migrations and session advisory "
+            "locks need a session of their own)",
+            variable=name,
+        )
     return DatabaseTarget(params=checked, password=Secret(password) if password is not None else None)
+
+
+def _server_and_db(params: Mapping[str, str]) -> tuple[str, str, str]:
+    return params.get("host", ""), params.get("port", "5432"), params.get("dbname", params.get("user", ""))
 
 
 def read_replicas(env: Mapping[str, str], database: DatabaseTarget | None) -> tuple[DatabaseTarget, ...]:

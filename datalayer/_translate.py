@@ -178,6 +178,13 @@ def translate(
             location=where,
             sqlstate=state,
         )
+    if state in ("42P05", "26000") and "_pg3_" in (diag.message_primary or ""):
+        # psycopg's own prepared statements, gone or doubled: another client's session under ours.
+        return QueryError(
+            f"{diag.message_primary}{at}: behind PgBouncer in transaction mode? set DATABASE_POOLER=transaction",
+            location=where,
+            sqlstate=state,
+        )
     hint = f" (hint: {diag.message_hint})" if diag.message_hint else ""
     return QueryError(
         f"{diag.message_primary or _first_line(e)}{at}{hint}",

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psycopg
 from psycopg import sql
 
@@ -271,7 +272,10 @@ def check_scratch(
 
     proj = _project(project)
     settings = settings or Settings.from_env()
-    target = resolve_database(settings)
+    # CREATE DATABASE, migrations and DROP need the server itself (DATABASE_DIRECT_URL behind a pooler);
+    # the scratch database is then reached directly, with no pooler in between.
+    target = settings.direct_target(resolve_database(settings))
+    settings = attrs.evolve(settings, pooler="none", direct=None)
     scratch = f"datalayer_check_{os.getpid()}"
     create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch))
     drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))

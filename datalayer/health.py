@@ -10,6 +10,7 @@ import psycopg
 from datalayer import _ledger, sql
 from datalayer import _migration_sources as _sources
 from datalayer._default_target import default_target
+from datalayer._direct import MARKER_OPTION, connect_direct, same_database_problem
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
 from datalayer.partitions import list_log_partitions
@@ -46,6 +47,9 @@ def check_database_health(
     ``connect``, ``migrations`` (every source of ``project``, default ``find_project()``: none pending or
     changed), ``partitions`` (today and the next 2 days exist), ``default_partition`` (empty) and
     ``indexes`` (none invalid). The two partition checks are the built-in schema's: only with builtin.
+    Behind a transaction pooler also ``session_settings`` (an autocommit session holds the settings'
+    timeouts) and, with DATABASE_DIRECT_URL, ``direct`` (it reaches the server, and the same database).
+    Each check runs in a transaction of its own bounded by ``timeout`` seconds.
     """
     checks: dict[str, Check] = {}
     try:
@@ -73,13 +77,66 @@ def check_database_health(
     with conn:
         version = conn.info.server_version
         checks["connect"] = {"ok": True, "detail": f"PostgreSQL {version // 10000}.{version % 10000}"}
-        _run_check(checks, "migrations", lambda: _migrations(conn, project))
+        run = _bounded(conn, timeout)
+        # Outside a transaction: they read what an autocommit read gets, and open connections through the
+        # pooler, which may have one server connection only.
+        if settings.pooler != "none":
+            _run_check(checks, "session_settings", lambda: _session_settings(conn, settings))
+        if settings.pooler != "none" and settings.direct is not None:
+            _run_check(checks, "direct", lambda: _direct(settings, target))
+        run(checks, "migrations", lambda: _migrations(conn, project))
         if project.builtin:
-            _run_check(checks, "partitions", lambda: _partitions(conn))
-            _run_check(checks, "default_partition", lambda: _default_partition(conn))
-        _run_check(checks, "indexes", lambda: _indexes(conn))
+            run(checks, "partitions", lambda: _partitions(conn))
+            run(checks, "default_partition", lambda: _default_partition(conn))
+        run(checks, "indexes", lambda: _indexes(conn))
     healthy = all(c["ok"] for c in checks.values())
     return {"status": "healthy" if healthy else "unhealthy", "checks": checks}
+
+
+def _bounded(conn: psycopg.Connection[Any], timeout: int) -> Any:
+    """``_run_check`` with each check in a transaction of its own bounded by ``timeout`` seconds: ``SET
+    LOCAL`` holds behind a transaction pooler too, which ignores the connection's ``options``."""
+
+    def run(checks: dict[str, Check], name: str, fn: Any) -> None:
+        def bounded() -> Check:
+            with conn.transaction():
+                conn.execute("SELECT set_config('statement_timeout', %s, true)", (f"{timeout}s",))
+                result: Check = fn()
+                return result
+
+        _run_check(checks, name, bounded)
+
+    return run
+
+
+def _session_settings(conn: psycopg.Connection[Any], settings: Settings) -> Check:
+    from datalayer.pool import session_drift
+
+    drift = session_drift(conn, settings)
+    if drift:
+        return {
+            "ok": False,
+            "detail": f"reads outside transactions run with {', '.join(drift)}: give the role the settings "
+            "(`datalayer roles create`, or ALTER ROLE <user> IN DATABASE <db> SET ...) or set them in "
+            "PgBouncer's connect_query",
+        }
+    return {"ok": True, "detail": "the pooled sessions hold the settings"}
+
+
+def _direct(settings: Settings, target: DatabaseTarget) -> Check:
+    direct = settings.direct_target(target)
+    params: dict[str, Any] = {
+        "conninfo": direct.conninfo(),
+        "autocommit": True,
+        "connect_timeout": str(settings.connect_timeout),
+        "application_name": "datalayer-health",
+        "options": MARKER_OPTION,
+    }
+    with connect_direct(params, settings, direct) as conn:
+        problem = same_database_problem(conn, settings, target)
+    if problem:
+        return {"ok": False, "detail": problem}
+    return {"ok": True, "detail": f"DATABASE_DIRECT_URL reaches the server of DATABASE_URL ({direct.display})"}
 
 
 def _run_check(checks: dict[str, Check], name: str, fn: Any) -> None:

@@ -36,9 +36,10 @@ import psycopg
 from datalayer import _ledger
 from datalayer import _migration_sources as _sources
 from datalayer._default_target import default_target
+from datalayer._direct import MARKER_OPTION, connect_direct, same_database_problem
 from datalayer._translate import describe_error
 from datalayer.config import DatabaseTarget, Settings
-from datalayer.errors import MigrationError
+from datalayer.errors import ConfigError, MigrationError
 from datalayer.project import Project, find_project
 
 __all__ = [
@@ -71,12 +72,15 @@ class MigrationState:
     source: str | None = None  # "datalayer" (built-in) or the service's folder; None for a file no source has
 
 
-def _settings_and_target(settings: Settings | None, target: DatabaseTarget | None) -> tuple[Settings, DatabaseTarget]:
+def _settings_and_target(
+    settings: Settings | None, target: DatabaseTarget | None
+) -> tuple[Settings, DatabaseTarget, DatabaseTarget]:
+    """The settings, the direct target and the (possibly pooled) target itself."""
     settings = settings or Settings.from_env()
     if target is None:
         target = default_target(settings)
     # Migrations hold a session (an advisory lock, yoyo's connection): never through a transaction pooler.
-    return settings, settings.direct_target(target)
+    return settings, settings.direct_target(target), target
 
 
 def _connect_params(target: DatabaseTarget, settings: Settings | None = None) -> dict[str, Any]:
@@ -97,7 +101,8 @@ def _connect_params(target: DatabaseTarget, settings: Settings | None = None) ->
     # client_connection_check_interval: if the migrating process dies (kill -9), its backend notices
     # within a second and rolls back, releasing the locks, instead of running its statement to the end.
     params["options"] = (
-        "-c statement_timeout=0 -c lock_timeout=30s -c TimeZone=UTC -c client_connection_check_interval=1000"
+        "-c statement_timeout=0 -c lock_timeout=30s -c TimeZone=UTC -c client_connection_check_interval=1000 "
+        + MARKER_OPTION
     )
     return params
 
@@ -121,6 +126,9 @@ def yoyo_backend(target: DatabaseTarget, settings: Settings | None = None) -> An
         args={k: str(v) for k, v in params.items()},
     )
     backend = PostgresqlPsycopgBackend(uri, "_yoyo_migration")
+    from datalayer._direct import prove_session
+
+    prove_session(backend.connection, settings or Settings(), target)
     backend.init_database()  # creates yoyo's lock table, as yoyo.get_backend does
     return backend
 
@@ -154,7 +162,7 @@ def ledger_steps(hook_file: str | os.PathLike[str]) -> None:
 def _reading(target: DatabaseTarget, settings: Settings, what: str) -> Iterator[psycopg.Connection[Any]]:
     """A read-only look at ``target``: any failure to reach or read it is a MigrationError."""
     try:
-        with psycopg.connect(**_connect_params(target, settings), autocommit=True) as conn:
+        with connect_direct({**_connect_params(target, settings), "autocommit": True}, settings, target) as conn:
             conn.read_only = True
             yield conn
     except psycopg.Error as e:
@@ -162,18 +170,22 @@ def _reading(target: DatabaseTarget, settings: Settings, what: str) -> Iterator[
 
 
 @contextmanager
-def _migration_lock(target: DatabaseTarget, settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+def _migration_lock(
+    target: DatabaseTarget, settings: Settings, pooled: DatabaseTarget
+) -> Iterator[psycopg.Connection[Any]]:
     """Serialise migrators across processes; yields a spare autocommit connection."""
     params = _connect_params(target, settings)
     params["options"] = (
         f"-c lock_timeout={LOCK_WAIT_SECONDS}s -c statement_timeout=0 -c TimeZone=UTC "
-        "-c client_connection_check_interval=1000"
+        f"-c client_connection_check_interval=1000 {MARKER_OPTION}"
     )
     try:
-        conn = psycopg.connect(**params, autocommit=True)
+        conn = connect_direct({**params, "autocommit": True}, settings, target)
     except psycopg.OperationalError as e:
         raise MigrationError(f"cannot connect to {target.display} to migrate: {describe_error(e)}") from None
     try:
+        if (problem := same_database_problem(conn, settings, pooled)) is not None:
+            raise ConfigError(problem, variable="DATABASE_DIRECT_URL")
         try:
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         except psycopg.errors.LockNotAvailable:
@@ -242,10 +254,10 @@ def setup_database(
     project = project or find_project()
     sources = list(project.migration_sources())
     _sources.check_sources(sources)
-    settings, target = _settings_and_target(settings, target)
+    settings, target, pooled = _settings_and_target(settings, target)
     directories = _sources.source_dirs(sources)
     applied: list[str] = []
-    with _migration_lock(target, settings) as conn:
+    with _migration_lock(target, settings, pooled) as conn:
         _clear_stale_yoyo_lock(conn)
         _sources.check_builtin_switch(conn, project)
         _ledger.verify(conn, directories)
@@ -277,8 +289,8 @@ def rollback_all(
     project = project or find_project()
     sources = list(project.migration_sources())
     _sources.check_sources(sources)
-    settings, target = _settings_and_target(settings, target)
-    with _migration_lock(target, settings) as conn:
+    settings, target, pooled = _settings_and_target(settings, target)
+    with _migration_lock(target, settings, pooled) as conn:
         _clear_stale_yoyo_lock(conn)
         _sources.check_builtin_switch(conn, project)
         # A migration whose file is gone cannot be rolled back: dropping the others would strand it.
@@ -310,7 +322,7 @@ def reset_database(
     if confirm is not True:
         raise MigrationError("reset_database drops every table and its data; call it with confirm=True")
     project = project or find_project()
-    settings, target = _settings_and_target(settings, target)
+    settings = settings or Settings.from_env()
     rollback_all(settings=settings, target=target, project=project)
     return setup_database(settings=settings, target=target, project=project)
 
@@ -325,7 +337,7 @@ def migration_status(
     duplicates = _sources.duplicate_problems(sources)
     if duplicates:
         raise MigrationError("; ".join(duplicates))
-    settings, target = _settings_and_target(settings, target)
+    settings, target, _ = _settings_and_target(settings, target)
     with _reading(target, settings, "read the migration state of") as conn:
         _sources.check_builtin_switch(conn, project)
         issues = {i.migration_id: i for i in _ledger.changed(conn, _sources.source_dirs(sources))}
@@ -355,7 +367,7 @@ def plan_sql(
     project = project or find_project()
     sources = list(project.migration_sources())
     _sources.check_sources(sources)
-    settings, target = _settings_and_target(settings, target)
+    settings, target, _ = _settings_and_target(settings, target)
     with _reading(target, settings, "plan the migrations of") as conn:
         _sources.check_builtin_switch(conn, project)
         applied = _ledger.applied(conn)

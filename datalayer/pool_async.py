@@ -243,6 +243,11 @@ async def connect(settings: Settings, target: DatabaseTarget, **overrides: Any) 
         reason = describe_error(e)
         msg = f"cannot connect to {target.display}: {reason}"
         text = str(e).lower()
+        if "unsupported startup parameter" in text:
+            raise ConfigError(
+                f"{msg}; behind PgBouncer in transaction mode? set DATABASE_POOLER=transaction",
+                variable="DATABASE_POOLER",
+            ) from None
         if any(m in text for m in _CONFIG_FAILURES) or e.sqlstate in ("28P01", "28000", "3D000"):
             raise ConfigError(
                 f"{msg}; check DATABASE_URL (user, password, database name, TLS and authentication parameters)",
@@ -255,7 +260,29 @@ async def connect(settings: Settings, target: DatabaseTarget, **overrides: Any) 
 
 async def _probe(settings: Settings, target: DatabaseTarget) -> None:
     conn = await connect(settings, target)
-    await conn.close()
+    try:
+        if settings.pooler != "none" and (drift := await session_drift(conn, settings)):
+            log.warning(
+                "datalayer: reads outside transactions through the pooler at %s run with %s instead of the "
+                "settings; give the role the settings (`datalayer roles create`, or ALTER ROLE <user> IN "
+                "DATABASE <db> SET ...) or set them in PgBouncer's connect_query",
+                target.display,
+                ", ".join(drift),
+            )
+    finally:
+        await conn.close()
+
+
+async def session_drift(conn: psycopg.AsyncConnection[Any], settings: Settings) -> list[str]:
+    """The session settings that ``conn``'s session (outside a transaction) holds with another value than
+    ``settings``, as ``name=value (want value)``; each wanted value as the server spells it."""
+    names, wanted = list(settings.session_settings()), list(settings.session_settings().values())
+    have = await (await conn.execute("SELECT current_setting(k) FROM unnest(%s::text[]) k", (names,))).fetchall()
+    # set_config(..., true) in a statement of its own lasts only for that statement: it spells the value
+    want = await (
+        await conn.execute("SELECT set_config(k, v, true) FROM unnest(%s::text[], %s::text[]) t(k, v)", (names, wanted))
+    ).fetchall()
+    return [f"{n}={h[0]} (want {w[0]})" for n, h, w in zip(names, have, want, strict=True) if h[0] != w[0]]
 
 
 async def checkout(pool: AsyncDataLayerPool, timeout: float | None = None) -> AsyncDataLayerConnection:

@@ -18,9 +18,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from datalayer import sql as dl_sql
 from datalayer import transaction
 from datalayer.config import DatabaseTarget, Secret, Settings
-from datalayer.errors import ConfigError
+from datalayer.errors import ConfigError, QueryError
 from datalayer.health import check_database_health
 from datalayer.migrate import migration_status, setup_database
 from datalayer.pool import DataLayerPool, connect_kwargs, connection, open_pool
@@ -335,7 +336,22 @@ def test_settings_read_the_pooler_and_the_direct_url() -> None:
 @pytest.mark.parametrize(
     ("env", "variable", "words"),
     [
-        ({"DATABASE_URL": URL, "DATABASE_POOLER": "session"}, "DATABASE_POOLER", "'none' or 'transaction'"),
+        ({"DATABASE_URL": URL, "DATABASE_POOLER": "session"}, "DATABASE_POOLER", "leave DATABASE_POOLER unset"),
+        ({"DATABASE_URL": URL, "DATABASE_POOLER": "bouncer"}, "DATABASE_POOLER", "'none' or 'transaction'"),
+        (
+            {"DATABASE_URL": URL, "DATABASE_POOLER": "transaction", "DATABASE_DIRECT_URL": URL},
+            "DATABASE_DIRECT_URL",
+            "must be the PostgreSQL server itself",
+        ),
+        (
+            {
+                "DATABASE_URL": "postgresql://app@127.0.0.1/app",
+                "DATABASE_POOLER": "transaction",
+                "DATABASE_DIRECT_URL": "postgresql://other@127.0.0.1:5432/app",
+            },
+            "DATABASE_DIRECT_URL",
+            "host, port and database",
+        ),
         ({"DATABASE_POOLER": "transaction"}, "DATABASE_POOLER", "needs DATABASE_URL"),
         ({"DATABASE_DIRECT_URL": DIRECT}, "DATABASE_DIRECT_URL", "without DATABASE_URL"),
         ({"DATABASE_URL": URL, "DATABASE_DIRECT_URL": "mysql://x@h/db"}, "DATABASE_DIRECT_URL", "DATABASE_DIRECT_URL"),
@@ -379,3 +395,167 @@ def test_the_pooler_settings_belong_to_the_database_group_of_dotenv(
     monkeypatch.setenv("DATABASE_URL", URL)
     s = Settings.from_env()
     assert s.pooler == "none" and s.direct is None
+
+
+# -- the direct URL must reach the server, the same database, and the pooled sessions must hold the settings --
+
+
+@pytest.fixture(scope="module")
+def lax_bouncer(datalayer_server: TestServer) -> Iterator[PgBouncer]:
+    """A bouncer that silently drops ``options`` (ignore_startup_parameters = options)."""
+    directory = Path(tempfile.mkdtemp(prefix="pgb-lax-", dir=_home()))
+    b = PgBouncer(
+        directory, datalayer_server.target, session=CONNECT_QUERY, ignore_startup_parameters="options", pool_size=1
+    )
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _has_users(server: TestServer, name: str) -> bool:
+    with psycopg.connect(server.target_for(name).conninfo(), autocommit=True) as db:
+        row = db.execute("SELECT to_regclass('users') IS NOT NULL").fetchone()
+        return bool(row and row[0])
+
+
+def test_a_direct_url_at_a_pooler_is_refused(
+    bouncer: PgBouncer, lax_bouncer: PgBouncer, dl_empty_target: DatabaseTarget, datalayer_server: TestServer
+) -> None:
+    name = dl_empty_target.params["dbname"]
+    through = bouncer.target_for(name)
+    # A pooler that drops options (its shared session would make the advisory lock not exclusive) and one
+    # that refuses them: both are refused before anything is migrated.
+    for pooler in (lax_bouncer, bouncer):
+        settings = settings_for_tests(pooler="transaction", direct=pooler.target_for(name))
+        with pytest.raises(ConfigError, match="reaches a pooler, not the PostgreSQL server") as e:
+            setup_database(settings=settings, target=through, project=datalayer_server.project)
+        assert e.value.variable == "DATABASE_DIRECT_URL"
+        with pytest.raises(ConfigError, match="DATABASE_DIRECT_URL"):
+            migration_status(settings=settings, target=through, project=datalayer_server.project)
+        report = check_database_health(settings=settings, target=through, project=datalayer_server.project)
+        assert not report["checks"]["direct"]["ok"], report
+        assert "reaches a pooler" in report["checks"]["direct"]["detail"]
+    # Without DATABASE_POOLER the main target is migrated directly: a pooler there is named too.
+    with pytest.raises(ConfigError, match="set DATABASE_POOLER=transaction") as e2:
+        setup_database(
+            settings=settings_for_tests(), target=lax_bouncer.target_for(name), project=datalayer_server.project
+        )
+    assert e2.value.variable == "DATABASE_URL"
+    assert not _has_users(datalayer_server, name)
+
+
+def test_a_direct_url_at_another_database_is_refused(
+    bouncer: PgBouncer, bpool: DataLayerPool, dl_empty_target: DatabaseTarget, datalayer_server: TestServer
+) -> None:
+    empty = dl_empty_target.params["dbname"]
+    migrated = bpool.target.params["dbname"]
+    settings = settings_for_tests(pooler="transaction", direct=datalayer_server.target_for(migrated), **POOLED)
+    with pytest.raises(ConfigError, match="DATABASE_DIRECT_URL reaches another database than DATABASE_URL") as e:
+        setup_database(settings=settings, target=bouncer.target_for(empty), project=datalayer_server.project)
+    assert e.value.variable == "DATABASE_DIRECT_URL"
+    assert empty in str(e.value) and migrated in str(e.value)
+    report = check_database_health(
+        settings=settings, target=bouncer.target_for(empty), project=datalayer_server.project
+    )
+    assert not report["checks"]["direct"]["ok"], report
+    assert "another database" in report["checks"]["direct"]["detail"]
+    good = check_database_health(
+        settings=bpool.settings, target=bouncer.target_for(migrated), project=datalayer_server.project
+    )
+    assert good["checks"]["direct"]["ok"], good
+
+
+def test_health_reports_pooled_sessions_without_the_settings(
+    bouncer: PgBouncer, bpool: DataLayerPool, datalayer_server: TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = bpool.target.params["dbname"]
+    # connect_query gives 11s, the settings say 7s: autocommit reads would run with the bouncer's value.
+    report = check_database_health(
+        settings=bpool.settings, target=bouncer.target_for(name), project=datalayer_server.project
+    )
+    check = report["checks"]["session_settings"]
+    assert not check["ok"] and report["status"] == "unhealthy", report
+    assert "statement_timeout=11s (want 7s)" in check["detail"]
+    assert "datalayer roles create" in check["detail"]
+    same = _settings(
+        datalayer_server,
+        name,
+        statement_timeout="11s",
+        lock_timeout="4s",
+        idle_in_transaction_timeout="50s",
+    )
+    ok = check_database_health(settings=same, target=bouncer.target_for(name), project=datalayer_server.project)
+    assert ok["checks"]["session_settings"]["ok"], ok
+    with caplog.at_level("WARNING", logger="datalayer"):
+        open_pool(bpool.settings, target=bouncer.target_for(name), wait=True).close()
+    drifts = [r for r in caplog.records if "statement_timeout=11s (want 7s)" in r.getMessage()]
+    assert len(drifts) == 1, caplog.records
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="datalayer"):
+        open_pool(same, target=bouncer.target_for(name), wait=True).close()
+    assert not [r for r in caplog.records if "instead of the settings" in r.getMessage()]
+
+
+def test_health_keeps_its_timeout_behind_the_bouncer(
+    bouncer: PgBouncer, bpool: DataLayerPool, datalayer_server: TestServer
+) -> None:
+    name = bpool.target.params["dbname"]
+    with psycopg.connect(datalayer_server.target_for(name).conninfo()) as locker:
+        locker.execute("LOCK TABLE _yoyo_migration IN ACCESS EXCLUSIVE MODE")
+        # The bouncer's sessions have lock_timeout 4s and statement_timeout 11s: the check's own bound
+        # (1 s) must be what ends it.
+        report = check_database_health(
+            settings=bpool.settings, target=bouncer.target_for(name), project=datalayer_server.project, timeout=1
+        )
+        locker.rollback()
+    check = report["checks"]["migrations"]
+    assert not check["ok"], report
+    assert "statement timeout" in check["detail"], check
+
+
+def test_a_pooler_without_the_pooler_setting_is_named(bouncer: PgBouncer, bpool: DataLayerPool) -> None:
+    name = bpool.target.params["dbname"]
+    with pytest.raises(ConfigError, match="set DATABASE_POOLER=transaction") as e:
+        open_pool(settings_for_tests(), target=bouncer.target_for(name))
+    assert e.value.variable == "DATABASE_POOLER"
+
+
+def test_prepared_statement_errors_name_the_pooler_setting(
+    lax_bouncer: PgBouncer, dl_pool: DataLayerPool, tmp_path: Path
+) -> None:
+    # A bouncer that drops options lets a pool without DATABASE_POOLER open; its prepared statements then
+    # meet another client's on the one server connection.
+    (tmp_path / "q.sql").write_text(
+        "-- name: plus :scalar\nSELECT :n::int + 1\n\n-- name: minus :scalar\nSELECT :n::int - 1\n"
+    )
+    queries = dl_sql.load(tmp_path / "q.sql")
+    plus, minus = queries.bind("plus", int), queries.bind("minus", int)
+    pool = open_pool(settings_for_tests(), target=lax_bouncer.target_for(dl_pool.target.params["dbname"]), wait=True)
+    try:
+        with connection(pool) as a, connection(pool) as b:
+            for i in range(8):
+                assert plus.scalar(a, n=i) == i + 1
+            with pytest.raises(QueryError, match="set DATABASE_POOLER=transaction") as e:
+                for i in range(8):
+                    minus.scalar(b, n=i)
+            assert e.value.sqlstate in ("42P05", "26000")
+    finally:
+        pool.close()
+
+
+def test_check_works_on_the_direct_server(
+    bouncer: PgBouncer, dl_empty_target: DatabaseTarget, datalayer_server: TestServer
+) -> None:
+    from datalayer.contracts import check_scratch
+
+    name = dl_empty_target.params["dbname"]
+    settings = settings_for_tests(
+        database=bouncer.target_for(name), pooler="transaction", direct=datalayer_server.target_for(name)
+    )
+    findings = check_scratch(settings, project=datalayer_server.project)
+    assert isinstance(findings, list)
+    # the scratch database was migrated, not the one DATABASE_DIRECT_URL names
+    assert not _has_users(datalayer_server, name)
