@@ -27,7 +27,7 @@ from datalayer.aio import user_repo as auser_repo
 from datalayer.cache import CacheManager, Keys
 from datalayer.cache._keys import version_key
 from datalayer.cache._scripts import INVALIDATE
-from datalayer.config import RedisTarget, Settings
+from datalayer.config import RedisTarget, Secret, Settings
 from datalayer.errors import ConfigError
 from datalayer.pool import DataLayerPool, connection
 from datalayer.testing import RedisClusterProcess
@@ -124,6 +124,83 @@ def test_every_multi_key_call_stays_in_one_slot(part: Any) -> None:
     assert key_slot(keys.user(part).encode()) == key_slot(keys.user_analyses(part).encode())
 
 
+# Keys with a brace but no hash tag (Redis's rule: the first "{", then a "}" with at least one character
+# between): hashed whole, so a companion that keeps the brace in place would land in another slot.
+ODD_KEYS = ["a{b", "x{}y", "{}z", "p}q{", "dl:q{x", "a}b", "}{", "{{}}}", "k{{t}}", "é}ü{", "{}{x}"]
+
+
+@pytest.mark.parametrize("key", ODD_KEYS)
+def test_the_companions_of_any_key_share_its_slot(key: str) -> None:
+    slot = key_slot(key.encode())  # redis-py's own rule
+    assert key_slot(version_key(key).encode()) == slot and key_slot(Keys("dl").lock(key).encode()) == slot
+    assert len({key, version_key(key), Keys("dl").lock(key)}) == 3
+
+
+def test_keys_without_a_hash_tag_work_on_the_cluster(
+    target: RedisTarget, dl_pool: DataLayerPool, made: list[Any]
+) -> None:
+    prefix = _prefix()
+    cache = CacheManager(settings=Settings(cache_prefix=prefix), redis_target=target, pool=dl_pool)
+    made.append(cache)
+    keys = [f"{prefix}:{k}" if not k.startswith("{") else prefix + ":" + k for k in ODD_KEYS] + [
+        f"{prefix}{{}}z",  # the prefix's own characters before an empty tag
+        f"{prefix}}}q{{",
+    ]
+    for key in keys:
+        cache.set(key, {"v": key})
+        cache.l1.clear()
+        assert cache.get(key) == {"v": key} and cache.redis.client.get(key) is not None, key
+        cache.delete(key)
+        cache.l1.clear()
+        assert cache.get(key) is None and cache.redis.client.get(key) is None, key
+    stats = cache.stats()
+    assert stats["redis"]["errors"] == 0 and stats["redis"]["rejected"] == 0, stats  # CROSSSLOT before
+    assert stats["breaker"]["opened"] == 0
+    with connection(dl_pool) as db:
+        assert cache_entry_repo.pending_invalidations(db, prefix + ":") == []
+
+
+def test_an_invalidation_redis_refuses_is_settled_by_a_new_generation(
+    cluster: RedisClusterProcess, dl_pool: DataLayerPool, made: list[Any]
+) -> None:
+    # A Redis that refuses a key's scripts (here an ACL: the user may touch only keys under the
+    # prefix, and the version counter of an untagged key starts with "{") refuses the replay forever.
+    prefix = _prefix()
+    for node in cluster.nodes:
+        node.command("ACL", "SETUSER", "limited", "on", ">pw", "+@all", "&*", f"~{prefix}:*")
+    try:
+        limited = RedisTarget(url=cluster.url.replace("://", "://limited@"), password=Secret("pw"), cluster=True)
+        cache = CacheManager(
+            settings=Settings(cache_prefix=prefix), redis_target=limited, pool=dl_pool, breaker_cooldown=0.2
+        )
+        made.append(cache)
+        good = cache.keys.user(1)
+        cache.set(good, {"v": 1})
+        generation = cache.stats()["generation"]
+        bad = f"{prefix}:refused"
+        cache.delete(bad)  # INVALIDATE on [bad, {bad}:ver]: NOPERM
+        with connection(dl_pool) as db:
+            assert [p.key for p in cache_entry_repo.pending_invalidations(db, prefix + ":")] == [bad]
+        cache.l1.clear()
+        cache.invalidations.expire()
+        table_hits = cache.stats()["table"]["hits"]
+        # The replay moved the generation on: Redis's value is retired, the table (its part of the
+        # invalidation applied) serves it.
+        assert cache.get(good) == {"v": 1} and cache.stats()["table"]["hits"] == table_hits + 1
+        with connection(dl_pool) as db:
+            assert cache_entry_repo.pending_invalidations(db, prefix + ":") == []
+        stats = cache.stats()
+        assert stats["generation"] != generation and stats["redis"]["rejected"] >= 2, stats
+        assert stats["invalidations"]["unreplayable"] == 1, stats
+        assert stats["breaker"]["state"] == "closed" and stats["breaker"]["opened"] == 0, stats
+        cache.set(good, {"v": 2})
+        cache.l1.clear()
+        assert cache.get(good) == {"v": 2} and cache.redis.stats["hits"] >= 1  # Redis is read again
+    finally:
+        for node in cluster.nodes:
+            node.command("ACL", "DELUSER", "limited")
+
+
 # ------------------------------------------------------------------------------------------ healthy
 
 
@@ -194,6 +271,34 @@ def _users_on_two_masters(cluster: RedisClusterProcess, pool: DataLayerPool, key
     home = cluster.node_of(keys.user(first.id))
     other = next(u for u in users[1:] if cluster.node_of(keys.user(u.id)) is not home)
     return first, other
+
+
+def test_the_breaker_stays_open_while_a_master_is_down_whatever_other_masters_answer(
+    cluster: RedisClusterProcess, target: RedisTarget, dl_pool: DataLayerPool, made: list[Any]
+) -> None:
+    cache = CacheManager(settings=Settings(cache_prefix=_prefix()), redis_target=target, pool=dl_pool,
+                         breaker_cooldown=0.2, l1_size=0)
+    made.append(cache)
+    lost, kept = _users_on_two_masters(cluster, dl_pool, cache.keys)
+    lost_key, kept_key = cache.keys.user(lost.id), cache.keys.user(kept.id)
+    cache.set(kept_key, {"v": 1})
+    generation = cache.stats()["generation"]
+    master = cluster.node_of(lost_key)
+    cluster.kill(master)
+    try:
+        cache.get(lost_key)  # fails: the breaker opens
+        assert cache.redis.breaker.state == "open"
+        deadline = time.monotonic() + 3  # 15 cooldowns: after each a call on kept_key used to close it
+        while time.monotonic() < deadline:
+            assert cache.get(kept_key) == {"v": 1}  # from the table meanwhile
+            assert cache.redis.breaker.state != "closed", "one healthy master's answer closed the breaker"
+            time.sleep(0.005)
+        assert cache.stats()["generation"] == generation  # and no recovery ran
+    finally:
+        cluster.restart(master)
+    cluster.wait_ready()
+    _closed(cache)  # every master answers the prober's ping
+    assert cache.get(kept_key) == {"v": 1}
 
 
 @pytest.mark.parametrize("fault", ["kill", "sigstop"])

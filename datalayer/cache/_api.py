@@ -103,7 +103,7 @@ class ApiResponses:
             self._api_generations.pop(gen_key, None)
             base = self._global_generation() or clock_generation()
             message = {"apis": [[gen_key, prefix]], "o": self._origin}
-            redis_done = self.redis.invalidate([], message, ((gen_key, base),))
+            redis_done = self.redis.invalidate([], message, ((gen_key, base),)) is True
             self.l1.delete_prefix(prefix)
             self.table.delete_prefix(prefix)
             self.invalidations.settle(ids, [gen_key], redis_done, "api")

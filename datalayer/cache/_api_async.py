@@ -104,7 +104,7 @@ class ApiResponses:
             self._api_generations.pop(gen_key, None)
             base = await self._global_generation() or clock_generation()
             message = {"apis": [[gen_key, prefix]], "o": self._origin}
-            redis_done = await self.redis.invalidate([], message, ((gen_key, base),))
+            redis_done = await self.redis.invalidate([], message, ((gen_key, base),)) is True
             self.l1.delete_prefix(prefix)
             await self.table.delete_prefix(prefix)
             await self.invalidations.settle(ids, [gen_key], redis_done, "api")

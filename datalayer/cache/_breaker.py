@@ -8,18 +8,35 @@ from __future__ import annotations
 import threading
 import time
 
+import redis
+
 from datalayer import tracing
 
-__all__ = ["Breaker"]
+__all__ = ["Breaker", "rejected"]
 
 
 class Breaker:
-    """closed → (a failure) → open for ``cooldown`` s → half-open (one probe) → closed or open again."""
+    """closed → (a failure) → open for ``cooldown`` s → half-open (one probe) → closed or open again.
 
-    __slots__ = ("__weakref__", "_lock", "changes", "cooldown", "failures", "opened", "opened_at", "state")
+    With ``calls_probe`` False no call probes: the breaker stays open until ``success()`` is called by
+    whoever checks the whole service (the Redis Cluster prober pings every master).
+    """
 
-    def __init__(self, cooldown: float) -> None:
+    __slots__ = (
+        "__weakref__",
+        "_lock",
+        "calls_probe",
+        "changes",
+        "cooldown",
+        "failures",
+        "opened",
+        "opened_at",
+        "state",
+    )
+
+    def __init__(self, cooldown: float, *, calls_probe: bool = True) -> None:
         self.cooldown = cooldown
+        self.calls_probe = calls_probe
         self.state = "closed"
         self.opened_at = 0.0
         self.failures = 0
@@ -33,6 +50,8 @@ class Breaker:
     def allow(self) -> bool:
         if self.state == "closed":
             return True
+        if not self.calls_probe:
+            return False
         with self._lock:
             probe = self.state == "open" and time.monotonic() - self.opened_at >= self.cooldown
             if probe:
@@ -69,3 +88,23 @@ class Breaker:
             self.opened_at = time.monotonic()
             sequence = self.changes
         tracing.breaker_changed("open", previous, sequence)
+
+
+# Answers of a Redis that is up but cannot serve the call now (a slot moving, a node failing over or
+# loading, a script running): an outage like a timeout.
+_TRANSIENT = (
+    redis.exceptions.AskError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+)
+_TRANSIENT_PREFIXES = ("BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK")
+
+
+def rejected(error: BaseException) -> bool:
+    """Whether Redis answered ``error`` for the call itself (a script's CROSSSLOT, WRONGTYPE, NOPERM): the
+    same call would fail again, so it says nothing about Redis being up; the breaker must not open on it."""
+    if not isinstance(error, redis.exceptions.ResponseError) or isinstance(error, _TRANSIENT):
+        return False
+    return not str(error).startswith(_TRANSIENT_PREFIXES)

@@ -55,6 +55,21 @@ class Generations:
         """The global generation, or the clock's when Redis cannot say (a counter's restart point)."""
         return self._global_generation() or clock_generation()
 
+    def _retire_all(self) -> bool:
+        """Move the global generation on (every value written before is a miss) and tell every process;
+        False when Redis did not take it."""
+        try:
+            new = self.redis.bump(self.keys.global_generation(), clock_generation())
+            if new is SKIPPED:
+                return False
+            self._generation = int(new)
+            self.l1.clear()
+            self._epoch += 1
+            self.redis.publish({"gen": int(new), "o": self._origin}, near=self.keys.global_generation())
+        except CacheUnavailable:
+            return False
+        return True
+
     def _recovered(self) -> None:
         # Redis is reachable again after calls failed: invalidations may have been lost meanwhile (ours
         # or other processes'). Replay the recorded ones before reading Redis again, and retire whatever

@@ -60,6 +60,7 @@ class Invalidations:
         origin: str,
         on_replayed: Callable[[dict[str, Any]], None],
         base_generation: Thunk[int],
+        retire_all: Thunk[bool],
         counters: dict[str, int],
     ) -> None:
         self.table = table
@@ -69,6 +70,7 @@ class Invalidations:
         self.origin = origin
         self.on_replayed = on_replayed
         self.base_generation = base_generation
+        self.retire_all = retire_all
         self.counters = counters
         # Redis may be read while time.monotonic() < until; the next look is due at _due.
         self.until = 0.0 if table.enabled else math.inf
@@ -229,7 +231,20 @@ class Invalidations:
         }
         base = self.base_generation()
         bumps = tuple((c, base) for c in counters)
-        if not self.redis.invalidate([(k, version_key(k)) for k in keys], message, bumps):
+        done = self.redis.invalidate([(k, version_key(k)) for k in keys], message, bumps)
+        if done is None:
+            # Redis refused the scripts themselves (a key it cannot hold): a replay would be refused
+            # forever, and the fence would keep every process off Redis. Moving the global generation
+            # on retires every value written before, these keys' included.
+            if not self.retire_all():
+                return False
+            self.counters["invalidations_unreplayable"] += len(pending)
+            log.error(
+                "datalayer cache: Redis refused to replay the invalidation of %s; moved the global "
+                "generation on instead (every cached value is reloaded)",
+                ", ".join(keys + counters)[:500],
+            )
+        elif not done:
             return False
         self.on_replayed(message)
         self.counters["invalidations_replayed"] += len(pending)

@@ -9,6 +9,7 @@ out of a tag nor collide with another key.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import re
 from typing import Any
@@ -20,7 +21,7 @@ from datalayer.repos._common import json_text
 from datalayer.repos.cache_entries import MAX_KEY_CHARS
 from datalayer.text import check_text
 
-__all__ = ["MAX_KEY_CHARS", "Keys", "check_key", "escape", "version_key"]
+__all__ = ["MAX_KEY_CHARS", "Keys", "check_key", "companion", "escape", "hash_slot", "version_key"]
 
 _SAFE = re.compile(r"[A-Za-z0-9_.\-/]")
 MAX_ID_CHARS = 200
@@ -45,11 +46,69 @@ def escape(part: object, name: str = "id") -> str:
     return escaped
 
 
+def hash_slot(key: str) -> int:
+    """The Redis Cluster slot of ``key``: CRC16 (XMODEM) of its hash tag, the text between its first
+    ``{`` and the first ``}`` after it when that text is not empty, else of the whole key."""
+    data = key.encode("utf-8")
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1 : end]
+    return binascii.crc_hqx(data, 0) & 16383
+
+
+def _has_tag(key: str) -> bool:
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1
+
+
+def _slot_basis() -> dict[int, tuple[int, int]]:
+    # CRC16 without an initial or final xor is linear over equal-length messages: the CRC of a tag of
+    # _TAG_CHARS '0's with some turned to '1' (bit 0 of their byte) is the base's xor those bytes'.
+    basis: dict[int, tuple[int, int]] = {}
+    for position in range(_TAG_CHARS):
+        vector = binascii.crc_hqx(bytes(position) + b"\x01" + bytes(_TAG_CHARS - 1 - position), 0) & 16383
+        chosen = 1 << position
+        for bit in sorted(basis, reverse=True):
+            if vector >> bit & 1:
+                vector ^= basis[bit][0]
+                chosen ^= basis[bit][1]
+        if vector:
+            basis[vector.bit_length() - 1] = (vector, chosen)
+    return basis
+
+
+_TAG_CHARS = 16
+_BASIS = _slot_basis()
+
+
+def _slot_tag(slot: int) -> str:
+    """A tag of ``_TAG_CHARS`` '0's and '1's that hashes to ``slot``, solved for (a few xors)."""
+    want = (binascii.crc_hqx(b"0" * _TAG_CHARS, 0) ^ slot) & 16383
+    chosen = 0
+    for bit in sorted(_BASIS, reverse=True):
+        if want >> bit & 1:
+            want ^= _BASIS[bit][0]
+            chosen ^= _BASIS[bit][1]
+    return "".join("1" if chosen >> position & 1 else "0" for position in range(_TAG_CHARS))
+
+
+def companion(key: str, suffix: str) -> str:
+    """The name of a key that goes with ``key`` (its version counter, its loader lock): always in the
+    same Redis Cluster slot, so that a script may take both. A key with a hash tag keeps it (the suffix
+    comes after it); one without is hashed whole, so its companion is tagged with the whole key, or, when
+    the key holds a ``}`` (no tag can hold one), with a tag of the same slot followed by the key."""
+    if _has_tag(key):
+        return f"{key}:{suffix}"
+    if "}" not in key:
+        return f"{{{key}}}:{suffix}"
+    return f"{{{_slot_tag(hash_slot(key))}}}{key}:{suffix}"
+
+
 def version_key(key: str) -> str:
     """The version counter of ``key``, in the same Redis Cluster slot."""
-    if "{" in key:
-        return key + ":ver"
-    return "{" + key + "}:ver"
+    return companion(key, "ver")
 
 
 class Keys:
@@ -97,4 +156,4 @@ class Keys:
         return f"{self.prefix}:invalidate"
 
     def lock(self, key: str) -> str:
-        return key + ":lock" if "{" in key else "{" + key + "}:lock"
+        return companion(key, "lock")

@@ -65,6 +65,7 @@ class Operations:
                 "checks": c["invalidation_checks"],
                 "left_for_replay": c["invalidations_left"],
                 "replayed": c["invalidations_replayed"],
+                "unreplayable": c["invalidations_unreplayable"],  # Redis refused them: settled by a new generation
             },
             "breaker": {"state": b.state, "failures": b.failures, "opened": b.opened},
             "generation": self._generation,

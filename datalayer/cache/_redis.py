@@ -38,7 +38,7 @@ from datalayer.cache._acompat import (
     redis_client,
     redis_cluster_client,
 )
-from datalayer.cache._breaker import Breaker
+from datalayer.cache._breaker import Breaker, rejected
 from datalayer.cache._cluster import node_urls
 from datalayer.cache._markers import SKIPPED
 from datalayer.cache._scripts import BUMP, CAS_SET, GENERATION, INVALIDATE, PUT, RELEASE
@@ -68,11 +68,13 @@ class RedisLayer:
         self.target = target
         self.timeout = timeout
         self.strict = strict
-        self.breaker = Breaker(cooldown)
+        # On a cluster one call that succeeds says only that its own master answers: the prober's ping
+        # of every master decides when the breaker closes.
+        self.breaker = Breaker(cooldown, calls_probe=not target.cluster)
         self.on_recover = on_recover
         self.on_message = on_message
         self.channel = channel
-        self.stats = {"hits": 0, "misses": 0, "errors": 0, "skipped": 0, "writes": 0}
+        self.stats = {"hits": 0, "misses": 0, "errors": 0, "skipped": 0, "writes": 0, "rejected": 0}
         password = target.password.value if target.password else None
         self._common: dict[str, Any] = {
             "password": password,
@@ -120,8 +122,9 @@ class RedisLayer:
 
     # ------------------------------------------------------------------------------------- calls
 
-    def call(self, fn: Job[Client, T]) -> T:
-        """``fn(client)``, or SKIPPED when the breaker is open or the call fails (strict: CacheUnavailable)."""
+    def call(self, fn: Job[Client, T], *, on_rejected: Any = SKIPPED) -> T:
+        """``fn(client)``, or SKIPPED when the breaker is open or the call fails (strict: CacheUnavailable);
+        ``on_rejected`` when Redis refused the call itself (see ``rejected``: the breaker stays as it is)."""
         if not self._subscriber_started:
             self.start_subscriber()
         if not self.breaker.allow():
@@ -129,8 +132,19 @@ class RedisLayer:
         try:
             result = fn(self.client)
         except REDIS_ERRORS as e:
+            if rejected(e):
+                return self._rejected(e, on_rejected)  # type: ignore[no-any-return]
             return self._failed(e)  # type: ignore[no-any-return]
         self._succeeded()
+        return result
+
+    def _rejected(self, e: BaseException, result: Any) -> Any:
+        self.stats["rejected"] += 1
+        if self.breaker.state == "half-open":  # this call was the probe, and it says nothing: probe again
+            self.breaker.failure()
+        log.error("datalayer cache: Redis refused a call (%s: %s)", type(e).__name__, e)
+        if self.strict:
+            raise CacheUnavailable(f"Redis at {self.target.display} refused a call: {e}") from e
         return result
 
     def _skipped(self) -> Any:
@@ -140,6 +154,8 @@ class RedisLayer:
         return SKIPPED
 
     def _succeeded(self) -> None:
+        if not self.breaker.calls_probe:  # a call begun before the breaker opened: the prober decides
+            return
         if self.breaker.state != "closed" and self.breaker.success():
             log.warning("datalayer cache: Redis is back")
             self.on_recover()
@@ -207,6 +223,8 @@ class RedisLayer:
         try:
             value = self.client.get(key)
         except REDIS_ERRORS as e:
+            if rejected(e):
+                return self._rejected(e, SKIPPED)
             return self._failed(e)
         if breaker.state != "closed":
             self._succeeded()
@@ -221,9 +239,9 @@ class RedisLayer:
 
     def invalidate(
         self, pairs: list[tuple[str, str]], message: dict[str, Any], bumps: tuple[tuple[str, int], ...] = ()
-    ) -> bool:
+    ) -> bool | None:
         """Invalidate (key, version key) pairs, move (counter, start) generations on, and tell the other
-        processes; False if Redis was skipped or failed."""
+        processes; False if Redis was skipped or failed, None if it refused the call (see ``rejected``)."""
 
         def run(c: Client) -> bool:
             if isinstance(c, RedisCluster):
@@ -237,7 +255,8 @@ class RedisLayer:
             pipe.execute()
             return True
 
-        return self.call(run) is True
+        done = self.call(run, on_rejected=None)
+        return None if done is None else done is True
 
     def _invalidate_on_cluster(
         self,

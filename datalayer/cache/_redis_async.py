@@ -37,7 +37,7 @@ from datalayer.cache._acompat import (
     aredis_client,
     aredis_cluster_client,
 )
-from datalayer.cache._breaker import Breaker
+from datalayer.cache._breaker import Breaker, rejected
 from datalayer.cache._cluster import node_urls
 from datalayer.cache._markers import SKIPPED
 from datalayer.cache._scripts import BUMP, CAS_SET, GENERATION, INVALIDATE, PUT, RELEASE
@@ -67,11 +67,13 @@ class RedisLayer:
         self.target = target
         self.timeout = timeout
         self.strict = strict
-        self.breaker = Breaker(cooldown)
+        # On a cluster one call that succeeds says only that its own master answers: the prober's ping
+        # of every master decides when the breaker closes.
+        self.breaker = Breaker(cooldown, calls_probe=not target.cluster)
         self.on_recover = on_recover
         self.on_message = on_message
         self.channel = channel
-        self.stats = {"hits": 0, "misses": 0, "errors": 0, "skipped": 0, "writes": 0}
+        self.stats = {"hits": 0, "misses": 0, "errors": 0, "skipped": 0, "writes": 0, "rejected": 0}
         password = target.password.value if target.password else None
         self._common: dict[str, Any] = {
             "password": password,
@@ -119,8 +121,9 @@ class RedisLayer:
 
     # ------------------------------------------------------------------------------------- calls
 
-    async def call(self, fn: AJob[AClient, T]) -> T:
-        """``fn(client)``, or SKIPPED when the breaker is open or the call fails (strict: CacheUnavailable)."""
+    async def call(self, fn: AJob[AClient, T], *, on_rejected: Any = SKIPPED) -> T:
+        """``fn(client)``, or SKIPPED when the breaker is open or the call fails (strict: CacheUnavailable);
+        ``on_rejected`` when Redis refused the call itself (see ``rejected``: the breaker stays as it is)."""
         if not self._subscriber_started:
             self.start_subscriber()
         if not self.breaker.allow():
@@ -128,8 +131,19 @@ class RedisLayer:
         try:
             result = await fn(self.client)
         except REDIS_ERRORS as e:
+            if rejected(e):
+                return self._rejected(e, on_rejected)  # type: ignore[no-any-return]
             return await self._failed(e)  # type: ignore[no-any-return]
         await self._succeeded()
+        return result
+
+    def _rejected(self, e: BaseException, result: Any) -> Any:
+        self.stats["rejected"] += 1
+        if self.breaker.state == "half-open":  # this call was the probe, and it says nothing: probe again
+            self.breaker.failure()
+        log.error("datalayer cache: Redis refused a call (%s: %s)", type(e).__name__, e)
+        if self.strict:
+            raise CacheUnavailable(f"Redis at {self.target.display} refused a call: {e}") from e
         return result
 
     def _skipped(self) -> Any:
@@ -139,6 +153,8 @@ class RedisLayer:
         return SKIPPED
 
     async def _succeeded(self) -> None:
+        if not self.breaker.calls_probe:  # a call begun before the breaker opened: the prober decides
+            return
         if self.breaker.state != "closed" and self.breaker.success():
             log.warning("datalayer cache: Redis is back")
             await self.on_recover()
@@ -206,6 +222,8 @@ class RedisLayer:
         try:
             value = await self.client.get(key)
         except REDIS_ERRORS as e:
+            if rejected(e):
+                return self._rejected(e, SKIPPED)
             return await self._failed(e)
         if breaker.state != "closed":
             await self._succeeded()
@@ -220,9 +238,9 @@ class RedisLayer:
 
     async def invalidate(
         self, pairs: list[tuple[str, str]], message: dict[str, Any], bumps: tuple[tuple[str, int], ...] = ()
-    ) -> bool:
+    ) -> bool | None:
         """Invalidate (key, version key) pairs, move (counter, start) generations on, and tell the other
-        processes; False if Redis was skipped or failed."""
+        processes; False if Redis was skipped or failed, None if it refused the call (see ``rejected``)."""
 
         async def run(c: AClient) -> bool:
             if isinstance(c, ARedisCluster):
@@ -236,7 +254,8 @@ class RedisLayer:
             await pipe.execute()
             return True
 
-        return await self.call(run) is True
+        done = await self.call(run, on_rejected=None)
+        return None if done is None else done is True
 
     async def _invalidate_on_cluster(
         self,

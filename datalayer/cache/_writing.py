@@ -102,7 +102,8 @@ class Writing:
         self.invalidations.tombstone_first(ids, keys)
         message: dict[str, Any] = {"k": keys, "o": self._origin}
         try:
-            redis_done = self.redis.invalidate([(k, version_key(k)) for k in keys], message)
+            # Refused (None) is left for the replay too, which settles it.
+            redis_done = self.redis.invalidate([(k, version_key(k)) for k in keys], message) is True
         except CacheUnavailable:  # strict: the caller hears of it, and the replay still happens
             self.invalidations.after_redis(ids, keys, False)
             raise

@@ -103,7 +103,8 @@ class Writing:
         await self.invalidations.tombstone_first(ids, keys)
         message: dict[str, Any] = {"k": keys, "o": self._origin}
         try:
-            redis_done = await self.redis.invalidate([(k, version_key(k)) for k in keys], message)
+            # Refused (None) is left for the replay too, which settles it.
+            redis_done = await self.redis.invalidate([(k, version_key(k)) for k in keys], message) is True
         except CacheUnavailable:  # strict: the caller hears of it, and the replay still happens
             await self.invalidations.after_redis(ids, keys, False)
             raise

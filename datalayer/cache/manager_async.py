@@ -64,7 +64,8 @@ __all__ = ["AsyncCacheManager", "close_cache_manager", "get_cache_manager", "set
 
 _COUNTERS = (  # noqa: SIM905 - a few names a line
     "l1_hits l1_misses table_hits table_misses table_errors loads negative_hits early_refreshes "
-    "stale_writes_refused invalidation_checks invalidations_left invalidations_replayed"
+    "stale_writes_refused invalidation_checks invalidations_left invalidations_replayed "
+    "invalidations_unreplayable"
 ).split()
 
 
@@ -138,6 +139,7 @@ class AsyncCacheManager(Reading, Writing, Generations, Loading, ApiResponses, Op
             origin=self._origin,
             on_replayed=self._message,
             base_generation=self._base_generation,
+            retire_all=self._retire_all,
             counters=self.stats_counters,
         )
         self.redis.start_subscriber()
