@@ -95,6 +95,8 @@ def test_servers_stop_when_the_process_is_killed(home: Path, sig: signal.Signals
     proc = start_service(home)
     assert len(servers_of(home)) >= 2
     proc.send_signal(sig)
+    # Wait for the signal's effect before closing stdin: an EOF first would end the service normally.
+    proc.wait(timeout=60)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert wait_until_gone(home) == [], f"embedded servers outlived a process killed by {sig.name}"
