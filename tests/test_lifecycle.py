@@ -15,7 +15,7 @@ from helpers import ROOT, clean_env
 
 # A service's whole stack on the embedded defaults: pool, cache (Redis and its table), log handler.
 SERVICE = textwrap.dedent("""
-    import logging, sys
+    import logging, select, sys
     from datalayer import SystemLogHandler, connection
     from datalayer.cache import get_cache_manager
 
@@ -28,7 +28,11 @@ SERVICE = textwrap.dedent("""
     assert cache.get_cached_user_data(1) == {"name": "Ann"}
     logging.getLogger("svc").warning("serving")
     print("ready", flush=True)
-    sys.stdin.read()  # until the test closes it (a normal exit) or kills this process
+    # Until the test closes stdin (a normal exit) or kills this process. Short waits, not one blocking
+    # read: a signal the kernel hands another thread is acted on when the main thread next runs Python.
+    while not select.select([sys.stdin], [], [], 0.1)[0]:
+        pass
+    sys.stdin.read()
 """)
 
 
@@ -94,10 +98,14 @@ def test_servers_stop_at_normal_exit(home: Path) -> None:
 def test_servers_stop_when_the_process_is_killed(home: Path, sig: signal.Signals) -> None:
     proc = start_service(home)
     assert len(servers_of(home)) >= 2
-    proc.send_signal(sig)
-    # Wait for the signal's effect before closing stdin: an EOF first would end the service normally.
-    proc.wait(timeout=60)
-    proc.communicate(timeout=60)
+    try:
+        proc.send_signal(sig)
+        # Wait for the signal's effect before closing stdin: an EOF first would end the service normally.
+        proc.wait(timeout=60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        proc.communicate(timeout=60)  # closes the pipes, also after a failure
     assert proc.returncode != 0
     assert wait_until_gone(home) == [], f"embedded servers outlived a process killed by {sig.name}"
 
